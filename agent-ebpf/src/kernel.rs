@@ -1,0 +1,93 @@
+//! Helpers shared by the programs: reading the running kernel's structures at
+//! offsets found at load time, counters, and the insert-or-add pattern.
+use agent_common::{Control, Counter, KernelOffsets};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_probe_read_kernel, generated as gen},
+    maps::HashMap,
+};
+
+use crate::maps::{CONTROL, COUNTERS};
+
+/// Filled in by the loader from `/sys/kernel/btf/vmlinux` and tracefs formats.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::zeroed();
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // Volatile: the value is patched into .rodata at load time, after the
+    // compiler saw only zeros.
+    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+}
+
+#[inline(always)]
+pub fn control() -> Option<Control> {
+    CONTROL.get(0).copied()
+}
+
+/// Per-CPU counters need no atomics: a tracepoint program runs to completion
+/// on one CPU with preemption disabled.
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    unsafe { gen::bpf_get_current_task() as *const u8 }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub unsafe fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i64> {
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T).map_err(|e| e as i64) }
+}
+
+#[inline(always)]
+pub fn boot_ns() -> u64 {
+    unsafe { gen::bpf_ktime_get_boot_ns() }
+}
+
+/// Adds one hit to `key`, creating its record from `init` when it is new.
+///
+/// The first lookup is the common path: most events repeat a key. A new key
+/// is inserted with `BPF_NOEXIST`; if another CPU inserted it first we add to
+/// theirs. The hit count is in `init` already (1), so a fresh insert is done.
+/// Returns `Err(full_counter)` when the map has no room.
+#[inline(always)]
+pub fn add_hit<K, V>(
+    map: &HashMap<K, V>,
+    key: &K,
+    hit_of: impl Fn(*mut V) -> *mut u64,
+    init: impl FnOnce() -> Option<*const V>,
+    full: Counter,
+    race: Counter,
+) {
+    if let Some(v) = map.get_ptr_mut(key) {
+        atomic_inc(hit_of(v));
+        return;
+    }
+    let Some(value) = init() else { return };
+    match map.insert(key, unsafe { &*value }, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // -EEXIST: inserted by another CPU since our lookup.
+        Err(-17) => match map.get_ptr_mut(key) {
+            Some(v) => atomic_inc(hit_of(v)),
+            None => count(race),
+        },
+        // -E2BIG (map full) or -ENOMEM: the event has no record.
+        Err(_) => count(full),
+    }
+}
+
+#[inline(always)]
+fn atomic_inc(p: *mut u64) {
+    // AtomicU64 does not lower on the BPF target; the intrinsic becomes XADD.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, 1,
+        )
+    };
+}

@@ -1,0 +1,235 @@
+//! The run loop: drain every second, close windows when their interval ends,
+//! hand events to the sink, and flush everything on SIGINT/SIGTERM.
+use std::time::{Duration, Instant, SystemTime};
+
+use agent_common::{Counter, FLAG_EXEC, FLAG_EXIT, FLAG_EXIT_PER_EVENT, FLAG_FORK, FLAG_PROC_PER_EVENT};
+
+use crate::{
+    aggregate::{Aggregate, Evictions, ProcessRecord, TerminateRecord, WindowCache},
+    config::{Config, EventSettings},
+    drain::{Counters, Drainer},
+    enrich::{BootClock, UserNames},
+    report::{self, DroppedEventsStatistics, Enrichment, Event, Payload, Window},
+    sinks::Sink,
+};
+
+/// How often the kernel maps are emptied into the window caches. Short, so
+/// that a full window cache discards its oldest records (as the spec says)
+/// rather than the kernel refusing new ones; cheap, because an idle drain
+/// is three syscalls and a grace period.
+pub const DRAIN_PERIOD: Duration = Duration::from_secs(1);
+
+/// Kernel flags for a configuration.
+pub fn control_flags(c: &Config) -> u32 {
+    let mut f = 0;
+    if c.process_create.priority.enabled() {
+        f |= FLAG_EXEC | FLAG_FORK;
+        if !c.process_create.aggregate {
+            f |= FLAG_PROC_PER_EVENT;
+        }
+    }
+    if c.process_terminate.priority.enabled() {
+        f |= FLAG_EXIT;
+        if !c.process_terminate.aggregate {
+            f |= FLAG_EXIT_PER_EVENT;
+        }
+    }
+    f
+}
+
+/// The open window of one event type.
+struct EventWindow<R: Aggregate> {
+    name: &'static str,
+    settings: EventSettings,
+    cache: WindowCache<R>,
+    opened: Instant,
+    opened_wall: SystemTime,
+    counters_at_open: Counters,
+}
+
+/// What a closed window hands to reporting.
+struct Closed<R> {
+    window: Window,
+    records: Vec<R>,
+    evicted: Evictions,
+    counters: Counters,
+}
+
+impl<R: Aggregate> EventWindow<R> {
+    fn new(name: &'static str, settings: EventSettings, counters: Counters) -> Self {
+        EventWindow {
+            name,
+            settings,
+            cache: WindowCache::new(settings.cache_size as usize),
+            opened: Instant::now(),
+            opened_wall: SystemTime::now(),
+            counters_at_open: counters,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now.duration_since(self.opened) >= self.settings.interval
+    }
+
+    fn close(&mut self, counters: Counters) -> Closed<R> {
+        let now = SystemTime::now();
+        let (records, evicted) = self.cache.take();
+        let closed = Closed {
+            window: Window { start: self.opened_wall, end: now },
+            records,
+            evicted,
+            counters: counters.since(&self.counters_at_open),
+        };
+        self.opened = Instant::now();
+        self.opened_wall = now;
+        self.counters_at_open = counters;
+        if evicted.records > 0 {
+            log::warn!(
+                "{}: window cache full ({} records); discarded the {} oldest ({} events); raise cacheSize{}",
+                self.name,
+                self.cache.capacity(),
+                evicted.records,
+                evicted.hits,
+                self.name
+            );
+        }
+        closed
+    }
+}
+
+pub struct Agent<S: Sink> {
+    config: Config,
+    drainer: Drainer,
+    processes: EventWindow<ProcessRecord>,
+    terminations: EventWindow<TerminateRecord>,
+    users: UserNames,
+    clock: BootClock,
+    sink: S,
+}
+
+impl<S: Sink> Agent<S> {
+    pub fn new(config: Config, mut drainer: Drainer, sink: S, users: UserNames) -> anyhow::Result<Self> {
+        drainer.set_control(control_flags(&config), config.cmdline_max)?;
+        let counters = drainer.counters()?;
+        Ok(Agent {
+            processes: EventWindow::new("ProcessCreate", config.process_create, counters),
+            terminations: EventWindow::new("ProcessTerminate", config.process_terminate, counters),
+            config,
+            drainer,
+            users,
+            clock: BootClock::now(),
+            sink,
+        })
+    }
+
+    /// One drain, then every window whose interval has passed is reported.
+    pub fn tick(&mut self) -> anyhow::Result<()> {
+        let counters = self.drain()?;
+        let now = Instant::now();
+        if self.processes.due(now) {
+            self.close_processes(counters)?;
+        }
+        if self.terminations.due(now) {
+            self.close_terminations(counters)?;
+        }
+        Ok(())
+    }
+
+    /// Final drain; every open window is reported, however short.
+    pub fn shutdown(&mut self) -> anyhow::Result<()> {
+        let counters = self.drain()?;
+        self.close_processes(counters)?;
+        self.close_terminations(counters)?;
+        Ok(())
+    }
+
+    fn drain(&mut self) -> anyhow::Result<Counters> {
+        let d = self.drainer.drain()?;
+        self.clock = BootClock::now();
+        self.processes.cache.add_batch(d.processes);
+        self.terminations.cache.add_batch(d.terminations);
+        Ok(d.counters)
+    }
+
+    fn close_processes(&mut self, counters: Counters) -> anyhow::Result<()> {
+        if !self.config.process_create.priority.enabled() && self.processes.cache.len() == 0 {
+            self.processes.close(counters);
+            return Ok(());
+        }
+        let closed = self.processes.close(counters);
+        let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
+        let mut events: Vec<Event> = closed
+            .records
+            .iter()
+            .map(|r| closed.window.event(Payload::ProcessCreate(report::process_create(r, &mut enrich))))
+            .collect();
+        events.extend(self.dropped(&closed, "ProcessCreate", Counter::ProcMapFull, Counter::ProcRaceLost));
+        self.sink.publish(&events)?;
+        Ok(())
+    }
+
+    fn close_terminations(&mut self, counters: Counters) -> anyhow::Result<()> {
+        if !self.config.process_terminate.priority.enabled() && self.terminations.cache.len() == 0 {
+            self.terminations.close(counters);
+            return Ok(());
+        }
+        let closed = self.terminations.close(counters);
+        let mut events: Vec<Event> = closed
+            .records
+            .iter()
+            .map(|r| closed.window.event(Payload::ProcessTerminate(report::process_terminate(r, self.clock))))
+            .collect();
+        events.extend(self.dropped(&closed, "ProcessTerminate", Counter::ExitMapFull, Counter::ExitRaceLost));
+        self.sink.publish(&events)?;
+        Ok(())
+    }
+
+    /// The window's DroppedEventsStatistics, sent every window (zeros
+    /// included) so that a reader can tell "nothing lost" from "not reported".
+    fn dropped<R>(&self, closed: &Closed<R>, source: &'static str, full: Counter, race: Counter) -> Option<Event> {
+        if !self.config.dropped_stats_priority.enabled() {
+            return None;
+        }
+        let map_full = closed.counters.get(full);
+        if map_full > 0 {
+            log::warn!("{source}: {map_full} events found the kernel map full between two drains; raise cacheSize{source}");
+        }
+        let stats = DroppedEventsStatistics::new(source, closed.evicted, map_full, closed.counters.get(race));
+        Some(closed.window.event(Payload::DroppedEventsStatistics(stats)))
+    }
+}
+
+/// Drives `agent` until SIGINT or SIGTERM, then flushes.
+pub async fn run<S: Sink>(mut agent: Agent<S>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut ticker = tokio::time::interval(DRAIN_PERIOD);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => agent.tick()?,
+            _ = sigint.recv() => { log::info!("SIGINT: final drain"); break }
+            _ = sigterm.recv() => { log::info!("SIGTERM: final drain"); break }
+        }
+    }
+    agent.shutdown()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Priority;
+
+    #[test]
+    fn flags_follow_config() {
+        let mut c = Config::default();
+        assert_eq!(control_flags(&c), FLAG_EXEC | FLAG_FORK | FLAG_EXIT);
+        c.process_create.aggregate = false;
+        c.process_terminate.priority = Priority::Off;
+        assert_eq!(control_flags(&c), FLAG_EXEC | FLAG_FORK | FLAG_PROC_PER_EVENT);
+        c.process_create.priority = Priority::Off;
+        assert_eq!(control_flags(&c), 0);
+    }
+}

@@ -1,0 +1,157 @@
+//! `hitcount check`: what will and will not work on this kernel, and the fix.
+use std::fmt;
+
+use crate::{btf::Btf, drain::Quiesce, ebpf, tracefs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Works, in a degraded way.
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub status: Status,
+    pub what: String,
+    /// What was found, or the fix.
+    pub detail: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "{tag}  {:<34} {}", self.what, self.detail)
+    }
+}
+
+fn check(status: Status, what: impl Into<String>, detail: impl Into<String>) -> Check {
+    Check { status, what: what.into(), detail: detail.into() }
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Effective capabilities of this process, from /proc/self/status.
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `None` when the agent may load programs; otherwise what is missing.
+pub fn missing_capabilities(caps: u64) -> Option<String> {
+    let has = |c: u32| caps & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return None;
+    }
+    Some(
+        "hitcount needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8); \
+         run it with sudo, or grant them: setcap cap_bpf,cap_perfmon+ep hitcount"
+            .to_string(),
+    )
+}
+
+/// Runs every check; loading and attaching the real programs is the last.
+pub fn run_checks() -> Vec<Check> {
+    let mut out = Vec::new();
+    let caps_missing = missing_capabilities(effective_caps());
+    out.push(match &caps_missing {
+        None => check(Status::Ok, "privileges", "can load BPF programs"),
+        Some(why) => check(Status::Fail, "privileges", why.clone()),
+    });
+
+    let btf = Btf::from_sys_fs();
+    out.push(match &btf {
+        Ok(_) => check(Status::Ok, "kernel BTF", "/sys/kernel/btf/vmlinux"),
+        Err(e) => check(Status::Fail, "kernel BTF", format!("{e}; needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")),
+    });
+    out.push(match tracefs::root() {
+        Ok(p) => check(Status::Ok, "tracefs", p.display().to_string()),
+        Err(e) => check(Status::Fail, "tracefs", e.to_string()),
+    });
+    for probe in ebpf::PROBES {
+        let (what, cat, name) = match probe.hook {
+            ebpf::Hook::Tracepoint { category, name } => (format!("tracepoint {category}/{name}"), category, name),
+            ebpf::Hook::RawTracepoint { name } => (format!("raw tracepoint {name}"), "sched", name),
+        };
+        out.push(match tracefs::format(cat, name) {
+            Ok(_) => check(Status::Ok, what, format!("for {}", probe.program)),
+            Err(e) => check(Status::Fail, what, e.to_string()),
+        });
+    }
+    let offsets = btf.as_ref().ok().map(ebpf::kernel_offsets);
+    match &offsets {
+        Some(Ok(o)) => {
+            out.push(check(
+                Status::Ok,
+                "structure offsets",
+                format!(
+                    "task_struct.mm={} .real_parent={} .tgid={} .pid={} .exit_code={}, mm_struct.arg_start={} .arg_end={}",
+                    o.task_mm, o.task_real_parent, o.task_tgid, o.task_pid, o.task_exit_code, o.mm_arg_start, o.mm_arg_end
+                ),
+            ));
+            out.push(if o.has_group_dead != 0 {
+                check(Status::Ok, "exit: last thread detection", "sched_process_exit.group_dead")
+            } else {
+                check(Status::Warn, "exit: last thread detection", "no group_dead field (kernel < 6.15): using thread group leader exit")
+            });
+        }
+        Some(Err(e)) => out.push(check(Status::Fail, "structure offsets", e.to_string())),
+        None => out.push(check(Status::Fail, "structure offsets", "needs kernel BTF")),
+    }
+    out.push(match Quiesce::detect() {
+        Quiesce::Membarrier => check(Status::Ok, "lossless drain", "membarrier(MEMBARRIER_CMD_GLOBAL)"),
+        Quiesce::Sleep(d) => check(
+            Status::Warn,
+            "lossless drain",
+            format!("membarrier GLOBAL unavailable (CONFIG_MEMBARRIER off or nohz_full): sleeping {d:?} per drain"),
+        ),
+    });
+    let can_load = caps_missing.is_none();
+    out.push(match (offsets, can_load) {
+        (Some(Ok(o)), true) => match load_and_attach(&o) {
+            Ok(()) => check(Status::Ok, "load and attach programs", format!("{} programs verified and attached", ebpf::PROBES.len())),
+            Err(e) => check(Status::Fail, "load and attach programs", e.to_string()),
+        },
+        _ => check(Status::Fail, "load and attach programs", "skipped: fix the failures above first"),
+    });
+    out
+}
+
+fn load_and_attach(o: &agent_common::KernelOffsets) -> Result<(), ebpf::LoadError> {
+    let mut e = ebpf::load(o, ebpf::MapSizes { process_create: 16, process_terminate: 16 })?;
+    ebpf::attach_all(&mut e)
+    // Dropping `e` detaches and unloads.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities() {
+        assert!(missing_capabilities(0).is_some());
+        assert!(missing_capabilities(1 << CAP_SYS_ADMIN).is_none());
+        assert!(missing_capabilities(1 << CAP_BPF).is_some());
+        assert!(missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_none());
+        assert!(missing_capabilities(0).unwrap().contains("CAP_BPF and CAP_PERFMON"));
+    }
+
+    #[test]
+    fn check_lines_are_readable() {
+        let c = check(Status::Fail, "kernel BTF", "missing");
+        assert_eq!(c.to_string(), format!("FAIL  {:<34} missing", "kernel BTF"));
+    }
+}

@@ -1,0 +1,270 @@
+//! Draining: kernel maps -> records, losslessly.
+//!
+//! Each record family has two maps (generations). Programs write to the one
+//! `Control.generation` names. To drain, the agent flips the generation, waits
+//! until no program can still be writing to the old one, then reads and
+//! clears it at leisure. Waiting uses `membarrier(MEMBARRIER_CMD_GLOBAL)`,
+//! which returns after an RCU grace period (kernel/sched/membarrier.c); BPF
+//! programs run inside RCU read-side sections, so every program that read the
+//! old generation has finished by then. Every event is in exactly one
+//! generation, and every generation is drained exactly once.
+use std::{ffi::CStr, time::Duration};
+
+use agent_common::{maps, Control, Counter, ExitKey, ExitValue, ProcKey, ProcValue, COUNTER_COUNT, PROC_KIND_FORK};
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    Ebpf,
+};
+
+use crate::aggregate::{ProcessKind, ProcessRecord, TerminateRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Cumulative kernel counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; COUNTER_COUNT as usize]);
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+    /// Growth since `earlier`.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut out = [0; COUNTER_COUNT as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self.0[i].wrapping_sub(earlier.0[i]);
+        }
+        Counters(out)
+    }
+}
+
+/// One drain's worth of records.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub processes: Vec<ProcessRecord>,
+    pub terminations: Vec<TerminateRecord>,
+    /// Read after the records: every event in them is already counted here.
+    pub counters: Counters,
+}
+
+/// How the drainer waits for programs to leave the old generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiesce {
+    Membarrier,
+    /// Kernels without membarrier (or with nohz_full, where the global command
+    /// is refused): sleep well past any program's run time.
+    Sleep(Duration),
+}
+
+impl Quiesce {
+    pub fn detect() -> Quiesce {
+        // SAFETY: MEMBARRIER_CMD_QUERY takes no pointers.
+        let supported = unsafe { libc::syscall(libc::SYS_membarrier, 0, 0, 0) };
+        if supported >= 0 && supported & 1 != 0 {
+            Quiesce::Membarrier
+        } else {
+            Quiesce::Sleep(Duration::from_millis(100))
+        }
+    }
+
+    fn wait(&mut self) {
+        if let Quiesce::Membarrier = self {
+            // SAFETY: MEMBARRIER_CMD_GLOBAL (1) takes no pointers.
+            if unsafe { libc::syscall(libc::SYS_membarrier, 1, 0, 0) } == 0 {
+                return;
+            }
+            log::warn!("membarrier(GLOBAL) failed ({}); draining will sleep instead", std::io::Error::last_os_error());
+            *self = Quiesce::Sleep(Duration::from_millis(100));
+        }
+        if let Quiesce::Sleep(d) = self {
+            std::thread::sleep(*d);
+        }
+    }
+}
+
+pub struct Drainer {
+    control: Array<MapData, Control>,
+    state: Control,
+    proc: [HashMap<MapData, ProcKey, ProcValue>; 2],
+    exit: [HashMap<MapData, ExitKey, ExitValue>; 2],
+    counters: PerCpuArray<MapData, u64>,
+    quiesce: Quiesce,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DrainError> {
+    let map = ebpf.take_map(name).ok_or(DrainError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| DrainError::Map { name, source })
+}
+
+impl Drainer {
+    /// Takes the maps out of `ebpf` and writes the initial control block.
+    pub fn new(ebpf: &mut Ebpf, initial: Control) -> Result<Drainer, DrainError> {
+        let mut d = Drainer {
+            control: take(ebpf, maps::CONTROL)?,
+            state: initial,
+            proc: [take(ebpf, maps::PROC_0)?, take(ebpf, maps::PROC_1)?],
+            exit: [take(ebpf, maps::EXIT_0)?, take(ebpf, maps::EXIT_1)?],
+            counters: take(ebpf, maps::COUNTERS)?,
+            quiesce: Quiesce::detect(),
+        };
+        d.write_control()?;
+        Ok(d)
+    }
+
+    pub fn quiesce(&self) -> Quiesce {
+        self.quiesce
+    }
+
+    /// Changes flags and limits; takes effect for the next event.
+    pub fn set_control(&mut self, flags: u32, cmdline_max: u32) -> Result<(), DrainError> {
+        self.state.flags = flags;
+        self.state.cmdline_max = cmdline_max;
+        self.write_control()
+    }
+
+    fn write_control(&mut self) -> Result<(), DrainError> {
+        self.control.set(0, self.state, 0).map_err(|source| DrainError::Map { name: maps::CONTROL, source })
+    }
+
+    /// Flips the generation, waits for writers of the old one, and returns
+    /// (and clears) everything it held.
+    pub fn drain(&mut self) -> Result<Drained, DrainError> {
+        let old = (self.state.generation & 1) as usize;
+        self.state.generation ^= 1;
+        self.write_control()?;
+        self.quiesce.wait();
+
+        let processes = drain_map(&mut self.proc[old], maps::PROC_0)?
+            .into_iter()
+            .map(|(k, v)| process_record(&k, &v))
+            .collect();
+        let terminations = drain_map(&mut self.exit[old], maps::EXIT_0)?
+            .into_iter()
+            .map(|(k, v)| terminate_record(&k, &v))
+            .collect();
+        Ok(Drained { processes, terminations, counters: self.counters()? })
+    }
+
+    pub fn counters(&self) -> Result<Counters, DrainError> {
+        let mut out = [0u64; COUNTER_COUNT as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|source| DrainError::Map { name: maps::COUNTERS, source })?;
+            *o = per_cpu.iter().sum();
+        }
+        Ok(Counters(out))
+    }
+}
+
+/// Reads every entry, then deletes them. The map is quiescent: nothing else
+/// writes it until the generation flips back.
+fn drain_map<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, DrainError> {
+    let err = |source| DrainError::Map { name, source };
+    // Collect keys first: deleting while walking with get_next_key restarts
+    // the walk from the beginning when the previous key is gone.
+    let keys: Vec<K> = map.keys().collect::<Result<_, _>>().map_err(err)?;
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        let v = map.get(&k, 0).map_err(err)?;
+        map.remove(&k).map_err(err)?;
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    match CStr::from_bytes_until_nul(bytes) {
+        Ok(s) => s.to_string_lossy().into_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+pub fn process_record(k: &ProcKey, v: &ProcValue) -> ProcessRecord {
+    let len = (k.cmdline_len as usize).min(k.cmdline.len());
+    let kind = if k.kind == PROC_KIND_FORK { ProcessKind::Fork } else { ProcessKind::Exec };
+    let mut executable = c_string(&v.exe);
+    if executable.is_empty() {
+        // The parent exec'd before the agent started: ask /proc while the
+        // process is likely still there.
+        executable = std::fs::read_link(format!("/proc/{}/exe", v.pid))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+    }
+    ProcessRecord {
+        kind,
+        uid: k.uid,
+        argv: k.cmdline[..len].to_vec(),
+        truncated: k.truncated != 0,
+        event_pid: k.pid,
+        nonce: k.nonce,
+        hit_count: v.hit_count,
+        first_seen_ns: v.first_seen_ns,
+        pid: v.pid,
+        ppid: v.ppid,
+        executable,
+        comm: c_string(&v.comm),
+    }
+}
+
+pub fn terminate_record(k: &ExitKey, v: &ExitValue) -> TerminateRecord {
+    TerminateRecord {
+        executable: c_string(&k.exe),
+        executable_is_comm: v.exe_is_comm != 0,
+        exit_code: k.exit_code,
+        event_pid: k.pid,
+        nonce: k.nonce,
+        hit_count: v.hit_count,
+        first_seen_ns: v.first_seen_ns,
+        pid: v.pid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_common::{EXE_CAP, PROC_KIND_EXEC};
+
+    #[test]
+    fn converts_process_key() {
+        let mut k = ProcKey::zeroed();
+        k.uid = 7;
+        k.kind = PROC_KIND_EXEC;
+        k.truncated = 1;
+        k.cmdline_len = 5;
+        k.cmdline[..5].copy_from_slice(b"ab\0c\0");
+        let mut exe = [0u8; EXE_CAP];
+        exe[..7].copy_from_slice(b"/bin/ab");
+        let mut comm = [0u8; 16];
+        comm[..2].copy_from_slice(b"ab");
+        let v = ProcValue { hit_count: 3, first_seen_ns: 9, pid: 100, ppid: 1, exe, comm };
+        let r = process_record(&k, &v);
+        assert_eq!(r.argv, b"ab\0c\0");
+        assert!(r.truncated);
+        assert_eq!((r.kind, r.uid, r.hit_count, r.pid, r.ppid), (ProcessKind::Exec, 7, 3, 100, 1));
+        assert_eq!((r.executable.as_str(), r.comm.as_str()), ("/bin/ab", "ab"));
+    }
+
+    #[test]
+    fn counters_since() {
+        let mut a = Counters::default();
+        let mut b = Counters::default();
+        a.0[Counter::ProcMapFull as usize] = 5;
+        b.0[Counter::ProcMapFull as usize] = 12;
+        assert_eq!(b.since(&a).get(Counter::ProcMapFull), 7);
+    }
+}

@@ -1,0 +1,236 @@
+//! The message schema: turns window records into the event objects every
+//! sink sends. Pure apart from the enrichment lookups it is handed.
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::{
+    aggregate::{Evictions, ProcessKind, ProcessRecord, TerminateRecord},
+    enrich::{rfc3339, BootClock, UserNames},
+};
+
+/// One event as printed on stdout (one JSON line) or carried in an envelope.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub event_type: &'static str,
+    pub window_start: String,
+    pub window_end: String,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Payload {
+    ProcessCreate(ProcessCreate),
+    ProcessTerminate(ProcessTerminate),
+    DroppedEventsStatistics(DroppedEventsStatistics),
+}
+
+impl Payload {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Payload::ProcessCreate(_) => "ProcessCreate",
+            Payload::ProcessTerminate(_) => "ProcessTerminate",
+            Payload::DroppedEventsStatistics(_) => "DroppedEventsStatistics",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessCreate {
+    /// First time this command line was seen in the window.
+    pub timestamp: String,
+    /// argv joined by spaces; `[comm]` for tasks without user memory.
+    pub commandline: String,
+    pub executable: String,
+    pub uid: u32,
+    pub user_name: Option<String>,
+    pub process_id: u32,
+    pub parent_process_id: u32,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub hit_count: u64,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessTerminate {
+    pub timestamp: String,
+    pub executable: String,
+    /// The exit code, or 128 + signal for a process killed by a signal.
+    pub exit_status: u32,
+    /// The signal that killed the process, if one did.
+    pub signal: Option<u32>,
+    pub process_id: u32,
+    pub hit_count: u64,
+}
+
+/// Events that fired but are in no record, per source event type and window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DroppedEventsStatistics {
+    pub source_event_type: &'static str,
+    /// Sum of the counts below: events with no record in any output.
+    pub dropped_events: u64,
+    /// Hits of records pushed out of a full window cache (oldest first).
+    pub cache_full: u64,
+    /// Events whose new record did not fit in the kernel map between two drains.
+    pub kernel_map_full: u64,
+    /// Events whose record vanished between insert and update (not seen in practice).
+    pub kernel_insert_race: u64,
+    /// Records pushed out of a full window cache.
+    pub records_evicted: u64,
+}
+
+impl DroppedEventsStatistics {
+    pub fn new(source: &'static str, evicted: Evictions, kernel_map_full: u64, kernel_insert_race: u64) -> Self {
+        DroppedEventsStatistics {
+            source_event_type: source,
+            dropped_events: evicted.hits + kernel_map_full + kernel_insert_race,
+            cache_full: evicted.hits,
+            kernel_map_full,
+            kernel_insert_race,
+            records_evicted: evicted.records,
+        }
+    }
+}
+
+/// The time window an event covers.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub start: SystemTime,
+    pub end: SystemTime,
+}
+
+/// What the conversions need besides the record.
+pub struct Enrichment<'a> {
+    pub users: &'a mut UserNames,
+    pub clock: BootClock,
+}
+
+impl Window {
+    pub fn event(&self, payload: Payload) -> Event {
+        Event { event_type: payload.event_type(), window_start: rfc3339(self.start), window_end: rfc3339(self.end), payload }
+    }
+}
+
+/// argv as laid out in memory (NUL after each argument) to one line.
+pub fn commandline(argv: &[u8], comm: &str) -> String {
+    let trimmed = match argv.iter().rposition(|&b| b != 0) {
+        Some(last) => &argv[..=last],
+        None => return format!("[{comm}]"),
+    };
+    let joined: Vec<u8> = trimmed.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
+    String::from_utf8_lossy(&joined).into_owned()
+}
+
+pub fn process_create(r: &ProcessRecord, e: &mut Enrichment<'_>) -> ProcessCreate {
+    ProcessCreate {
+        timestamp: rfc3339(e.clock.to_wall(r.first_seen_ns)),
+        commandline: commandline(&r.argv, &r.comm),
+        executable: r.executable.clone(),
+        uid: r.uid,
+        user_name: e.users.name(r.uid),
+        process_id: r.pid,
+        parent_process_id: r.ppid,
+        kind: match r.kind {
+            ProcessKind::Exec => "exec",
+            ProcessKind::Fork => "fork",
+        },
+        hit_count: r.hit_count,
+        truncated: r.truncated,
+    }
+}
+
+/// Splits a wait status (`task_struct.exit_code`) into exit status and signal.
+pub fn exit_status(code: u32) -> (u32, Option<u32>) {
+    match code & 0x7f {
+        0 => ((code >> 8) & 0xff, None),
+        sig => (128 + sig, Some(sig)),
+    }
+}
+
+pub fn process_terminate(r: &TerminateRecord, clock: BootClock) -> ProcessTerminate {
+    let (exit_status, signal) = exit_status(r.exit_code);
+    ProcessTerminate {
+        timestamp: rfc3339(clock.to_wall(r.first_seen_ns)),
+        executable: r.executable.clone(),
+        exit_status,
+        signal,
+        process_id: r.pid,
+        hit_count: r.hit_count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn commandline_joins_argv() {
+        assert_eq!(commandline(b"ls\0-l\0/tmp\0", "ls"), "ls -l /tmp");
+        assert_eq!(commandline(b"sh\0-c\0echo a\0\0\0", "sh"), "sh -c echo a");
+        assert_eq!(commandline(b"cut-off", "x"), "cut-off");
+        assert_eq!(commandline(b"", "kworker/0:1"), "[kworker/0:1]");
+        assert_eq!(commandline(b"\xff\0", "x"), "\u{fffd}");
+    }
+
+    #[test]
+    fn exit_status_decodes_wait_status() {
+        assert_eq!(exit_status(0), (0, None));
+        assert_eq!(exit_status(3 << 8), (3, None));
+        assert_eq!(exit_status(9), (137, Some(9)));
+        assert_eq!(exit_status(15 | 0x80), (143, Some(15)), "core dump bit ignored");
+    }
+
+    #[test]
+    fn process_create_schema() {
+        let mut users = UserNames::new("/nonexistent".into());
+        let mut e = Enrichment { users: &mut users, clock: BootClock::from_offset(0) };
+        let r = ProcessRecord {
+            kind: ProcessKind::Fork,
+            uid: 4242,
+            argv: b"a\0b\0".to_vec(),
+            truncated: true,
+            event_pid: 0,
+            nonce: 0,
+            hit_count: 7,
+            first_seen_ns: 2_000_000_000,
+            pid: 10,
+            ppid: 9,
+            executable: "/bin/a".into(),
+            comm: "a".into(),
+        };
+        let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH + Duration::from_secs(60) };
+        let v = serde_json::to_value(w.event(Payload::ProcessCreate(process_create(&r, &mut e)))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "event_type": "ProcessCreate",
+                "window_start": "1970-01-01T00:00:00.000Z",
+                "window_end": "1970-01-01T00:01:00.000Z",
+                "payload": {
+                    "timestamp": "1970-01-01T00:00:02.000Z",
+                    "commandline": "a b",
+                    "executable": "/bin/a",
+                    "uid": 4242,
+                    "user_name": null,
+                    "process_id": 10,
+                    "parent_process_id": 9,
+                    "type": "fork",
+                    "hit_count": 7,
+                    "truncated": true
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn dropped_statistics_sum() {
+        let d = DroppedEventsStatistics::new("ProcessCreate", Evictions { records: 2, hits: 5 }, 3, 1);
+        assert_eq!(d.dropped_events, 9);
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["source_event_type"], "ProcessCreate");
+        assert_eq!(v["records_evicted"], 2);
+    }
+}
