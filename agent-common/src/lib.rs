@@ -30,9 +30,7 @@ pub mod maps {
     pub const TASK_EXE: &str = "TASK_EXE";
     /// One [`super::Control`] value, written only by userspace.
     pub const CONTROL: &str = "CONTROL";
-    /// Two `u64`: programs currently writing to generation 0 and 1.
-    pub const INFLIGHT: &str = "INFLIGHT";
-    /// Per-CPU `u64` counters indexed by [`super::Counter`].
+    /// Per-CPU `u64` counters, `2 * COUNTER_COUNT`: see [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Per-CPU scratch space to build keys too large for the 512-byte stack.
     pub const SCRATCH: &str = "SCRATCH";
@@ -67,10 +65,10 @@ pub const FLAG_EXIT_PER_EVENT: u32 = 1 << 4;
 /// Runtime switches the programs read on every event. Userspace is the only
 /// writer; the programs only read it.
 ///
-/// `generation` selects which of the two maps of each family programs write
-/// to. Userspace flips it, waits until `INFLIGHT[old]` is zero, and only then
-/// reads and clears the old generation, so no increment can land in a map
-/// while it is being drained.
+/// `generation` selects which of the two maps of each family (and which half
+/// of `COUNTERS`) programs write to. Userspace flips it, waits for an RCU grace
+/// period, and only then reads and clears the old generation, so no increment
+/// can land in a map while it is being drained.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Control {
@@ -82,28 +80,27 @@ pub struct Control {
 }
 const _: () = assert!(size_of::<Control>() == 16);
 
-/// Indexes into the per-CPU `COUNTERS` array. Counters only grow; userspace
-/// reports the difference between two reads.
+/// Indexes into the per-CPU `COUNTERS` array. Counters are kept per
+/// generation (index `generation * COUNTER_COUNT + counter`), so that a drain
+/// reads exactly the counts that belong to the records it drained.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
+    /// Process create events (exec, and fork of a process, not a thread)
+    /// that an enabled collector tried to record.
+    ProcSeen = 0,
     /// A new process create record did not fit: the map held `cache_size` keys.
-    ProcMapFull = 0,
-    /// A new process terminate record did not fit.
-    ExitMapFull = 1,
+    ProcMapFull = 1,
+    /// The record vanished between a failed insert and the retry: event lost.
+    ProcRaceLost = 2,
+    /// Process exits (last thread) that an enabled collector tried to record.
+    ExitSeen = 3,
+    ExitMapFull = 4,
+    ExitRaceLost = 5,
     /// argv could not be read; the event is kept with an empty command line.
-    ArgvReadFailed = 2,
-    /// Lookup failed right after an insert reported the key as present
-    /// (it was deleted in between): the event is lost.
-    ProcRaceLost = 3,
-    ExitRaceLost = 4,
-    /// Exec, fork and exit events seen (all, also the ones filtered out),
-    /// for benchmarks and the lossless-drain check.
-    ExecSeen = 5,
-    ForkSeen = 6,
-    ExitSeen = 7,
+    ArgvReadFailed = 6,
 }
-pub const COUNTER_COUNT: u32 = 8;
+pub const COUNTER_COUNT: u32 = 7;
 
 /// Identity of an aggregated process create record: command line + uid + type
 /// (seed 001: "identical when the command line and userid are identical").

@@ -1,6 +1,6 @@
 //! Helpers shared by the programs: reading the running kernel's structures at
 //! offsets found at load time, counters, and the insert-or-add pattern.
-use agent_common::{Control, Counter, KernelOffsets};
+use agent_common::{Control, Counter, KernelOffsets, COUNTER_COUNT};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_probe_read_kernel, generated as gen},
@@ -28,8 +28,9 @@ pub fn control() -> Option<Control> {
 /// Per-CPU counters need no atomics: a tracepoint program runs to completion
 /// on one CPU with preemption disabled.
 #[inline(always)]
-pub fn count(counter: Counter) {
-    if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
+pub fn count(ctl: &Control, counter: Counter) {
+    let index = (ctl.generation & 1) * COUNTER_COUNT + counter as u32;
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
         unsafe { *c += 1 };
     }
 }
@@ -58,6 +59,7 @@ pub fn boot_ns() -> u64 {
 /// Returns `Err(full_counter)` when the map has no room.
 #[inline(always)]
 pub fn add_hit<K, V>(
+    ctl: &Control,
     map: &HashMap<K, V>,
     key: &K,
     hit_of: impl Fn(*mut V) -> *mut u64,
@@ -75,19 +77,15 @@ pub fn add_hit<K, V>(
         // -EEXIST: inserted by another CPU since our lookup.
         Err(-17) => match map.get_ptr_mut(key) {
             Some(v) => atomic_inc(hit_of(v)),
-            None => count(race),
+            None => count(ctl, race),
         },
         // -E2BIG (map full) or -ENOMEM: the event has no record.
-        Err(_) => count(full),
+        Err(_) => count(ctl, full),
     }
 }
 
 #[inline(always)]
 fn atomic_inc(p: *mut u64) {
     // AtomicU64 does not lower on the BPF target; the intrinsic becomes XADD.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            p, 1,
-        )
-    };
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1) };
 }

@@ -1,8 +1,7 @@
 //! Every map of the kernel side. Sizes given here are placeholders where the
 //! agent sets the real value at load time (`cache_size`).
 use agent_common::{
-    Control, ExitKey, ExitValue, ProcKey, ProcValue, Scratch, TaskExe, COUNTER_COUNT,
-    TASK_EXE_ENTRIES,
+    Control, ExitKey, ExitValue, ProcKey, ProcValue, Scratch, TaskExe, COUNTER_COUNT, TASK_EXE_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -24,6 +23,6 @@ pub static TASK_EXE: LruHashMap<u32, TaskExe> = LruHashMap::with_max_entries(TAS
 #[map(name = "CONTROL")]
 pub static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * COUNTER_COUNT, 0);
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -10,8 +10,8 @@
 //!   `exit_mm()` (kernel/exit.c), so argv is gone but `exit_code` is set;
 //!   `group_dead` marks the last thread of the process.
 use agent_common::{
-    Control, Counter, ExitKey, ExitValue, ProcKey, ProcValue, TaskExe, CMDLINE_CAP, EXE_CAP, FLAG_EXEC,
-    FLAG_EXIT, FLAG_EXIT_PER_EVENT, FLAG_FORK, FLAG_PROC_PER_EVENT, PROC_KIND_EXEC, PROC_KIND_FORK,
+    Control, Counter, ExitKey, ExitValue, ProcKey, ProcValue, TaskExe, CMDLINE_CAP, EXE_CAP, FLAG_EXEC, FLAG_EXIT,
+    FLAG_EXIT_PER_EVENT, FLAG_FORK, FLAG_PROC_PER_EVENT, PROC_KIND_EXEC, PROC_KIND_FORK,
 };
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -45,7 +45,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
-    count(Counter::ExecSeen);
     let ctl = control().ok_or(0)?;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(0)? };
@@ -57,7 +56,9 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
     exe[0] = 0;
     unsafe { gen::bpf_probe_read_kernel_str(exe.as_mut_ptr() as *mut _, EXE_CAP as u32, src as *const _) };
-    let _ = TASK_EXE.insert(tgid, unsafe { &*(exe as *const [u8; EXE_CAP] as *const TaskExe) }, BPF_ANY as u64);
+    // TaskExe is a repr(C) wrapper of the same array.
+    let task_exe: &TaskExe = unsafe { &*(exe.as_ptr() as *const TaskExe) };
+    let _ = TASK_EXE.insert(tgid, task_exe, BPF_ANY as u64);
 
     if ctl.flags & FLAG_EXEC == 0 {
         return Ok(());
@@ -69,7 +70,6 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
-    count(Counter::ForkSeen);
     let ctl = control().ok_or(0)?;
     let off = offsets();
     let child: *const u8 = ctx.arg(1);
@@ -92,14 +92,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let task = current_task();
-    record_process(
-        scratch,
-        PROC_KIND_FORK,
-        task,
-        child_tgid as u32,
-        parent_tgid,
-        &ctl,
-    );
+    record_process(scratch, PROC_KIND_FORK, task, child_tgid as u32, parent_tgid, &ctl);
     Ok(())
 }
 
@@ -114,14 +107,8 @@ fn parent_tgid(task: *const u8) -> u32 {
 /// Builds the key from `task`'s argv and uid and adds one hit. `scratch.proc_value.exe`
 /// holds the executable already.
 #[inline(always)]
-fn record_process(
-    scratch: &mut agent_common::Scratch,
-    kind: u8,
-    task: *const u8,
-    pid: u32,
-    ppid: u32,
-    ctl: &Control,
-) {
+fn record_process(scratch: &mut agent_common::Scratch, kind: u8, task: *const u8, pid: u32, ppid: u32, ctl: &Control) {
+    count(ctl, Counter::ProcSeen);
     let key = &mut scratch.proc_key;
     *key = ProcKey::zeroed();
     key.uid = bpf_get_current_uid_gid() as u32;
@@ -131,12 +118,13 @@ fn record_process(
         key.nonce = boot_ns();
     }
     if read_argv(task, key, ctl.cmdline_max).is_err() {
-        count(Counter::ArgvReadFailed);
+        count(ctl, Counter::ArgvReadFailed);
     }
     let key = &scratch.proc_key;
     let value = &mut scratch.proc_value as *mut ProcValue;
     let map = if ctl.generation & 1 == 0 { &PROC_0 } else { &PROC_1 };
     add_hit(
+        ctl,
         map,
         key,
         |v| unsafe { &mut (*v).hit_count as *mut u64 },
@@ -161,7 +149,7 @@ fn read_argv(task: *const u8, key: &mut ProcKey, max: u32) -> Result<(), i64> {
     let off = offsets();
     let mm: *const u8 = unsafe { read_field(task, off.task_mm)? };
     if mm.is_null() {
-        return Err(0);
+        return Ok(()); // a kernel thread: no user memory, no argv
     }
     let start: u64 = unsafe { read_field(mm, off.mm_arg_start)? };
     let end: u64 = unsafe { read_field(mm, off.mm_arg_end)? };
@@ -174,9 +162,7 @@ fn read_argv(task: *const u8, key: &mut ProcKey, max: u32) -> Result<(), i64> {
     }
     key.truncated = (len > max) as u8;
     key.cmdline_len = n as u32;
-    let ret = unsafe {
-        gen::bpf_probe_read_user(key.cmdline.as_mut_ptr() as *mut _, n as u32, start as *const _)
-    };
+    let ret = unsafe { gen::bpf_probe_read_user(key.cmdline.as_mut_ptr() as *mut _, n as u32, start as *const _) };
     if ret < 0 {
         key.cmdline_len = 0;
         return Err(ret);
@@ -185,7 +171,6 @@ fn read_argv(task: *const u8, key: &mut ProcKey, max: u32) -> Result<(), i64> {
 }
 
 fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    count(Counter::ExitSeen);
     let off = offsets();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -214,6 +199,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if ctl.flags & FLAG_EXIT == 0 {
         return Ok(());
     }
+    count(&ctl, Counter::ExitSeen);
     key.exit_code = unsafe { read_field::<i32>(current_task(), off.task_exit_code)? } as u32;
     if ctl.flags & FLAG_EXIT_PER_EVENT != 0 {
         key.pid = tgid;
@@ -223,6 +209,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let mut value = ExitValue { hit_count: 1, first_seen_ns: 0, pid: tgid, exe_is_comm };
     let value_ptr = &mut value as *mut ExitValue;
     add_hit(
+        &ctl,
         map,
         &scratch.exit_key,
         |v| unsafe { &mut (*v).hit_count as *mut u64 },

@@ -44,7 +44,8 @@ struct EventWindow<R: Aggregate> {
     cache: WindowCache<R>,
     opened: Instant,
     opened_wall: SystemTime,
-    counters_at_open: Counters,
+    /// Kernel counters of the generations drained into this window.
+    counters: Counters,
 }
 
 /// What a closed window hands to reporting.
@@ -56,33 +57,40 @@ struct Closed<R> {
 }
 
 impl<R: Aggregate> EventWindow<R> {
-    fn new(name: &'static str, settings: EventSettings, counters: Counters) -> Self {
+    fn new(name: &'static str, settings: EventSettings) -> Self {
         EventWindow {
             name,
             settings,
             cache: WindowCache::new(settings.cache_size as usize),
             opened: Instant::now(),
             opened_wall: SystemTime::now(),
-            counters_at_open: counters,
+            counters: Counters::default(),
         }
     }
 
-    fn due(&self, now: Instant) -> bool {
-        now.duration_since(self.opened) >= self.settings.interval
+    fn add(&mut self, batch: Vec<R>, counters: &Counters) {
+        self.cache.add_batch(batch);
+        self.counters.add(counters);
     }
 
-    fn close(&mut self, counters: Counters) -> Closed<R> {
+    /// Whether the window ends at this drain. Drains come once per
+    /// DRAIN_PERIOD, so a window ends at the drain nearest to its end rather
+    /// than the first one after it (which would stretch a PT1S window to 2 s).
+    fn due(&self, now: Instant) -> bool {
+        now.duration_since(self.opened) + DRAIN_PERIOD / 2 >= self.settings.interval
+    }
+
+    fn close(&mut self) -> Closed<R> {
         let now = SystemTime::now();
         let (records, evicted) = self.cache.take();
         let closed = Closed {
             window: Window { start: self.opened_wall, end: now },
             records,
             evicted,
-            counters: counters.since(&self.counters_at_open),
+            counters: std::mem::take(&mut self.counters),
         };
         self.opened = Instant::now();
         self.opened_wall = now;
-        self.counters_at_open = counters;
         if evicted.records > 0 {
             log::warn!(
                 "{}: window cache full ({} records); discarded the {} oldest ({} events); raise cacheSize{}",
@@ -110,10 +118,9 @@ pub struct Agent<S: Sink> {
 impl<S: Sink> Agent<S> {
     pub fn new(config: Config, mut drainer: Drainer, sink: S, users: UserNames) -> anyhow::Result<Self> {
         drainer.set_control(control_flags(&config), config.cmdline_max)?;
-        let counters = drainer.counters()?;
         Ok(Agent {
-            processes: EventWindow::new("ProcessCreate", config.process_create, counters),
-            terminations: EventWindow::new("ProcessTerminate", config.process_terminate, counters),
+            processes: EventWindow::new("ProcessCreate", config.process_create),
+            terminations: EventWindow::new("ProcessTerminate", config.process_terminate),
             config,
             drainer,
             users,
@@ -124,77 +131,91 @@ impl<S: Sink> Agent<S> {
 
     /// One drain, then every window whose interval has passed is reported.
     pub fn tick(&mut self) -> anyhow::Result<()> {
-        let counters = self.drain()?;
+        self.drain()?;
         let now = Instant::now();
         if self.processes.due(now) {
-            self.close_processes(counters)?;
+            self.close_processes()?;
         }
         if self.terminations.due(now) {
-            self.close_terminations(counters)?;
+            self.close_terminations()?;
         }
         Ok(())
     }
 
     /// Final drain; every open window is reported, however short.
     pub fn shutdown(&mut self) -> anyhow::Result<()> {
-        let counters = self.drain()?;
-        self.close_processes(counters)?;
-        self.close_terminations(counters)?;
+        self.drain()?;
+        self.close_processes()?;
+        self.close_terminations()?;
         Ok(())
     }
 
-    fn drain(&mut self) -> anyhow::Result<Counters> {
+    fn drain(&mut self) -> anyhow::Result<()> {
         let d = self.drainer.drain()?;
         self.clock = BootClock::now();
-        self.processes.cache.add_batch(d.processes);
-        self.terminations.cache.add_batch(d.terminations);
-        Ok(d.counters)
+        self.processes.add(d.processes, &d.counters);
+        self.terminations.add(d.terminations, &d.counters);
+        Ok(())
     }
 
-    fn close_processes(&mut self, counters: Counters) -> anyhow::Result<()> {
-        if !self.config.process_create.priority.enabled() && self.processes.cache.len() == 0 {
-            self.processes.close(counters);
+    fn close_processes(&mut self) -> anyhow::Result<()> {
+        let closed = self.processes.close();
+        if !self.config.process_create.priority.enabled() && closed.records.is_empty() {
             return Ok(());
         }
-        let closed = self.processes.close(counters);
         let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
         let mut events: Vec<Event> = closed
             .records
             .iter()
             .map(|r| closed.window.event(Payload::ProcessCreate(report::process_create(r, &mut enrich))))
             .collect();
-        events.extend(self.dropped(&closed, "ProcessCreate", Counter::ProcMapFull, Counter::ProcRaceLost));
+        events.extend(self.dropped(
+            &closed,
+            "ProcessCreate",
+            [Counter::ProcSeen, Counter::ProcMapFull, Counter::ProcRaceLost],
+        ));
         self.sink.publish(&events)?;
         Ok(())
     }
 
-    fn close_terminations(&mut self, counters: Counters) -> anyhow::Result<()> {
-        if !self.config.process_terminate.priority.enabled() && self.terminations.cache.len() == 0 {
-            self.terminations.close(counters);
+    fn close_terminations(&mut self) -> anyhow::Result<()> {
+        let closed = self.terminations.close();
+        if !self.config.process_terminate.priority.enabled() && closed.records.is_empty() {
             return Ok(());
         }
-        let closed = self.terminations.close(counters);
         let mut events: Vec<Event> = closed
             .records
             .iter()
             .map(|r| closed.window.event(Payload::ProcessTerminate(report::process_terminate(r, self.clock))))
             .collect();
-        events.extend(self.dropped(&closed, "ProcessTerminate", Counter::ExitMapFull, Counter::ExitRaceLost));
+        events.extend(self.dropped(
+            &closed,
+            "ProcessTerminate",
+            [Counter::ExitSeen, Counter::ExitMapFull, Counter::ExitRaceLost],
+        ));
         self.sink.publish(&events)?;
         Ok(())
     }
 
     /// The window's DroppedEventsStatistics, sent every window (zeros
     /// included) so that a reader can tell "nothing lost" from "not reported".
-    fn dropped<R>(&self, closed: &Closed<R>, source: &'static str, full: Counter, race: Counter) -> Option<Event> {
+    fn dropped<R>(&self, closed: &Closed<R>, source: &'static str, [seen, full, race]: [Counter; 3]) -> Option<Event> {
         if !self.config.dropped_stats_priority.enabled() {
             return None;
         }
         let map_full = closed.counters.get(full);
         if map_full > 0 {
-            log::warn!("{source}: {map_full} events found the kernel map full between two drains; raise cacheSize{source}");
+            log::warn!(
+                "{source}: {map_full} events found the kernel map full between two drains; raise cacheSize{source}"
+            );
         }
-        let stats = DroppedEventsStatistics::new(source, closed.evicted, map_full, closed.counters.get(race));
+        let stats = DroppedEventsStatistics::new(
+            source,
+            closed.counters.get(seen),
+            closed.evicted,
+            map_full,
+            closed.counters.get(race),
+        );
         Some(closed.window.event(Payload::DroppedEventsStatistics(stats)))
     }
 }

@@ -47,6 +47,10 @@ impl<R: Aggregate> WindowCache<R> {
         self.records.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -299,7 +303,12 @@ mod tests {
             pid: at as u32,
         };
         let mut c = WindowCache::new(8);
-        c.add_batch(vec![t("/bin/false", 256, 1, 1), t("/bin/false", 256, 2, 2), t("/bin/false", 0, 1, 3), t("/bin/true", 0, 1, 4)]);
+        c.add_batch(vec![
+            t("/bin/false", 256, 1, 1),
+            t("/bin/false", 256, 2, 2),
+            t("/bin/false", 0, 1, 3),
+            t("/bin/true", 0, 1, 4),
+        ]);
         let (out, _) = c.take();
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].hit_count, 3);

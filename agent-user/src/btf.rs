@@ -56,11 +56,7 @@ pub enum BtfError {
         source: std::io::Error,
     },
     #[error("BTF data truncated: {what} needs {needed} bytes, only {available} present")]
-    Truncated {
-        what: &'static str,
-        needed: u64,
-        available: usize,
-    },
+    Truncated { what: &'static str, needed: u64, available: usize },
     #[error("bad BTF magic {0:#06x}, expected 0xeb9f")]
     BadMagic(u16),
     #[error("BTF data is big-endian; only little-endian BTF is supported")]
@@ -85,9 +81,7 @@ pub enum BtfError {
     StructNotFound(String),
     #[error("member \"{member}\" not found in struct \"{struct_name}\"")]
     MemberNotFound { struct_name: String, member: String },
-    #[error(
-        "member \"{member}\" of struct \"{struct_name}\" is a bitfield and has no byte offset"
-    )]
+    #[error("member \"{member}\" of struct \"{struct_name}\" is a bitfield and has no byte offset")]
     Bitfield { struct_name: String, member: String },
     #[error("offset of member \"{member}\" of struct \"{struct_name}\" does not fit in u32")]
     OffsetOverflow { struct_name: String, member: String },
@@ -156,23 +150,12 @@ fn str_bytes(strings: &[u8], off: u32) -> Result<&[u8], BtfError> {
     if off == 0 && strings.is_empty() {
         return Ok(&[]);
     }
-    let tail = strings
-        .get(off as usize..)
-        .ok_or(BtfError::BadStringOffset(off))?;
-    let end = tail
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(BtfError::BadStringOffset(off))?;
+    let tail = strings.get(off as usize..).ok_or(BtfError::BadStringOffset(off))?;
+    let end = tail.iter().position(|&b| b == 0).ok_or(BtfError::BadStringOffset(off))?;
     Ok(&tail[..end])
 }
 
-fn section<'a>(
-    body: &'a [u8],
-    hdr_len: usize,
-    what: &'static str,
-    off: u32,
-    len: u32,
-) -> Result<&'a [u8], BtfError> {
+fn section<'a>(body: &'a [u8], hdr_len: usize, what: &'static str, off: u32, len: u32) -> Result<&'a [u8], BtfError> {
     let start = off as usize;
     let end = start + len as usize; // u32 + u32 cannot overflow usize on 64-bit
     body.get(start..end).ok_or(BtfError::Truncated {
@@ -186,11 +169,7 @@ impl Btf {
     /// Parses raw BTF bytes (little-endian host, as in /sys/kernel/btf/vmlinux).
     pub fn parse(bytes: &[u8]) -> Result<Btf, BtfError> {
         if bytes.len() < HEADER_LEN {
-            return Err(BtfError::Truncated {
-                what: "header",
-                needed: HEADER_LEN as u64,
-                available: bytes.len(),
-            });
+            return Err(BtfError::Truncated { what: "header", needed: HEADER_LEN as u64, available: bytes.len() });
         }
         let magic = u16::from_le_bytes([bytes[0], bytes[1]]);
         if magic == BTF_MAGIC.swap_bytes() {
@@ -212,20 +191,8 @@ impl Btf {
             needed: hdr_len as u64,
             available: bytes.len(),
         })?;
-        let types = section(
-            body,
-            hdr_len,
-            "type section",
-            le32(bytes, 8),
-            le32(bytes, 12),
-        )?;
-        let strings = section(
-            body,
-            hdr_len,
-            "string section",
-            le32(bytes, 16),
-            le32(bytes, 20),
-        )?;
+        let types = section(body, hdr_len, "type section", le32(bytes, 8), le32(bytes, 12))?;
+        let strings = section(body, hdr_len, "string section", le32(bytes, 16), le32(bytes, 20))?;
 
         let mut offsets = vec![0u32];
         let mut structs: HashMap<Box<str>, u32> = HashMap::new();
@@ -236,16 +203,12 @@ impl Btf {
                 return Err(BtfError::TruncatedType { type_id, kind: 0 });
             }
             let name_off = le32(types, pos);
-            let ty = TypeRef {
-                info: le32(types, pos + 4),
-                size_or_type: 0,
-                data_pos: 0,
-            };
+            let ty = TypeRef { info: le32(types, pos + 4), size_or_type: 0, data_pos: 0 };
             let kind = ty.kind();
             let vlen = ty.vlen();
             let trailing = match kind {
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
-                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
+                | KIND_FLOAT | KIND_TYPE_TAG => 0,
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
@@ -277,12 +240,7 @@ impl Btf {
             pos = end;
         }
 
-        Ok(Btf {
-            types: types.to_vec(),
-            strings: strings.to_vec(),
-            offsets,
-            structs,
-        })
+        Ok(Btf { types: types.to_vec(), strings: strings.to_vec(), offsets, structs })
     }
 
     /// Reads and parses /sys/kernel/btf/vmlinux.
@@ -291,10 +249,7 @@ impl Btf {
     }
 
     fn from_file(path: &Path) -> Result<Btf, BtfError> {
-        let bytes = std::fs::read(path).map_err(|source| BtfError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| BtfError::Io { path: path.to_path_buf(), source })?;
         Self::parse(&bytes)
     }
 
@@ -302,34 +257,22 @@ impl Btf {
     /// members are searched too (recursively, summing offsets), since e.g. mm_struct's
     /// arg_start lives in an anonymous struct in recent kernels. Errors on bitfields.
     pub fn member_offset(&self, struct_name: &str, member: &str) -> Result<u32, BtfError> {
-        let &id = self
-            .structs
-            .get(struct_name)
-            .ok_or_else(|| BtfError::StructNotFound(struct_name.to_string()))?;
+        let &id = self.structs.get(struct_name).ok_or_else(|| BtfError::StructNotFound(struct_name.to_string()))?;
         let mut steps = 0;
         let found = self.find_member(id, member.as_bytes(), 0, &mut steps)?;
         let names = || (struct_name.to_string(), member.to_string());
         match found {
             None => {
                 let (struct_name, member) = names();
-                Err(BtfError::MemberNotFound {
-                    struct_name,
-                    member,
-                })
+                Err(BtfError::MemberNotFound { struct_name, member })
             }
             Some(Found { bitfield: true, .. }) => {
                 let (struct_name, member) = names();
-                Err(BtfError::Bitfield {
-                    struct_name,
-                    member,
-                })
+                Err(BtfError::Bitfield { struct_name, member })
             }
             Some(Found { bits, .. }) => u32::try_from(bits / 8).map_err(|_| {
                 let (struct_name, member) = names();
-                BtfError::OffsetOverflow {
-                    struct_name,
-                    member,
-                }
+                BtfError::OffsetOverflow { struct_name, member }
             }),
         }
     }
@@ -343,10 +286,7 @@ impl Btf {
         if id == 0 {
             return Err(BtfError::BadTypeId(id));
         }
-        let pos = *self
-            .offsets
-            .get(id as usize)
-            .ok_or(BtfError::BadTypeId(id))? as usize;
+        let pos = *self.offsets.get(id as usize).ok_or(BtfError::BadTypeId(id))? as usize;
         Ok(TypeRef {
             info: le32(&self.types, pos + 4),
             size_or_type: le32(&self.types, pos + 8),
@@ -388,13 +328,7 @@ impl Btf {
 
     /// Depth-first search of struct/union `id` for `member`, descending into
     /// anonymous struct/union members the way C name lookup does.
-    fn find_member(
-        &self,
-        id: u32,
-        member: &[u8],
-        depth: u32,
-        steps: &mut u32,
-    ) -> Result<Option<Found>, BtfError> {
+    fn find_member(&self, id: u32, member: &[u8], depth: u32, steps: &mut u32) -> Result<Option<Found>, BtfError> {
         if depth >= MAX_DEPTH {
             return Err(BtfError::TypeLoop(id));
         }
@@ -411,19 +345,13 @@ impl Btf {
             let raw_off = le32(&self.types, pos + 8);
             // With kind_flag the offset word packs bitfield size (high 8 bits) and
             // bit offset (low 24 bits).
-            let (bit_off, bitfield_size) = if kind_flag {
-                (raw_off & 0x00ff_ffff, raw_off >> 24)
-            } else {
-                (raw_off, 0)
-            };
+            let (bit_off, bitfield_size) =
+                if kind_flag { (raw_off & 0x00ff_ffff, raw_off >> 24) } else { (raw_off, 0) };
             let misaligned = bitfield_size != 0 || bit_off % 8 != 0;
             if name_off != 0 {
                 if str_bytes(&self.strings, name_off)? == member {
                     let bitfield = misaligned || self.is_int_bitfield(m_type)?;
-                    return Ok(Some(Found {
-                        bits: u64::from(bit_off),
-                        bitfield,
-                    }));
+                    return Ok(Some(Found { bits: u64::from(bit_off), bitfield }));
                 }
                 continue;
             }
@@ -457,11 +385,7 @@ mod tests {
 
     impl Builder {
         fn new() -> Self {
-            Builder {
-                strings: vec![0],
-                types: Vec::new(),
-                next_id: 1,
-            }
+            Builder { strings: vec![0], types: Vec::new(), next_id: 1 }
         }
 
         fn name(&mut self, s: &str) -> u32 {
@@ -545,11 +469,7 @@ mod tests {
         let int = b.int("int", 4);
         let long = b.int("long", 8);
         let ptr = b.modifier(KIND_PTR, "", int);
-        b.strukt(
-            "foo",
-            24,
-            &[("a", int, 0), ("b", long, 64), ("c", ptr, 128)],
-        );
+        b.strukt("foo", 24, &[("a", int, 0), ("b", long, 64), ("c", ptr, 128)]);
         b.finish()
     }
 
@@ -580,11 +500,7 @@ mod tests {
         let un = b.union("", 8, &[("u", long, 0), ("", pq, 0)]);
         let inner = b.strukt("", 4, &[("deep", int, 0)]);
         let wrap = b.strukt("", 8, &[("", inner, 32)]);
-        b.strukt(
-            "outer",
-            24,
-            &[("x", long, 0), ("", un, 64), ("", wrap, 128)],
-        );
+        b.strukt("outer", 24, &[("x", long, 0), ("", un, 64), ("", wrap, 128)]);
         let btf = Btf::parse(&b.finish()).unwrap();
         assert_eq!(btf.member_offset("outer", "x").unwrap(), 0);
         assert_eq!(btf.member_offset("outer", "u").unwrap(), 8);
@@ -599,10 +515,7 @@ mod tests {
     fn missing_struct() {
         let btf = Btf::parse(&simple()).unwrap();
         let err = btf.member_offset("task_struct", "pid").unwrap_err();
-        assert!(
-            matches!(err, BtfError::StructNotFound(ref s) if s == "task_struct"),
-            "{err}"
-        );
+        assert!(matches!(err, BtfError::StructNotFound(ref s) if s == "task_struct"), "{err}");
         assert_eq!(err.to_string(), "struct \"task_struct\" not found in BTF");
     }
 
@@ -615,10 +528,7 @@ mod tests {
                 if struct_name == "foo" && member == "zzz"),
             "{err}"
         );
-        assert_eq!(
-            err.to_string(),
-            "member \"zzz\" not found in struct \"foo\""
-        );
+        assert_eq!(err.to_string(), "member \"zzz\" not found in struct \"foo\"");
     }
 
     #[test]
@@ -632,29 +542,16 @@ mod tests {
             "kf",
             true,
             8,
-            &[
-                ("bf", int, (3 << 24) | 32),
-                ("plain", int, 0),
-                ("", int, (5 << 24) | 35),
-            ],
+            &[("bf", int, (3 << 24) | 32), ("plain", int, 0), ("", int, (5 << 24) | 35)],
         );
         // kind_flag clear: misaligned offset, or byte-aligned narrow INT.
-        b.strukt(
-            "nokf",
-            8,
-            &[("a", int, 0), ("odd", int, 35), ("narrow", int3, 40)],
-        );
+        b.strukt("nokf", 8, &[("a", int, 0), ("odd", int, 35), ("narrow", int3, 40)]);
         // A bitfield reached through an anonymous struct.
         let anon = b.composite(KIND_STRUCT, "", true, 4, &[("x", int, 1 << 24)]);
         b.strukt("outer", 4, &[("", anon, 0)]);
         let btf = Btf::parse(&b.finish()).unwrap();
 
-        for (s, m) in [
-            ("kf", "bf"),
-            ("nokf", "odd"),
-            ("nokf", "narrow"),
-            ("outer", "x"),
-        ] {
+        for (s, m) in [("kf", "bf"), ("nokf", "odd"), ("nokf", "narrow"), ("outer", "x")] {
             let err = btf.member_offset(s, m).unwrap_err();
             assert!(matches!(err, BtfError::Bitfield { .. }), "{s}.{m}: {err}");
         }
@@ -677,24 +574,15 @@ mod tests {
 
         let mut data = simple();
         data.swap(0, 1);
-        assert!(matches!(
-            Btf::parse(&data).unwrap_err(),
-            BtfError::BigEndian
-        ));
+        assert!(matches!(Btf::parse(&data).unwrap_err(), BtfError::BigEndian));
 
         let mut data = simple();
         data[2] = 2;
-        assert!(matches!(
-            Btf::parse(&data).unwrap_err(),
-            BtfError::UnsupportedVersion(2)
-        ));
+        assert!(matches!(Btf::parse(&data).unwrap_err(), BtfError::UnsupportedVersion(2)));
 
         let mut data = simple();
         data[4..8].copy_from_slice(&8u32.to_le_bytes());
-        assert!(matches!(
-            Btf::parse(&data).unwrap_err(),
-            BtfError::BadHeaderLen(8)
-        ));
+        assert!(matches!(Btf::parse(&data).unwrap_err(), BtfError::BadHeaderLen(8)));
     }
 
     #[test]
@@ -702,23 +590,11 @@ mod tests {
         let data = simple();
         // Short header.
         let err = Btf::parse(&data[..10]).unwrap_err();
-        assert!(
-            matches!(err, BtfError::Truncated { what: "header", .. }),
-            "{err}"
-        );
+        assert!(matches!(err, BtfError::Truncated { what: "header", .. }), "{err}");
         assert!(Btf::parse(&[]).is_err());
         // Header intact but the string section is cut off.
         let err = Btf::parse(&data[..data.len() - 1]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BtfError::Truncated {
-                    what: "string section",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, BtfError::Truncated { what: "string section", .. }), "{err}");
         // A struct whose vlen claims more members than the type section holds.
         let mut b = Builder::new();
         let int = b.int("int", 4);
@@ -727,16 +603,7 @@ mod tests {
         let info_pos = HEADER_LEN + 16 + 4; // second type's info word
         data[info_pos] = 2; // vlen 1 -> 2
         let err = Btf::parse(&data).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BtfError::TruncatedType {
-                    type_id: 2,
-                    kind: KIND_STRUCT
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, BtfError::TruncatedType { type_id: 2, kind: KIND_STRUCT }), "{err}");
     }
 
     #[test]
@@ -745,16 +612,7 @@ mod tests {
         b.int("int", 4);
         b.raw("", 25, false, 0, 0, &[]);
         let err = Btf::parse(&b.finish()).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BtfError::UnknownKind {
-                    kind: 25,
-                    type_id: 2
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, BtfError::UnknownKind { kind: 25, type_id: 2 }), "{err}");
         assert_eq!(err.to_string(), "unknown BTF kind 25 at type id 2");
     }
 
@@ -784,14 +642,7 @@ mod tests {
         b.raw("e", KIND_ENUM, false, 2, 4, &[0, 1, 0, 2]); // +8*vlen
         b.raw("fwd", KIND_FWD, false, 0, 0, &[]);
         b.modifier(KIND_RESTRICT, "", int);
-        let proto = b.raw(
-            "",
-            KIND_FUNC_PROTO,
-            false,
-            3,
-            int,
-            &[0, int, 0, int, 0, int],
-        ); // +8*vlen
+        let proto = b.raw("", KIND_FUNC_PROTO, false, 3, int, &[0, int, 0, int, 0, int]); // +8*vlen
         b.raw("f", KIND_FUNC, false, 0, proto, &[]);
         let var = b.raw("v", KIND_VAR, false, 0, int, &[1]); // +4
         b.raw(".data", KIND_DATASEC, false, 1, 4, &[var, 0, 4]); // +12*vlen
@@ -815,10 +666,7 @@ mod tests {
         let btf = Btf::parse(&b.finish()).unwrap();
         assert_eq!(btf.member_offset("dup", "b").unwrap(), 4);
         assert!(btf.has_struct("empty"));
-        assert!(matches!(
-            btf.member_offset("empty", "a").unwrap_err(),
-            BtfError::MemberNotFound { .. }
-        ));
+        assert!(matches!(btf.member_offset("empty", "a").unwrap_err(), BtfError::MemberNotFound { .. }));
         // A forward declaration alone does not count as a struct.
         let mut b = Builder::new();
         b.raw("only_fwd", KIND_FWD, false, 0, 0, &[]);
@@ -836,18 +684,9 @@ mod tests {
         b.strukt("tdloop", 4, &[("", 2, 0)]);
         b.strukt("dangling", 4, &[("", 99, 0)]);
         let btf = Btf::parse(&b.finish()).unwrap();
-        assert!(matches!(
-            btf.member_offset("loop", "x").unwrap_err(),
-            BtfError::TypeLoop(_)
-        ));
-        assert!(matches!(
-            btf.member_offset("tdloop", "x").unwrap_err(),
-            BtfError::TypeLoop(_)
-        ));
-        assert!(matches!(
-            btf.member_offset("dangling", "x").unwrap_err(),
-            BtfError::BadTypeId(99)
-        ));
+        assert!(matches!(btf.member_offset("loop", "x").unwrap_err(), BtfError::TypeLoop(_)));
+        assert!(matches!(btf.member_offset("tdloop", "x").unwrap_err(), BtfError::TypeLoop(_)));
+        assert!(matches!(btf.member_offset("dangling", "x").unwrap_err(), BtfError::BadTypeId(99)));
     }
 
     #[test]
@@ -864,10 +703,7 @@ mod tests {
     fn io_error_names_the_path() {
         let err = Btf::from_file(Path::new("/nonexistent/btf/vmlinux")).unwrap_err();
         assert!(matches!(err, BtfError::Io { .. }));
-        assert!(
-            err.to_string().contains("/nonexistent/btf/vmlinux"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nonexistent/btf/vmlinux"), "{err}");
     }
 
     #[test]

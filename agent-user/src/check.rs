@@ -43,9 +43,7 @@ pub fn effective_caps() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
         .unwrap_or(0)
 }
@@ -105,7 +103,11 @@ pub fn run_checks() -> Vec<Check> {
             out.push(if o.has_group_dead != 0 {
                 check(Status::Ok, "exit: last thread detection", "sched_process_exit.group_dead")
             } else {
-                check(Status::Warn, "exit: last thread detection", "no group_dead field (kernel < 6.15): using thread group leader exit")
+                check(
+                    Status::Warn,
+                    "exit: last thread detection",
+                    "no group_dead field (kernel < 6.15): using thread group leader exit",
+                )
             });
         }
         Some(Err(e)) => out.push(check(Status::Fail, "structure offsets", e.to_string())),
@@ -122,7 +124,11 @@ pub fn run_checks() -> Vec<Check> {
     let can_load = caps_missing.is_none();
     out.push(match (offsets, can_load) {
         (Some(Ok(o)), true) => match load_and_attach(&o) {
-            Ok(()) => check(Status::Ok, "load and attach programs", format!("{} programs verified and attached", ebpf::PROBES.len())),
+            Ok(()) => check(
+                Status::Ok,
+                "load and attach programs",
+                format!("{} programs verified and attached", ebpf::PROBES.len()),
+            ),
             Err(e) => check(Status::Fail, "load and attach programs", e.to_string()),
         },
         _ => check(Status::Fail, "load and attach programs", "skipped: fix the failures above first"),

@@ -210,8 +210,7 @@ impl RawConfig {
         if !errors.is_empty() {
             return Err(ConfigError { source_name: source_name.to_string(), errors });
         }
-        serde_json::from_value(serde_json::Value::Object(raw))
-            .map_err(|e| fail("(document)", e.to_string()))
+        serde_json::from_value(serde_json::Value::Object(raw)).map_err(|e| fail("(document)", e.to_string()))
     }
 
     /// `other`'s properties replace ours where set.
@@ -248,7 +247,11 @@ impl RawConfig {
                 }
             }
         };
-        interval("aggregationIntervalProcessCreate", self.aggregation_interval_process_create, &mut c.process_create.interval);
+        interval(
+            "aggregationIntervalProcessCreate",
+            self.aggregation_interval_process_create,
+            &mut c.process_create.interval,
+        );
         interval(
             "aggregationIntervalProcessTerminate",
             self.aggregation_interval_process_terminate,
@@ -257,14 +260,29 @@ impl RawConfig {
         let mut range = |field: &str, v: Option<u32>, min: u32, max: u32, into: &mut u32| {
             if let Some(v) = v {
                 if v < min || v > max {
-                    errors.push(FieldError { field: field.into(), reason: format!("must be between {min} and {max}, got {v}") });
+                    errors.push(FieldError {
+                        field: field.into(),
+                        reason: format!("must be between {min} and {max}, got {v}"),
+                    });
                 } else {
                     *into = v;
                 }
             }
         };
-        range("cacheSizeProcessCreate", self.cache_size_process_create, 1, CACHE_SIZE_MAX, &mut c.process_create.cache_size);
-        range("cacheSizeProcessTerminate", self.cache_size_process_terminate, 1, CACHE_SIZE_MAX, &mut c.process_terminate.cache_size);
+        range(
+            "cacheSizeProcessCreate",
+            self.cache_size_process_create,
+            1,
+            CACHE_SIZE_MAX,
+            &mut c.process_create.cache_size,
+        );
+        range(
+            "cacheSizeProcessTerminate",
+            self.cache_size_process_terminate,
+            1,
+            CACHE_SIZE_MAX,
+            &mut c.process_terminate.cache_size,
+        );
         range(
             "processCommandLineMaxBytes",
             self.process_command_line_max_bytes,
@@ -330,7 +348,6 @@ pub fn property_names() -> Vec<String> {
     s["properties"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,8 +389,8 @@ mod tests {
 
     #[test]
     fn every_bad_field_is_named() {
-        let e = parse(r#"{"cacheSizeProcessCreate":"big","bogus":1,"aggregationIntervalProcessCreate":"1H"}"#)
-            .unwrap_err();
+        let e =
+            parse(r#"{"cacheSizeProcessCreate":"big","bogus":1,"aggregationIntervalProcessCreate":"1H"}"#).unwrap_err();
         let fields: Vec<_> = e.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["aggregationIntervalProcessCreate", "bogus", "cacheSizeProcessCreate"]);
         let text = e.to_string();

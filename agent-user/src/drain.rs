@@ -12,7 +12,7 @@ use std::{ffi::CStr, time::Duration};
 
 use agent_common::{maps, Control, Counter, ExitKey, ExitValue, ProcKey, ProcValue, COUNTER_COUNT, PROC_KIND_FORK};
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 
@@ -22,6 +22,8 @@ use crate::aggregate::{ProcessKind, ProcessRecord, TerminateRecord};
 pub enum DrainError {
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("cannot count possible CPUs: {0}")]
+    Cpus(std::io::Error),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -30,7 +32,7 @@ pub enum DrainError {
     },
 }
 
-/// Cumulative kernel counters, summed over CPUs.
+/// Kernel counters of one or more drained generations, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters(pub [u64; COUNTER_COUNT as usize]);
 
@@ -38,13 +40,10 @@ impl Counters {
     pub fn get(&self, c: Counter) -> u64 {
         self.0[c as usize]
     }
-    /// Growth since `earlier`.
-    pub fn since(&self, earlier: &Counters) -> Counters {
-        let mut out = [0; COUNTER_COUNT as usize];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = self.0[i].wrapping_sub(earlier.0[i]);
+    pub fn add(&mut self, other: &Counters) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
         }
-        Counters(out)
     }
 }
 
@@ -53,7 +52,8 @@ impl Counters {
 pub struct Drained {
     pub processes: Vec<ProcessRecord>,
     pub terminations: Vec<TerminateRecord>,
-    /// Read after the records: every event in them is already counted here.
+    /// The counters of the same generation: exactly the events these
+    /// records (and drops) account for.
     pub counters: Counters,
 }
 
@@ -98,6 +98,7 @@ pub struct Drainer {
     proc: [HashMap<MapData, ProcKey, ProcValue>; 2],
     exit: [HashMap<MapData, ExitKey, ExitValue>; 2],
     counters: PerCpuArray<MapData, u64>,
+    zeros: Vec<u64>,
     quiesce: Quiesce,
 }
 
@@ -115,6 +116,7 @@ impl Drainer {
             proc: [take(ebpf, maps::PROC_0)?, take(ebpf, maps::PROC_1)?],
             exit: [take(ebpf, maps::EXIT_0)?, take(ebpf, maps::EXIT_1)?],
             counters: take(ebpf, maps::COUNTERS)?,
+            zeros: vec![0; aya::util::nr_cpus().map_err(|(_, e)| DrainError::Cpus(e))?],
             quiesce: Quiesce::detect(),
         };
         d.write_control()?;
@@ -144,25 +146,25 @@ impl Drainer {
         self.write_control()?;
         self.quiesce.wait();
 
-        let processes = drain_map(&mut self.proc[old], maps::PROC_0)?
-            .into_iter()
-            .map(|(k, v)| process_record(&k, &v))
-            .collect();
-        let terminations = drain_map(&mut self.exit[old], maps::EXIT_0)?
-            .into_iter()
-            .map(|(k, v)| terminate_record(&k, &v))
-            .collect();
-        Ok(Drained { processes, terminations, counters: self.counters()? })
+        let processes =
+            drain_map(&mut self.proc[old], maps::PROC_0)?.into_iter().map(|(k, v)| process_record(&k, &v)).collect();
+        let terminations =
+            drain_map(&mut self.exit[old], maps::EXIT_0)?.into_iter().map(|(k, v)| terminate_record(&k, &v)).collect();
+        let counters = self.take_counters(old as u32)?;
+        Ok(Drained { processes, terminations, counters })
     }
 
-    pub fn counters(&self) -> Result<Counters, DrainError> {
+    /// Reads and zeroes one generation's counters.
+    fn take_counters(&mut self, generation: u32) -> Result<Counters, DrainError> {
+        let err = |source| DrainError::Map { name: maps::COUNTERS, source };
         let mut out = [0u64; COUNTER_COUNT as usize];
         for (i, o) in out.iter_mut().enumerate() {
-            let per_cpu = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(|source| DrainError::Map { name: maps::COUNTERS, source })?;
-            *o = per_cpu.iter().sum();
+            let index = generation * COUNTER_COUNT + i as u32;
+            *o = self.counters.get(&index, 0).map_err(err)?.iter().sum();
+            if *o != 0 {
+                let zeros = PerCpuValues::try_from(self.zeros.clone()).map_err(DrainError::Cpus)?;
+                self.counters.set(index, zeros, 0).map_err(err)?;
+            }
         }
         Ok(Counters(out))
     }
@@ -199,9 +201,10 @@ pub fn process_record(k: &ProcKey, v: &ProcValue) -> ProcessRecord {
     let kind = if k.kind == PROC_KIND_FORK { ProcessKind::Fork } else { ProcessKind::Exec };
     let mut executable = c_string(&v.exe);
     if executable.is_empty() {
-        // The parent exec'd before the agent started: ask /proc while the
-        // process is likely still there.
-        executable = std::fs::read_link(format!("/proc/{}/exe", v.pid))
+        // The image was exec'd before the agent started. A forked child runs
+        // its parent's image; the parent is likely still alive.
+        let owner = if kind == ProcessKind::Fork { v.ppid } else { v.pid };
+        executable = std::fs::read_link(format!("/proc/{owner}/exe"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
     }
@@ -260,11 +263,12 @@ mod tests {
     }
 
     #[test]
-    fn counters_since() {
+    fn counters_add() {
         let mut a = Counters::default();
         let mut b = Counters::default();
         a.0[Counter::ProcMapFull as usize] = 5;
-        b.0[Counter::ProcMapFull as usize] = 12;
-        assert_eq!(b.since(&a).get(Counter::ProcMapFull), 7);
+        b.0[Counter::ProcMapFull as usize] = 7;
+        a.add(&b);
+        assert_eq!(a.get(Counter::ProcMapFull), 12);
     }
 }

@@ -66,10 +66,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
     let exec = tracefs::format("sched", "sched_process_exec")?;
     let exit = tracefs::format("sched", "sched_process_exit")?;
     let field = |fields: &std::collections::HashMap<String, tracefs::Field>, tp: &str, name: &str| {
-        fields.get(name).map(|f| f.offset).ok_or_else(|| tracefs::TracefsError::NoField {
-            tracepoint: tp.to_string(),
-            field: name.to_string(),
-        })
+        fields
+            .get(name)
+            .map(|f| f.offset)
+            .ok_or_else(|| tracefs::TracefsError::NoField { tracepoint: tp.to_string(), field: name.to_string() })
     };
     // group_dead joined sched_process_exit in 6.15; older kernels fall back
     // to "the exiting thread is the group leader".

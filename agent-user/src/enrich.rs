@@ -1,5 +1,9 @@
 //! What userspace adds to kernel records: user names and wall-clock times.
-use std::{collections::HashMap, path::PathBuf, time::{Duration, SystemTime, UNIX_EPOCH}};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// uid -> name from a passwd file. Looked up again when an unknown uid shows
 /// up (users get added), at most once per `reload_after`.

@@ -112,7 +112,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         process_terminate: config.process_terminate.cache_size,
     };
     let mut bpf = ebpf::load(&offsets, sizes)?;
-    let drainer = drain::Drainer::new(&mut bpf, agent_common::Control { cmdline_max: config.cmdline_max, ..Default::default() })?;
+    let drainer =
+        drain::Drainer::new(&mut bpf, agent_common::Control { cmdline_max: config.cmdline_max, ..Default::default() })?;
     if let drain::Quiesce::Sleep(d) = drainer.quiesce() {
         log::warn!("membarrier(MEMBARRIER_CMD_GLOBAL) unavailable: each drain sleeps {d:?} instead");
     }

@@ -69,6 +69,9 @@ pub struct ProcessTerminate {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DroppedEventsStatistics {
     pub source_event_type: &'static str,
+    /// Events the kernel saw in this window: the window's hit counts plus
+    /// `dropped_events` add up to exactly this.
+    pub events_seen: u64,
     /// Sum of the counts below: events with no record in any output.
     pub dropped_events: u64,
     /// Hits of records pushed out of a full window cache (oldest first).
@@ -82,9 +85,16 @@ pub struct DroppedEventsStatistics {
 }
 
 impl DroppedEventsStatistics {
-    pub fn new(source: &'static str, evicted: Evictions, kernel_map_full: u64, kernel_insert_race: u64) -> Self {
+    pub fn new(
+        source: &'static str,
+        events_seen: u64,
+        evicted: Evictions,
+        kernel_map_full: u64,
+        kernel_insert_race: u64,
+    ) -> Self {
         DroppedEventsStatistics {
             source_event_type: source,
+            events_seen,
             dropped_events: evicted.hits + kernel_map_full + kernel_insert_race,
             cache_full: evicted.hits,
             kernel_map_full,
@@ -109,7 +119,12 @@ pub struct Enrichment<'a> {
 
 impl Window {
     pub fn event(&self, payload: Payload) -> Event {
-        Event { event_type: payload.event_type(), window_start: rfc3339(self.start), window_end: rfc3339(self.end), payload }
+        Event {
+            event_type: payload.event_type(),
+            window_start: rfc3339(self.start),
+            window_end: rfc3339(self.end),
+            payload,
+        }
     }
 }
 
@@ -227,7 +242,7 @@ mod tests {
 
     #[test]
     fn dropped_statistics_sum() {
-        let d = DroppedEventsStatistics::new("ProcessCreate", Evictions { records: 2, hits: 5 }, 3, 1);
+        let d = DroppedEventsStatistics::new("ProcessCreate", 20, Evictions { records: 2, hits: 5 }, 3, 1);
         assert_eq!(d.dropped_events, 9);
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["source_event_type"], "ProcessCreate");

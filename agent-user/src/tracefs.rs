@@ -60,7 +60,8 @@ pub fn root() -> Result<PathBuf, TracefsError> {
 /// Reads the format of `category/name`.
 pub fn format(category: &str, name: &str) -> Result<HashMap<String, Field>, TracefsError> {
     let path = root()?.join("events").join(category).join(name).join("format");
-    let text = std::fs::read_to_string(&path).map_err(|e| TracefsError::NoTracepoint(format!("{category}/{name}"), e))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| TracefsError::NoTracepoint(format!("{category}/{name}"), e))?;
     Ok(parse_format(&text))
 }
 

@@ -41,7 +41,10 @@ mod tests {
     #[test]
     fn one_json_object_per_line() {
         let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH };
-        let e = w.event(Payload::DroppedEventsStatistics(DroppedEventsStatistics { source_event_type: "ProcessCreate", ..Default::default() }));
+        let e = w.event(Payload::DroppedEventsStatistics(DroppedEventsStatistics {
+            source_event_type: "ProcessCreate",
+            ..Default::default()
+        }));
         let mut buf = Vec::new();
         StdoutSink::new(&mut buf).publish(&[e.clone(), e]).unwrap();
         let text = String::from_utf8(buf).unwrap();

@@ -1,0 +1,84 @@
+//! The binary's command line: errors a person sees. No root needed.
+use std::process::Command;
+
+use tests::hitcount_bin;
+
+fn hitcount(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(hitcount_bin()).args(args).output().expect("run hitcount");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn bad_flag_is_one_clear_error() {
+    let (code, _, err) = hitcount(&["run", "--interval", "1 hour"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--interval") && err.contains("ISO 8601"), "{err}");
+    let (code, _, err) = hitcount(&["run", "--frobnicate"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--frobnicate"), "{err}");
+}
+
+#[test]
+fn bad_config_file_names_every_field() {
+    let path = std::env::temp_dir().join(format!("hc-bad-{}.json", std::process::id()));
+    std::fs::write(&path, r#"{"cacheSizeProcessCreate":0,"aggregationIntervalProcessCreate":"soon","nope":true}"#)
+        .unwrap();
+    for args in [vec!["run", "--config", path.to_str().unwrap()], vec!["config", "validate", path.to_str().unwrap()]] {
+        let (code, out, err) = hitcount(&args);
+        assert_eq!(code, 1, "{out}{err}");
+        let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{err}"));
+        for field in ["aggregationIntervalProcessCreate", "nope"] {
+            assert!(line.contains(field), "{line}");
+        }
+    }
+    // Range errors surface once the types are right.
+    std::fs::write(&path, r#"{"cacheSizeProcessCreate":0}"#).unwrap();
+    let (code, _, err) = hitcount(&["config", "validate", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cacheSizeProcessCreate: must be between 1 and 65536, got 0"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn missing_config_file_says_so() {
+    let (code, _, err) = hitcount(&["run", "--config", "/nonexistent/hc.json"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read config file /nonexistent/hc.json"), "{err}");
+}
+
+#[test]
+fn config_defaults_validate_and_schema_agree() {
+    let (code, defaults, _) = hitcount(&["config", "defaults"]);
+    assert_eq!(code, 0);
+    let path = std::env::temp_dir().join(format!("hc-defaults-{}.json", std::process::id()));
+    std::fs::write(&path, &defaults).unwrap();
+    let (code, out, err) = hitcount(&["config", "validate", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::remove_file(&path).unwrap();
+    let (code, schema, _) = hitcount(&["config", "schema"]);
+    assert_eq!(code, 0);
+    let schema: serde_json::Value = serde_json::from_str(&schema).unwrap();
+    let defaults: serde_json::Value = serde_json::from_str(&defaults).unwrap();
+    let props = schema["properties"].as_object().unwrap();
+    assert_eq!(props.len(), defaults.as_object().unwrap().len());
+    for k in defaults.as_object().unwrap().keys() {
+        assert!(props.contains_key(k), "{k} not in schema");
+    }
+}
+
+#[test]
+fn check_reports_this_kernel() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        tests::skip("check_reports_this_kernel", "not root");
+        return;
+    }
+    let (code, out, err) = hitcount(&["check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("load and attach programs"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+}

@@ -1,0 +1,110 @@
+//! Project automation: `cargo xtask <command>` (see `cargo xtask --help`).
+//!
+//! Every command other than `setup` runs setup first, so a fresh clone needs
+//! nothing but rustup and `cargo xtask build`.
+
+mod bench;
+mod build;
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask", about = "Build, run and test the hitcount agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the nightly toolchain, rust-src and bpf-linker; mount tracefs and bpffs.
+    Setup,
+    /// Build the eBPF object (nightly, bpfel-unknown-none).
+    BuildEbpf,
+    /// Run clippy on the eBPF crate with warnings denied.
+    LintEbpf,
+    /// Build the eBPF object and the `hitcount` binary that embeds it.
+    Build {
+        /// Build the userspace agent without --release.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build and run the agent as root (via `sudo -E` if needed).
+    Run {
+        /// Build the userspace agent without --release.
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for the agent (default: `run`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run the unit tier and (as root) the privileged tier.
+    Test {
+        /// Skip the privileged tier.
+        #[arg(long)]
+        unit_only: bool,
+        /// Extra `cargo test` arguments; after another `--`, test harness arguments.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run a benchmark from the `tests` crate.
+    Bench {
+        /// Which benchmark to run.
+        #[arg(value_enum)]
+        bench: bench::Bench,
+        /// Arguments for the benchmark.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // Printed by hand rather than by returning the error from main:
+            // that would add a stack backtrace whenever RUST_BACKTRACE is
+            // set, which says nothing about why a build or test failed.
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let setup = setup::run()?;
+    match cli.command {
+        Command::Setup => {}
+        Command::BuildEbpf => {
+            build::build_ebpf(&setup)?;
+        }
+        Command::LintEbpf => build::lint_ebpf(&setup)?,
+        Command::Build { debug } => {
+            build::build(&setup, debug)?;
+        }
+        Command::Run { debug, args } => {
+            let artifacts = build::build(&setup, debug)?;
+            return run::run_agent(&artifacts.binary, &args);
+        }
+        Command::Test { unit_only, args } => {
+            let artifacts = build::build(&setup, false)?;
+            test::run(&artifacts, &test::Options { unit_only, extra_args: &args })?;
+        }
+        Command::Bench { bench, args } => {
+            let artifacts = build::build(&setup, false)?;
+            return bench::run(&artifacts, bench, &args);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,183 @@
+//! `cargo xtask test`: the unit tier (no privileges) and the privileged tier
+//! (loads real BPF programs, needs root).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{bail, Context, Result};
+
+use crate::build::{Artifacts, EBPF_OBJECT_VAR};
+use crate::cmd;
+
+/// The integration tests find the agent binary here.
+pub const BIN_VAR: &str = "HITCOUNT_BIN";
+/// Tests that cannot run on this kernel append one line each to this file.
+const SKIP_LOG_VAR: &str = "HITCOUNT_SKIP_LOG";
+
+pub struct Options<'a> {
+    pub unit_only: bool,
+    /// Extra arguments for both `cargo test` invocations; anything after a
+    /// `--` among them goes to the test binaries.
+    pub extra_args: &'a [String],
+}
+
+/// Extra arguments split into cargo's and the test binaries' halves, so the
+/// privileged tier can add its own `--test-threads=1` after the `--`.
+struct ExtraArgs<'a> {
+    cargo: &'a [String],
+    harness: &'a [String],
+}
+
+impl<'a> ExtraArgs<'a> {
+    fn split(args: &'a [String]) -> Self {
+        match args.iter().position(|a| a == "--") {
+            Some(i) => Self { cargo: &args[..i], harness: &args[i + 1..] },
+            None => Self { cargo: args, harness: &[] },
+        }
+    }
+}
+
+pub fn run(artifacts: &Artifacts, options: &Options) -> Result<()> {
+    let extra_args = ExtraArgs::split(options.extra_args);
+    unit_tier(artifacts, &extra_args)?;
+
+    if options.unit_only {
+        println!("privileged tier skipped: --unit-only");
+        println!("test summary: unit tier passed; privileged tier not run (--unit-only)");
+        return Ok(());
+    }
+
+    match privileged_tier(artifacts, &extra_args)? {
+        Some(counts) => println!(
+            "test summary: unit tier passed; privileged tier passed ({} ran, {} skipped)",
+            counts.ran, counts.skipped
+        ),
+        None => println!("test summary: unit tier passed; privileged tier not run (not root)"),
+    }
+    Ok(())
+}
+
+/// Everything that runs without privileges, on the default toolchain. The
+/// eBPF crate only builds for the BPF target, and `tests` is the privileged
+/// tier.
+fn unit_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<()> {
+    println!("unit tier: running");
+    let mut cargo = cmd::cargo(None);
+    cargo
+        .args(["test", "--workspace", "--exclude", "agent-ebpf", "--exclude", "tests"])
+        .args(extra_args.cargo)
+        .env(EBPF_OBJECT_VAR, &artifacts.ebpf_object);
+    if !extra_args.harness.is_empty() {
+        cargo.arg("--").args(extra_args.harness);
+    }
+    cmd::run(&mut cargo).context("unit tier failed")?;
+    println!("unit tier: passed");
+    Ok(())
+}
+
+struct Counts {
+    ran: u64,
+    skipped: u64,
+}
+
+/// Returns None when skipped for lack of root (and that is allowed).
+fn privileged_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<Option<Counts>> {
+    if !cmd::is_root() {
+        println!("privileged tier skipped: not root");
+        if cmd::privileged_required() {
+            bail!("HITCOUNT_REQUIRE_PRIVILEGED=1 but the privileged tier cannot run without root");
+        }
+        return Ok(None);
+    }
+
+    println!("privileged tier: running");
+    let skip_log = cmd::fresh_temp_file("hitcount-skip-log")?;
+    let result = run_privileged_tests(artifacts, extra_args, &skip_log);
+    // Read the log before judging the result so the skipped tests are listed
+    // even when the run failed.
+    let skipped = read_skip_log(&skip_log);
+    let _ = std::fs::remove_file(&skip_log);
+    let (cargo_ok, passed) = result?;
+    let skipped = skipped?;
+
+    for line in &skipped {
+        println!("privileged tier skipped: {line}");
+    }
+    // Skipped tests return early and so count as passed; they did not test
+    // anything.
+    let counts = Counts { ran: passed.saturating_sub(skipped.len() as u64), skipped: skipped.len() as u64 };
+    println!("privileged tier: {} tests ran, {} skipped", counts.ran, counts.skipped);
+
+    if !cargo_ok {
+        bail!("privileged tier failed");
+    }
+    if counts.ran == 0 {
+        bail!("CI must fail if the privileged tier ran no test");
+    }
+    if cmd::privileged_required() && counts.skipped > 0 {
+        bail!("HITCOUNT_REQUIRE_PRIVILEGED=1 but {} privileged tests were skipped", counts.skipped);
+    }
+    Ok(Some(counts))
+}
+
+/// Run the `tests` crate one test at a time (they share kernel state such as
+/// tracepoints and bpffs), echoing its stdout live while collecting it.
+/// Returns whether cargo succeeded and the total of "N passed".
+fn run_privileged_tests(artifacts: &Artifacts, extra_args: &ExtraArgs, skip_log: &Path) -> Result<(bool, u64)> {
+    let mut cargo = cmd::cargo(None);
+    cargo
+        .args(["test", "--release", "-p", "tests"])
+        .args(extra_args.cargo)
+        .args(["--", "--test-threads=1"])
+        .args(extra_args.harness)
+        .env(BIN_VAR, &artifacts.binary)
+        .env(EBPF_OBJECT_VAR, &artifacts.ebpf_object)
+        .env(SKIP_LOG_VAR, skip_log)
+        .stdout(Stdio::piped());
+    let mut child = cargo.spawn().with_context(|| format!("failed to start {}", cmd::describe(&cargo)))?;
+
+    let mut passed = 0;
+    let stdout = child.stdout.take().context("cargo test stdout was not captured")?;
+    let mut terminal = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("cannot read cargo test output")?;
+        writeln!(terminal, "{line}")?;
+        terminal.flush()?;
+        passed += passed_count(&line).unwrap_or(0);
+    }
+    drop(terminal);
+
+    let status = child.wait().context("cannot wait for cargo test")?;
+    Ok((status.success(), passed))
+}
+
+/// `test result: ok. 3 passed; 0 failed; ...` -> 3.
+fn passed_count(line: &str) -> Option<u64> {
+    let rest = line.trim_start().strip_prefix("test result:")?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    words.windows(2).find(|pair| pair[1].trim_end_matches(';') == "passed").and_then(|pair| pair[0].parse().ok())
+}
+
+fn read_skip_log(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read skip log {}", path.display()))?;
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passed_count;
+
+    #[test]
+    fn counts_passed_tests() {
+        assert_eq!(
+            passed_count(
+                "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s"
+            ),
+            Some(3)
+        );
+        assert_eq!(passed_count("test result: FAILED. 0 passed; 2 failed; 0 ignored"), Some(0));
+        assert_eq!(passed_count("test foo ... ok"), None);
+        assert_eq!(passed_count("running 3 tests"), None);
+    }
+}
