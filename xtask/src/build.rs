@@ -36,7 +36,7 @@ fn ebpf_cargo(setup: &Setup, subcommand: &str) -> Result<Command> {
 pub fn build_ebpf(setup: &Setup) -> Result<PathBuf> {
     cmd::run(&mut ebpf_cargo(setup, "build")?).context("eBPF build failed")?;
     let object = cmd::target_dir().join(EBPF_TARGET).join("release").join(EBPF_CRATE);
-    println!("ebpf object: {}", object.display());
+    eprintln!("ebpf object: {}", object.display());
     Ok(object)
 }
 
@@ -62,6 +62,6 @@ pub fn build(setup: &Setup, debug: bool) -> Result<Artifacts> {
 
     let profile = if debug { "debug" } else { "release" };
     let binary = cmd::target_dir().join(profile).join(USER_BIN);
-    println!("agent binary: {}", binary.display());
+    eprintln!("agent binary: {}", binary.display());
     Ok(Artifacts { ebpf_object, binary })
 }

@@ -2,6 +2,9 @@
 //!
 //! Every step checks first and only acts when something is missing, so it is
 //! cheap enough to run before every other subcommand.
+//!
+//! Progress goes to stderr: `cargo xtask run` hands stdout to the agent,
+//! whose JSON lines may be piped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,7 +45,7 @@ pub fn run() -> Result<Setup> {
 }
 
 fn step(name: &str, outcome: &str) {
-    println!("setup: {name}: {outcome}");
+    eprintln!("setup: {name}: {outcome}");
 }
 
 /// Facts about the installed nightly toolchain.
@@ -205,7 +208,7 @@ fn ensure_bpf_linker(nightly: &Nightly) -> Result<PathBuf> {
     // file cannot influence the install.
     let scratch = std::env::temp_dir().join("hitcount-bpf-linker-install");
     std::fs::create_dir_all(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
-    println!("setup: bpf-linker: building {BPF_LINKER_VERSION} against {soname} (takes a minute or two)");
+    eprintln!("setup: bpf-linker: building {BPF_LINKER_VERSION} against {soname} (takes a minute or two)");
     cmd::run(
         cmd::rust_tool("cargo")
             .arg(format!("+{NIGHTLY}"))
