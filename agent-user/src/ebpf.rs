@@ -51,12 +51,24 @@ pub const PROBES: &[Probe] = &[
     Probe { program: programs::PROCESS_EXIT, hook: Hook::Tracepoint { category: "sched", name: "sched_process_exit" } },
 ];
 
-/// Map sizes chosen at load time.
+/// Map sizes chosen at load time: distinct records the kernel holds between
+/// two drains, per generation.
 #[derive(Debug, Clone, Copy)]
 pub struct MapSizes {
-    /// Distinct process create records the kernel holds between two drains.
     pub process_create: u32,
     pub process_terminate: u32,
+}
+
+impl MapSizes {
+    /// Kernel maps are a staging area in front of the window caches, sized
+    /// above `cache_size` so that a burst of new records within one drain
+    /// period reaches the window cache, where the oldest record gives way to
+    /// the newest as the spec says, instead of the kernel refusing the newest.
+    /// The extra room is bounded so that a large cache does not double kernel
+    /// memory.
+    pub fn staging_entries(cache_size: u32) -> u32 {
+        cache_size.saturating_mul(2).max(128).min(cache_size.saturating_add(4096))
+    }
 }
 
 /// Reads the offsets the programs need from this kernel's BTF and tracefs.
@@ -151,5 +163,20 @@ fn raise_memlock_limit() {
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11): {}", std::io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_is_larger_than_the_cache_but_bounded() {
+        assert_eq!(MapSizes::staging_entries(8), 128);
+        assert_eq!(MapSizes::staging_entries(256), 512);
+        assert_eq!(MapSizes::staging_entries(65_536), 65_536 + 4096);
+        for c in [1, 100, 5000, 65_536] {
+            assert!(MapSizes::staging_entries(c) > c);
+        }
     }
 }

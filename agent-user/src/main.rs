@@ -108,8 +108,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let btf = btf::Btf::from_sys_fs().context("reading kernel BTF")?;
     let offsets = ebpf::kernel_offsets(&btf)?;
     let sizes = ebpf::MapSizes {
-        process_create: config.process_create.cache_size,
-        process_terminate: config.process_terminate.cache_size,
+        process_create: ebpf::MapSizes::staging_entries(config.process_create.cache_size),
+        process_terminate: ebpf::MapSizes::staging_entries(config.process_terminate.cache_size),
     };
     let mut bpf = ebpf::load(&offsets, sizes)?;
     let drainer =
