@@ -32,12 +32,12 @@ impl Bench {
     }
 }
 
-/// Run the bench binary through cargo so it is built on demand; the xtask
+/// Run the `bench-<name>` binary of the tests crate through cargo so it is built on demand; the xtask
 /// itself never links against it.
 pub fn run(artifacts: &Artifacts, bench: Bench, args: &[String]) -> Result<ExitCode> {
     let mut cargo = cmd::cargo(None);
     cargo
-        .args(["run", "--release", "-p", "tests", "--bin", "bench", "--", bench.name()])
+        .args(["run", "--release", "-p", "tests", "--bin", &format!("bench-{}", bench.name()), "--"])
         .args(args)
         .env(BIN_VAR, &artifacts.binary);
     let status = cargo.status().with_context(|| format!("failed to start {}", cmd::describe(&cargo)))?;
