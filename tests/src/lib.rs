@@ -1,5 +1,5 @@
 //! Helpers for the privileged tests: run the real agent binary, cause real
-//! events, read what it printed.
+//! events, read what it printed. [`bench`] holds what the benchmarks add.
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+
+pub mod bench;
 
 /// Returns false (after recording why) when this test cannot run here.
 /// `cargo xtask test` counts the recorded skips and fails CI when the
@@ -101,6 +103,11 @@ impl Agent {
             bail!("agent did not become ready (exit: {status:?}); stderr: {:?}", agent.stderr());
         }
         Ok(agent)
+    }
+
+    /// The agent's process id, for reading its /proc entries.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running until stop").id()
     }
 
     pub fn stderr(&self) -> Vec<String> {

@@ -59,19 +59,21 @@ pub fn run(artifacts: &Artifacts, options: &Options) -> Result<()> {
 }
 
 /// Everything that runs without privileges, on the default toolchain. The
-/// eBPF crate only builds for the BPF target, and `tests` is the privileged
-/// tier.
+/// eBPF crate only builds for the BPF target. Of the `tests` crate only the
+/// unit tests of its library and binaries (the benchmarks' parsers) belong
+/// here; its integration tests are the privileged tier.
 fn unit_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<()> {
     println!("unit tier: running");
-    let mut cargo = cmd::cargo(None);
-    cargo
-        .args(["test", "--workspace", "--exclude", "agent-ebpf", "--exclude", "tests"])
-        .args(extra_args.cargo)
-        .env(EBPF_OBJECT_VAR, &artifacts.ebpf_object);
-    if !extra_args.harness.is_empty() {
-        cargo.arg("--").args(extra_args.harness);
+    let selections: [&[&str]; 2] =
+        [&["--workspace", "--exclude", "agent-ebpf", "--exclude", "tests"], &["-p", "tests", "--lib", "--bins"]];
+    for selection in selections {
+        let mut cargo = cmd::cargo(None);
+        cargo.arg("test").args(selection).args(extra_args.cargo).env(EBPF_OBJECT_VAR, &artifacts.ebpf_object);
+        if !extra_args.harness.is_empty() {
+            cargo.arg("--").args(extra_args.harness);
+        }
+        cmd::run(&mut cargo).context("unit tier failed")?;
     }
-    cmd::run(&mut cargo).context("unit tier failed")?;
     println!("unit tier: passed");
     Ok(())
 }
@@ -121,13 +123,16 @@ fn privileged_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<Opti
     Ok(Some(counts))
 }
 
-/// Run the `tests` crate one test at a time (they share kernel state such as
-/// tracepoints and bpffs), echoing its stdout live while collecting it.
-/// Returns whether cargo succeeded and the total of "N passed".
+/// Run the `tests` crate's integration tests one at a time (they share
+/// kernel state such as tracepoints and bpffs), echoing its stdout live while
+/// collecting it. Returns whether cargo succeeded and the total of "N passed".
+/// Only integration tests (`--test '*'`): the crate's unit tests ran in the
+/// unit tier, and counting them here would hide a privileged tier that
+/// skipped every test.
 fn run_privileged_tests(artifacts: &Artifacts, extra_args: &ExtraArgs, skip_log: &Path) -> Result<(bool, u64)> {
     let mut cargo = cmd::cargo(None);
     cargo
-        .args(["test", "--release", "-p", "tests"])
+        .args(["test", "--release", "-p", "tests", "--test", "*"])
         .args(extra_args.cargo)
         .args(["--", "--test-threads=1"])
         .args(extra_args.harness)
