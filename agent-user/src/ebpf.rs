@@ -108,6 +108,10 @@ pub fn load(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError>
     }
     raise_memlock_limit();
     let mut ebpf = EbpfLoader::new()
+        // The object has no CO-RE relocations (rustc emits none; offsets
+        // come in KERNEL_OFFSETS), so aya need not parse the kernel's BTF
+        // again: that alone would add megabytes to the agent's peak memory.
+        .btf(None)
         .override_global(OFFSETS_GLOBAL, offsets, true)
         .map_max_entries(maps::PROC_0, sizes.process_create)
         .map_max_entries(maps::PROC_1, sizes.process_create)
@@ -132,7 +136,19 @@ pub fn load(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError>
             }
         }
     }
+    release_freed_memory();
     Ok(ebpf)
+}
+
+/// Loading allocates and frees megabytes (the object, verifier logs);
+/// glibc keeps freed heap mapped unless asked. A small device should not pay
+/// for start-up for the rest of the agent's life.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Attaches every program of the probe table. Links live as long as `ebpf`.

@@ -105,8 +105,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(why) = check::missing_capabilities(check::effective_caps()) {
         anyhow::bail!(why);
     }
-    let btf = btf::Btf::from_sys_fs().context("reading kernel BTF")?;
-    let offsets = ebpf::kernel_offsets(&btf)?;
+    // The parsed BTF (several MiB) is only needed for the offsets: let it go.
+    let offsets = ebpf::kernel_offsets(&btf::Btf::from_sys_fs().context("reading kernel BTF")?)?;
     let sizes = ebpf::MapSizes {
         process_create: ebpf::MapSizes::staging_entries(config.process_create.cache_size),
         process_terminate: ebpf::MapSizes::staging_entries(config.process_terminate.cache_size),
