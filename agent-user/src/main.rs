@@ -117,6 +117,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let drain::Quiesce::Sleep(d) = drainer.quiesce() {
         log::warn!("membarrier(MEMBARRIER_CMD_GLOBAL) unavailable: each drain sleeps {d:?} instead");
     }
+    // Without it every user_name is null; that is easy to miss in a container,
+    // whose image has no /etc/passwd of its own.
+    if let Err(e) = std::fs::File::open(&args.passwd) {
+        log::warn!(
+            "cannot read {}: {e}; user_name will be null (in a container, mount the host's /etc/passwd \
+             and pass --passwd)",
+            args.passwd.display()
+        );
+    }
     let users = enrich::UserNames::new(args.passwd.clone());
     let agent = agent::Agent::new(config.clone(), drainer, sinks::stdout::StdoutSink::stdout(), users)?;
     // Attach last: the control block is written, so the first event already

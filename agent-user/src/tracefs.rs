@@ -7,7 +7,13 @@ pub const TRACEFS_ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
-    #[error("tracefs is not mounted (looked in {roots}); mount it: mount -t tracefs tracefs /sys/kernel/tracing")]
+    // A container gets a fresh sysfs without the host's tracefs mount on it,
+    // so the fix differs there.
+    #[error(
+        "tracefs is not mounted (looked in {roots}); on the host: mount -t tracefs tracefs /sys/kernel/tracing; \
+         in a container: mount the host's /sys/kernel/tracing at the same path \
+         (podman/docker -v /sys/kernel/tracing:/sys/kernel/tracing, Kubernetes: a hostPath volume)"
+    )]
     NotMounted { roots: String },
     #[error("tracepoint {0} does not exist on this kernel ({1})")]
     NoTracepoint(String, std::io::Error),

@@ -75,13 +75,16 @@ pub struct Agent {
 impl Agent {
     /// Starts `hitcount run ARGS` and waits until its programs are attached.
     pub fn start(args: &[&str]) -> Result<Agent> {
-        let mut child = Command::new(hitcount_bin())
-            .arg("run")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", hitcount_bin().display()))?;
+        let mut cmd = Command::new(hitcount_bin());
+        cmd.arg("run").args(args);
+        Agent::spawn(cmd)
+    }
+
+    /// Starts `cmd`, which runs the agent (directly, or in a container whose
+    /// output it passes through), and waits until its programs are attached.
+    pub fn spawn(mut cmd: Command) -> Result<Agent> {
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {cmd:?}"))?;
         let out = child.stdout.take().unwrap();
         let stdout = std::thread::spawn(move || BufReader::new(out).lines().map_while(|l| l.ok()).collect());
         let err = child.stderr.take().unwrap();
@@ -115,10 +118,20 @@ impl Agent {
     }
 
     /// SIGTERM, wait, and parse every stdout line as one JSON event.
-    pub fn stop(mut self) -> Result<Vec<Value>> {
+    pub fn stop(self) -> Result<Vec<Value>> {
+        self.stop_with(|child| {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            Ok(())
+        })
+    }
+
+    /// Like `stop`, with `terminate` asking the agent to end (for a
+    /// container, `podman stop`); then waits for the spawned command.
+    pub fn stop_with(mut self, terminate: impl FnOnce(&Child) -> Result<()>) -> Result<Vec<Value>> {
+        // Taken only afterwards, so that Drop still reaps it if terminate fails.
+        terminate(self.child.as_ref().unwrap())?;
         let mut child = self.child.take().unwrap();
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = child.wait()?;
         let lines = self.stdout.take().unwrap().join().expect("stdout reader");
         if !status.success() {
@@ -185,4 +198,78 @@ pub fn assert_windows_account_for_every_event(events: &[Value], source: &str) ->
 /// Runs `cmd` to completion, failing on a spawn error.
 pub fn run(cmd: &mut Command) -> Result<std::process::ExitStatus> {
     cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().with_context(|| format!("running {cmd:?}"))
+}
+
+/// podman with the flags `cargo xtask image` built the image with
+/// (`PODMAN_GLOBAL_ARGS` in xtask/src/image.rs): under another storage driver
+/// podman would not find the image.
+pub fn podman() -> Command {
+    let mut podman = Command::new("podman");
+    podman.args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--runtime", "runc"]);
+    podman
+}
+
+/// The image built by `cargo xtask test` (HITCOUNT_IMAGE); records a skip
+/// when there is none, or when the test lacks the privileges to load BPF.
+pub fn container_image(test: &str) -> Option<String> {
+    if !privileged(test) {
+        return None;
+    }
+    match std::env::var("HITCOUNT_IMAGE") {
+        Ok(image) if !image.is_empty() => Some(image),
+        _ => {
+            skip(
+                test,
+                "HITCOUNT_IMAGE is not set (run through `cargo xtask test`, which builds the image with podman)",
+            );
+            None
+        }
+    }
+}
+
+/// A uniquely named container; dropping it removes the container whether
+/// or not it still runs, so a failed test leaves nothing behind.
+pub struct Container {
+    pub name: String,
+}
+
+impl Container {
+    pub fn new(tag: &str) -> Container {
+        Container { name: marker(tag) }
+    }
+
+    /// `podman run` of `image` under this name, privileged and in the host's
+    /// PID and network namespaces as deploy/daemonset.yaml runs it, with
+    /// `mounts` (`-v` arguments) and the agent's `args`.
+    pub fn run_command(&self, image: &str, mounts: &[&str], args: &[&str]) -> Command {
+        let mut cmd = podman();
+        cmd.args(["run", "--rm", "--name", &self.name, "--privileged", "--pid=host", "--network=host"])
+            // podman asks for nofile=1048576 by default, above these machines'
+            // hard limit, and runc cannot raise a hard limit (EPERM).
+            .args(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"])
+            .args(mounts.iter().flat_map(|m| ["--volume", m]))
+            .arg(image)
+            .args(args);
+        cmd
+    }
+
+    /// SIGTERM to the agent, SIGKILL after 10 s: what an operator or the
+    /// kubelet does.
+    pub fn stop(&self) -> Result<()> {
+        let status = podman().args(["stop", "--time", "10", &self.name]).stdout(Stdio::null()).status()?;
+        if !status.success() {
+            bail!("podman stop {} failed with {status}", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman()
+            .args(["rm", "--force", "--ignore", "--time", "0", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }

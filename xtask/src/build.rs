@@ -1,12 +1,12 @@
-//! `cargo xtask build-ebpf`, `lint-ebpf` and `build`.
+//! `cargo xtask build-ebpf`, `lint-ebpf` and `build [--static]`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::cmd;
-use crate::setup::Setup;
+use crate::setup::{self, Setup, MUSL_CC, STATIC_TARGET};
 
 const EBPF_CRATE: &str = "agent-ebpf";
 const EBPF_TARGET: &str = "bpfel-unknown-none";
@@ -64,4 +64,84 @@ pub fn build(setup: &Setup, debug: bool) -> Result<Artifacts> {
     let binary = cmd::target_dir().join(profile).join(USER_BIN);
     eprintln!("agent binary: {}", binary.display());
     Ok(Artifacts { ebpf_object, binary })
+}
+
+/// `cargo xtask build --static`: the eBPF object, then a statically linked
+/// release agent for the musl target that embeds it.
+pub fn build_static(setup: &Setup) -> Result<Artifacts> {
+    setup::ensure_static_toolchain()?;
+    let ebpf_object = build_ebpf(setup)?;
+    let binary = build_static_agent(&ebpf_object)?;
+    Ok(Artifacts { ebpf_object, binary })
+}
+
+/// The static agent around an already built eBPF object; the caller has run
+/// `setup::ensure_static_toolchain`. Fails unless the result really is static,
+/// because a dynamic binary in a `FROM scratch` image only fails at run time
+/// with a bare "no such file or directory" (its loader is missing).
+pub fn build_static_agent(ebpf_object: &Path) -> Result<PathBuf> {
+    let mut cargo = cmd::cargo(None);
+    cargo
+        .args(["build", "-p", USER_CRATE, "--release", "--target", STATIC_TARGET])
+        .env(EBPF_OBJECT_VAR, ebpf_object)
+        // cc-rs would look for x86_64-linux-musl-gcc, which Debian does not ship.
+        .env(format!("CC_{}", STATIC_TARGET.replace('-', "_")), MUSL_CC);
+    cmd::run(&mut cargo).context("static agent build failed")?;
+
+    let binary = cmd::target_dir().join(STATIC_TARGET).join("release").join(USER_BIN);
+    let elf = std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    if has_interpreter(&elf).with_context(|| format!("{} is not an x86_64 ELF file", binary.display()))? {
+        bail!("{} is dynamically linked (it has an ELF interpreter); a static build was expected", binary.display());
+    }
+    eprintln!("static agent binary: {}", binary.display());
+    Ok(binary)
+}
+
+/// Whether a 64-bit little-endian ELF file has a PT_INTERP program header,
+/// i.e. needs a dynamic loader (static-pie binaries have none).
+fn has_interpreter(elf: &[u8]) -> Result<bool> {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |at: usize| elf.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |at: usize| elf.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    // Magic, ELFCLASS64, ELFDATA2LSB.
+    if !elf.starts_with(b"\x7fELF\x02\x01") {
+        bail!("not a 64-bit little-endian ELF file");
+    }
+    // e_phoff, e_phentsize and e_phnum of the ELF64 header.
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        bail!("truncated ELF header");
+    };
+    for i in 0..usize::from(phnum) {
+        let at = usize::try_from(phoff)? + i * usize::from(phentsize);
+        match u32_at(at) {
+            Some(PT_INTERP) => return Ok(true),
+            Some(_) => {}
+            None => bail!("truncated program header table"),
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_interpreter;
+
+    #[test]
+    fn tells_static_from_dynamic_elf() {
+        // An ELF64 header with one program header at offset 64 of `p_type`.
+        let elf = |p_type: u32| {
+            let mut elf = vec![0u8; 64 + 56];
+            elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+            elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+            elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+            elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+            elf[64..68].copy_from_slice(&p_type.to_le_bytes());
+            elf
+        };
+        assert!(has_interpreter(&elf(3)).unwrap());
+        assert!(!has_interpreter(&elf(1)).unwrap());
+        assert!(has_interpreter(b"#!/bin/sh\n").is_err());
+        assert!(has_interpreter(&elf(1)[..66]).is_err());
+    }
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod image;
 mod run;
 mod setup;
 mod test;
@@ -35,6 +36,15 @@ enum Command {
         /// Build the userspace agent without --release.
         #[arg(long)]
         debug: bool,
+        /// Build a statically linked agent (x86_64-unknown-linux-musl), as the container image uses.
+        #[arg(long = "static", conflicts_with = "debug")]
+        static_: bool,
+    },
+    /// Build the static agent, then the container image (podman); prints the image name.
+    Image {
+        /// Image tag (default: the workspace version).
+        #[arg(long)]
+        tag: Option<String>,
     },
     /// Build and run the agent as root (via `sudo -E` if needed).
     Run {
@@ -90,8 +100,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             build::build_ebpf(&setup)?;
         }
         Command::LintEbpf => build::lint_ebpf(&setup)?,
-        Command::Build { debug } => {
-            build::build(&setup, debug)?;
+        Command::Build { debug, static_ } => {
+            if static_ {
+                build::build_static(&setup)?;
+            } else {
+                build::build(&setup, debug)?;
+            }
+        }
+        Command::Image { tag } => {
+            let artifacts = build::build_static(&setup)?;
+            let image = image::build_image(&artifacts.binary, tag.as_deref().unwrap_or(image::default_tag()))?;
+            println!("{image}");
         }
         Command::Run { debug, args } => {
             let artifacts = build::build(&setup, debug)?;

@@ -21,6 +21,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const RUST_SRC_TARBALL_VAR: &str = "HITCOUNT_RUST_SRC_TARBALL";
 /// rustup can hang on a network that accepts connections but never answers.
 const RUSTUP_COMPONENT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The target of `cargo xtask build --static`: musl links its libc in, so the
+/// binary runs in a `FROM scratch` image and on any x86_64 Linux.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The C compiler for that target (Debian's musl-tools).
+pub const MUSL_CC: &str = "musl-gcc";
 
 /// What the other subcommands need to know after setup.
 pub struct Setup {
@@ -262,6 +267,59 @@ fn ensure_kernel_filesystems() -> Result<()> {
         step("bpffs", "done (/sys/fs/bpf)");
     }
     Ok(())
+}
+
+/// What a static (musl) build needs beyond the normal setup: the Rust std
+/// for the musl target, and a C compiler for it (ring, pulled in by rustls,
+/// compiles C; cc-rs does not fall back to the glibc toolchain for musl).
+/// Only the commands that build a static binary call this.
+pub fn ensure_static_toolchain() -> Result<()> {
+    // In the workspace root, so that rustup picks the toolchain the build uses.
+    let rustup = |args: &[&str]| {
+        let mut rustup = cmd::rust_tool("rustup");
+        rustup.args(args).current_dir(cmd::workspace_root());
+        rustup
+    };
+    let installed = cmd::output(&mut rustup(&["target", "list", "--installed"]))?;
+    if installed.lines().any(|t| t.trim() == STATIC_TARGET) {
+        step(STATIC_TARGET, "already present");
+    } else {
+        cmd::run(&mut rustup(&["target", "add", STATIC_TARGET]))
+            .with_context(|| format!("cannot add the {STATIC_TARGET} target"))?;
+        step(STATIC_TARGET, "done (rustup)");
+    }
+
+    if cmd::on_path(MUSL_CC) {
+        step(MUSL_CC, "already present");
+    } else {
+        apt_install(&["musl-tools"])
+            .with_context(|| format!("{MUSL_CC} is needed to build C dependencies for musl"))?;
+        step(MUSL_CC, "done (apt musl-tools)");
+    }
+    Ok(())
+}
+
+/// Install Debian packages. Only root can; anyone else is told the command.
+/// The package lists may be stale or absent on a fresh machine, so a failed
+/// install is retried once after `apt-get update`.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let install = || {
+        let mut apt = Command::new("apt-get");
+        apt.args(["install", "-y"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null());
+        apt
+    };
+    if !cmd::is_root() {
+        bail!("missing packages; install them as root: apt-get install -y {}", packages.join(" "));
+    }
+    if !cmd::on_path("apt-get") {
+        bail!("missing packages {} and no apt-get to install them with", packages.join(" "));
+    }
+    eprintln!("setup: apt-get install {}", packages.join(" "));
+    if cmd::run(&mut install()).is_ok() {
+        return Ok(());
+    }
+    cmd::run(Command::new("apt-get").args(["update"]).env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null()))?;
+    cmd::run(&mut install())
 }
 
 fn bpffs_mounted() -> Result<bool> {

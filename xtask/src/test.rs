@@ -7,8 +7,9 @@ use std::process::Stdio;
 
 use anyhow::{bail, Context, Result};
 
-use crate::build::{Artifacts, EBPF_OBJECT_VAR};
-use crate::cmd;
+use crate::build::{self, Artifacts, EBPF_OBJECT_VAR};
+use crate::image::{self, IMAGE_VAR};
+use crate::{cmd, setup};
 
 /// The integration tests find the agent binary here.
 pub const BIN_VAR: &str = "HITCOUNT_BIN";
@@ -93,9 +94,10 @@ fn privileged_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<Opti
         return Ok(None);
     }
 
+    let image = container_image(artifacts)?;
     println!("privileged tier: running");
     let skip_log = cmd::fresh_temp_file("hitcount-skip-log")?;
-    let result = run_privileged_tests(artifacts, extra_args, &skip_log);
+    let result = run_privileged_tests(artifacts, image.as_deref(), extra_args, &skip_log);
     // Read the log before judging the result so the skipped tests are listed
     // even when the run failed.
     let skipped = read_skip_log(&skip_log);
@@ -123,14 +125,44 @@ fn privileged_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<Opti
     Ok(Some(counts))
 }
 
+/// The image the container test runs: HITCOUNT_IMAGE when the caller set it,
+/// else built the way `cargo xtask image` builds it. None only when podman is
+/// missing and cannot be installed; the container test then records a skip.
+fn container_image(artifacts: &Artifacts) -> Result<Option<String>> {
+    if let Some(image) = std::env::var_os(IMAGE_VAR) {
+        println!("container image: {} (from {IMAGE_VAR})", image.to_string_lossy());
+        return Ok(Some(image.to_string_lossy().into_owned()));
+    }
+    if !image::podman_obtainable() {
+        println!("container image: not built (podman missing and no apt-get to install it)");
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    setup::ensure_static_toolchain()?;
+    let binary = build::build_static_agent(&artifacts.ebpf_object)?;
+    // Its own tag, so that a test run never replaces an image someone built
+    // with `cargo xtask image`.
+    let image = image::build_image(&binary, "test")?;
+    println!("container image: {image} (static build and image took {:.0?})", started.elapsed());
+    Ok(Some(image))
+}
+
 /// Run the `tests` crate's integration tests one at a time (they share
 /// kernel state such as tracepoints and bpffs), echoing its stdout live while
 /// collecting it. Returns whether cargo succeeded and the total of "N passed".
 /// Only integration tests (`--test '*'`): the crate's unit tests ran in the
 /// unit tier, and counting them here would hide a privileged tier that
 /// skipped every test.
-fn run_privileged_tests(artifacts: &Artifacts, extra_args: &ExtraArgs, skip_log: &Path) -> Result<(bool, u64)> {
+fn run_privileged_tests(
+    artifacts: &Artifacts,
+    image: Option<&str>,
+    extra_args: &ExtraArgs,
+    skip_log: &Path,
+) -> Result<(bool, u64)> {
     let mut cargo = cmd::cargo(None);
+    if let Some(image) = image {
+        cargo.env(IMAGE_VAR, image);
+    }
     cargo
         .args(["test", "--release", "-p", "tests", "--test", "*"])
         .args(extra_args.cargo)
