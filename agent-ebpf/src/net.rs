@@ -17,6 +17,10 @@
 //!   DNS answers. They always return 1 (allow).
 //! - `cgroup/sock_create` runs in the socket() caller: owners of UDP, ICMP
 //!   and raw sockets, keyed by socket cookie for the cgroup_skb programs.
+// Map calls take `impl Borrow<K>`: passing references keeps 544-byte owners
+// and 56-byte keys where they are instead of copying them onto the 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use agent_common::{
     ConnKey, Control, Counter, DnsEvent, ListenKey, Owner, TrafficValue, AF_INET, AF_INET6, CMDLINE_CAP, DIR_IN,
     DIR_OUT, DNS_CAP, FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT, FLOW_IDLE_NS, HEAD_LEN, IPPROTO_ICMP,

@@ -313,7 +313,7 @@ fn connect_storm_is_counted_exactly_across_windows() {
     while started.elapsed() < Duration::from_secs(7) {
         tcp_exchange(to, 1, 1);
         made += 1;
-        if made % 50 == 0 {
+        if made.is_multiple_of(50) {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
