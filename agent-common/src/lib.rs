@@ -34,6 +34,24 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// Per-CPU scratch space to build keys too large for the 512-byte stack.
     pub const SCRATCH: &str = "SCRATCH";
+    /// Connection records (hits, direction, owner), generation 0 and 1.
+    pub const CONN_0: &str = "CONN_0";
+    pub const CONN_1: &str = "CONN_1";
+    /// Traffic records (bytes in/out, DNS queries, first payload bytes), generation 0 and 1.
+    pub const TRAF_0: &str = "TRAF_0";
+    pub const TRAF_1: &str = "TRAF_1";
+    /// UDP/ICMP flows seen recently: [`super::ConnKey`] -> last packet time.
+    pub const FLOWS: &str = "FLOWS";
+    /// TCP sockets between connect() (SYN_SENT) and leaving SYN_SENT: skaddr -> owner.
+    pub const PENDING: &str = "PENDING";
+    /// Listening TCP sockets: [`super::ListenKey`] -> owner, for accepted connections.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// UDP/ICMP/raw sockets: socket cookie -> owner, filled at socket().
+    pub const SOCK_OWNER: &str = "SOCK_OWNER";
+    /// Ring buffer of DNS answers ([`super::DnsEvent`]) snooped on ingress.
+    pub const DNS_EVENTS: &str = "DNS_EVENTS";
+    /// Per-CPU scratch for network records.
+    pub const NET_SCRATCH: &str = "NET_SCRATCH";
 }
 
 /// Program names (the Rust function names of the entry points).
@@ -41,6 +59,10 @@ pub mod programs {
     pub const PROCESS_EXEC: &str = "sched_process_exec";
     pub const PROCESS_FORK: &str = "sched_process_fork";
     pub const PROCESS_EXIT: &str = "sched_process_exit";
+    pub const TCP_STATE: &str = "inet_sock_set_state";
+    pub const SKB_INGRESS: &str = "skb_ingress";
+    pub const SKB_EGRESS: &str = "skb_egress";
+    pub const SOCK_CREATE: &str = "sock_create";
 }
 
 /// Name of the read-only global holding [`KernelOffsets`].
@@ -61,6 +83,41 @@ pub const FLAG_EXIT: u32 = 1 << 2;
 pub const FLAG_PROC_PER_EVENT: u32 = 1 << 3;
 /// Per-event mode for process terminate records.
 pub const FLAG_EXIT_PER_EVENT: u32 = 1 << 4;
+/// Network collector (ConnectionCreate) on.
+pub const FLAG_NET: u32 = 1 << 5;
+/// Per-event mode for connection records.
+pub const FLAG_NET_PER_EVENT: u32 = 1 << 6;
+/// Zero the local port of outbound connection records (aggregateEphemeralPorts).
+pub const FLAG_NET_AGG_EPHEMERAL: u32 = 1 << 7;
+
+/// Entries of the network bookkeeping maps. LRU maps: when one is full the
+/// least recently used entry goes, which costs an owner (reported as pid 0)
+/// or makes a quiet UDP/ICMP flow count as new again, never a crash.
+pub const FLOWS_ENTRIES: u32 = 16384;
+pub const PENDING_ENTRIES: u32 = 4096;
+pub const LISTENERS_ENTRIES: u32 = 1024;
+pub const SOCK_OWNER_ENTRIES: u32 = 4096;
+/// Bytes of the DNS ring buffer (a power of two pages).
+pub const DNS_RING_BYTES: u32 = 256 * 1024;
+/// A UDP/ICMP flow whose last packet is older than this is new again.
+pub const FLOW_IDLE_NS: u64 = 30_000_000_000;
+/// Payload bytes of a DNS message copied to userspace. Answers longer than
+/// this are cut; the parser then uses the records that fit.
+pub const DNS_CAP: usize = 512;
+/// First payload bytes kept per traffic record, to recognise the application protocol.
+pub const HEAD_LEN: usize = 8;
+
+/// Directions of a [`ConnValue`].
+pub const DIR_OUT: u8 = 1;
+pub const DIR_IN: u8 = 2;
+
+/// Address families and protocols as the kernel numbers them.
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Runtime switches the programs read on every event. Userspace is the only
 /// writer; the programs only read it.
@@ -99,8 +156,19 @@ pub enum Counter {
     ExitRaceLost = 5,
     /// argv could not be read; the event is kept with an empty command line.
     ArgvReadFailed = 6,
+    /// Connection events (TCP connect leaving SYN_SENT, TCP accept reaching
+    /// ESTABLISHED, new UDP/ICMP flow) that an enabled collector tried to record.
+    ConnSeen = 7,
+    ConnMapFull = 8,
+    ConnRaceLost = 9,
+    /// Packets whose bytes found the traffic map full: their bytes are in no record.
+    TrafficMapFull = 10,
+    /// DNS answers not copied because the ring buffer was full.
+    DnsRingFull = 11,
+    /// A kernel structure could not be read (netns); the record has netns 0.
+    NetReadFailed = 12,
 }
-pub const COUNTER_COUNT: u32 = 7;
+pub const COUNTER_COUNT: u32 = 13;
 
 /// Identity of an aggregated process create record: command line + uid + type
 /// (seed 001: "identical when the command line and userid are identical").
@@ -162,6 +230,107 @@ pub struct ExitValue {
 }
 const _: () = assert!(size_of::<ExitValue>() == 24);
 
+/// Identity of a connection record: the 5-tuple of seed 002 (local and remote
+/// address and port, transport protocol) plus the network namespace, which
+/// tells apart two sockets with the same addresses in different namespaces.
+/// Addresses are in network byte order, IPv4 in the first 4 bytes; ports are
+/// in host byte order. ICMP records have ports 0. In per-event mode `nonce`
+/// makes every event its own record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub netns: u32,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad2: u32,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub nonce: u64,
+}
+const _: () = assert!(size_of::<ConnKey>() == 56);
+
+/// Who owns a socket: the process that created it (UDP/ICMP), called
+/// connect() (TCP out) or listen() (TCP in).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Owner {
+    pub pid: u32,
+    pub uid: u32,
+    pub cmdline_len: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+    /// argv as in memory, NUL-separated, at most `Control::cmdline_max` bytes.
+    pub cmdline: [u8; CMDLINE_CAP],
+}
+const _: () = assert!(size_of::<Owner>() == 16 + COMM_LEN + CMDLINE_CAP);
+
+/// A connection record: hits, and details of the first occurrence.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnValue {
+    pub hit_count: u64,
+    pub first_seen_ns: u64,
+    /// [`DIR_OUT`] or [`DIR_IN`].
+    pub direction: u8,
+    pub _pad: [u8; 7],
+    pub owner: Owner,
+}
+const _: () = assert!(size_of::<ConnValue>() == 24 + size_of::<Owner>());
+
+/// Bytes of one 5-tuple between two drains. Counted per packet at the
+/// cgroup_skb hooks; payload bytes at L4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficValue {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// DNS queries sent on this 5-tuple (UDP/TCP packets to port 53 with payload).
+    pub dns_queries: u64,
+    /// `bpf_ktime_get_boot_ns` of the record's first packet.
+    pub first_seen_ns: u64,
+    /// Bytes used in `head`: the start of the first payload seen, either direction.
+    pub head_len: u32,
+    pub _pad: u32,
+    pub head: [u8; HEAD_LEN],
+}
+const _: () = assert!(size_of::<TrafficValue>() == 48);
+
+/// A listening socket, to attribute accepted connections to its owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub family: u16,
+    pub port: u16,
+}
+const _: () = assert!(size_of::<ListenKey>() == 8);
+
+/// One DNS message received (source port 53), as copied to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsEvent {
+    /// `bpf_ktime_get_boot_ns` when it arrived: TTLs count from here.
+    pub ts_ns: u64,
+    pub netns: u32,
+    /// Bytes of the DNS message in `data` (after the TCP length prefix, if any).
+    pub len: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub data: [u8; DNS_CAP],
+}
+const _: () = assert!(size_of::<DnsEvent>() == 16 + DNS_CAP);
+
+/// Per-CPU scratch for building network records.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NetScratch {
+    pub conn: ConnValue,
+    pub owner: Owner,
+}
+
 /// Executable path recorded at exec, looked up at fork and exit.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -199,8 +368,28 @@ pub struct KernelOffsets {
     pub tp_exit_group_dead: u32,
     /// 1 when the kernel's sched_process_exit has `group_dead`.
     pub has_group_dead: u32,
+    /// `task_struct.cred`, `cred.uid`, `task_struct.comm`: the owner of a
+    /// socket, read the same way in every program type.
+    pub task_cred: u32,
+    pub cred_uid: u32,
+    pub task_comm: u32,
+    /// `sock_common.skc_net.net` and `net.ns.inum`: a socket's network namespace inode.
+    pub sk_net: u32,
+    pub net_inum: u32,
+    /// Fields of the sock/inet_sock_set_state record.
+    pub tp_skaddr: u32,
+    pub tp_oldstate: u32,
+    pub tp_newstate: u32,
+    pub tp_sport: u32,
+    pub tp_dport: u32,
+    pub tp_family: u32,
+    pub tp_protocol: u32,
+    pub tp_saddr: u32,
+    pub tp_daddr: u32,
+    pub tp_saddr_v6: u32,
+    pub tp_daddr_v6: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 40);
+const _: () = assert!(size_of::<KernelOffsets>() == 104);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -214,6 +403,10 @@ mod pod {
     unsafe impl aya::Pod for ExitValue {}
     unsafe impl aya::Pod for TaskExe {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ConnValue {}
+    unsafe impl aya::Pod for TrafficValue {}
+    unsafe impl aya::Pod for DnsEvent {}
 }
 
 impl ProcKey {
@@ -250,6 +443,45 @@ impl KernelOffsets {
             tp_exec_filename: 0,
             tp_exit_group_dead: 0,
             has_group_dead: 0,
+            task_cred: 0,
+            cred_uid: 0,
+            task_comm: 0,
+            sk_net: 0,
+            net_inum: 0,
+            tp_skaddr: 0,
+            tp_oldstate: 0,
+            tp_newstate: 0,
+            tp_sport: 0,
+            tp_dport: 0,
+            tp_family: 0,
+            tp_protocol: 0,
+            tp_saddr: 0,
+            tp_daddr: 0,
+            tp_saddr_v6: 0,
+            tp_daddr_v6: 0,
         }
+    }
+}
+
+impl ConnKey {
+    pub const fn zeroed() -> Self {
+        Self {
+            netns: 0,
+            family: 0,
+            proto: 0,
+            _pad: [0; 2],
+            lport: 0,
+            rport: 0,
+            _pad2: 0,
+            laddr: [0; 16],
+            raddr: [0; 16],
+            nonce: 0,
+        }
+    }
+}
+
+impl Owner {
+    pub const fn zeroed() -> Self {
+        Self { pid: 0, uid: 0, cmdline_len: 0, _pad: 0, comm: [0; COMM_LEN], cmdline: [0; CMDLINE_CAP] }
     }
 }

@@ -86,6 +86,18 @@ pub fn add_hit<K, V>(
 
 #[inline(always)]
 fn atomic_inc(p: *mut u64) {
+    atomic_add(p, 1);
+}
+
+/// Race-safe `*p += n` on a value shared by every CPU.
+#[inline(always)]
+pub fn atomic_add(p: *mut u64, n: u64) {
     // AtomicU64 does not lower on the BPF target; the intrinsic becomes XADD.
-    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1) };
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, n) };
+}
+
+/// Race-safe swap: returns the old value (BPF_XCHG, kernel 5.12+).
+#[inline(always)]
+pub fn atomic_swap(p: *mut u64, v: u64) -> u64 {
+    unsafe { core::intrinsics::atomic_xchg::<u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v) }
 }

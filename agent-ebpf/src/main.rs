@@ -8,6 +8,7 @@
 
 mod kernel;
 mod maps;
+mod net;
 mod process;
 
 #[cfg(not(test))]

@@ -1,11 +1,13 @@
 //! Every map of the kernel side. Sizes given here are placeholders where the
 //! agent sets the real value at load time (`cache_size`).
 use agent_common::{
-    Control, ExitKey, ExitValue, ProcKey, ProcValue, Scratch, TaskExe, COUNTER_COUNT, TASK_EXE_ENTRIES,
+    ConnKey, ConnValue, Control, ExitKey, ExitValue, ListenKey, NetScratch, Owner, ProcKey, ProcValue, Scratch,
+    TaskExe, TrafficValue, COUNTER_COUNT, DNS_RING_BYTES, FLOWS_ENTRIES, LISTENERS_ENTRIES, PENDING_ENTRIES,
+    SOCK_OWNER_ENTRIES, TASK_EXE_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 #[map(name = "PROC_0")]
@@ -26,3 +28,27 @@ pub static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * COUNTER_COUNT, 0);
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+// Network collector (net.rs). CONN and TRAF are sized by the agent at load
+// time: CONN to cacheSizeConnectionCreate, TRAF larger (see ebpf.rs).
+#[map(name = "CONN_0")]
+pub static CONN_0: HashMap<ConnKey, ConnValue> = HashMap::with_max_entries(256, 0);
+#[map(name = "CONN_1")]
+pub static CONN_1: HashMap<ConnKey, ConnValue> = HashMap::with_max_entries(256, 0);
+#[map(name = "TRAF_0")]
+pub static TRAF_0: HashMap<ConnKey, TrafficValue> = HashMap::with_max_entries(1024, 0);
+#[map(name = "TRAF_1")]
+pub static TRAF_1: HashMap<ConnKey, TrafficValue> = HashMap::with_max_entries(1024, 0);
+/// Flow key -> boot ns of its last packet.
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(FLOWS_ENTRIES, 0);
+#[map(name = "PENDING")]
+pub static PENDING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(PENDING_ENTRIES, 0);
+#[map(name = "LISTENERS")]
+pub static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(LISTENERS_ENTRIES, 0);
+#[map(name = "SOCK_OWNER")]
+pub static SOCK_OWNER: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(SOCK_OWNER_ENTRIES, 0);
+#[map(name = "DNS_EVENTS")]
+pub static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
+#[map(name = "NET_SCRATCH")]
+pub static NET_SCRATCH: PerCpuArray<NetScratch> = PerCpuArray::with_max_entries(1, 0);

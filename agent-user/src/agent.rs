@@ -2,13 +2,17 @@
 //! hand events to the sink, and flush everything on SIGINT/SIGTERM.
 use std::time::{Duration, Instant, SystemTime};
 
-use agent_common::{Counter, FLAG_EXEC, FLAG_EXIT, FLAG_EXIT_PER_EVENT, FLAG_FORK, FLAG_PROC_PER_EVENT};
+use agent_common::{
+    Counter, FLAG_EXEC, FLAG_EXIT, FLAG_EXIT_PER_EVENT, FLAG_FORK, FLAG_NET, FLAG_NET_AGG_EPHEMERAL,
+    FLAG_NET_PER_EVENT, FLAG_PROC_PER_EVENT,
+};
 
 use crate::{
     aggregate::{Aggregate, Evictions, ProcessRecord, TerminateRecord, WindowCache},
     config::{Config, EventSettings},
     drain::{Counters, Drainer},
     enrich::{BootClock, UserNames},
+    net::{ConnRecord, NetState},
     report::{self, DroppedEventsStatistics, Enrichment, Event, Payload, Window},
     sinks::Sink,
 };
@@ -32,6 +36,15 @@ pub fn control_flags(c: &Config) -> u32 {
         f |= FLAG_EXIT;
         if !c.process_terminate.aggregate {
             f |= FLAG_EXIT_PER_EVENT;
+        }
+    }
+    if c.connection_create.priority.enabled() {
+        f |= FLAG_NET;
+        if !c.connection_create.aggregate {
+            f |= FLAG_NET_PER_EVENT;
+        }
+        if c.aggregate_ephemeral_ports {
+            f |= FLAG_NET_AGG_EPHEMERAL;
         }
     }
     f
@@ -110,6 +123,8 @@ pub struct Agent<S: Sink> {
     drainer: Drainer,
     processes: EventWindow<ProcessRecord>,
     terminations: EventWindow<TerminateRecord>,
+    connections: EventWindow<ConnRecord>,
+    net: NetState,
     users: UserNames,
     clock: BootClock,
     sink: S,
@@ -121,6 +136,8 @@ impl<S: Sink> Agent<S> {
         Ok(Agent {
             processes: EventWindow::new("ProcessCreate", config.process_create),
             terminations: EventWindow::new("ProcessTerminate", config.process_terminate),
+            connections: EventWindow::new("ConnectionCreate", config.connection_create),
+            net: NetState::new(config.dns_cache_size as usize),
             config,
             drainer,
             users,
@@ -139,6 +156,9 @@ impl<S: Sink> Agent<S> {
         if self.terminations.due(now) {
             self.close_terminations()?;
         }
+        if self.connections.due(now) {
+            self.close_connections()?;
+        }
         Ok(())
     }
 
@@ -147,6 +167,7 @@ impl<S: Sink> Agent<S> {
         self.drain()?;
         self.close_processes()?;
         self.close_terminations()?;
+        self.close_connections()?;
         Ok(())
     }
 
@@ -155,6 +176,8 @@ impl<S: Sink> Agent<S> {
         self.clock = BootClock::now();
         self.processes.add(d.processes, &d.counters);
         self.terminations.add(d.terminations, &d.counters);
+        let conns = self.net.ingest(d.net, crate::enrich::boottime_ns());
+        self.connections.add(conns, &d.counters);
         Ok(())
     }
 
@@ -192,6 +215,42 @@ impl<S: Sink> Agent<S> {
             &closed,
             "ProcessTerminate",
             [Counter::ExitSeen, Counter::ExitMapFull, Counter::ExitRaceLost],
+        ));
+        self.sink.publish(&events)?;
+        Ok(())
+    }
+
+    fn close_connections(&mut self) -> anyhow::Result<()> {
+        let closed = self.connections.close();
+        let (dns_evicted, dns_unparsed) = self.net.take_dns_losses();
+        if dns_evicted > 0 {
+            log::warn!("ConnectionCreate: DNS name cache full; dropped {dns_evicted} names; raise dnsCacheSizeConnectionCreate");
+        }
+        if dns_unparsed > 0 {
+            log::debug!("ConnectionCreate: {dns_unparsed} DNS answers did not parse");
+        }
+        for (counter, what) in [
+            (Counter::TrafficMapFull, "packets found the kernel traffic map full; their bytes are in no record"),
+            (Counter::DnsRingFull, "DNS answers found the ring buffer full; their names are unknown"),
+            (Counter::NetReadFailed, "socket namespace reads failed; those records have netns 0"),
+        ] {
+            let n = closed.counters.get(counter);
+            if n > 0 {
+                log::warn!("ConnectionCreate: {n} {what}");
+            }
+        }
+        if !self.config.connection_create.priority.enabled() && closed.records.is_empty() {
+            return Ok(());
+        }
+        let mut events: Vec<Event> = closed
+            .records
+            .iter()
+            .map(|r| closed.window.event(Payload::ConnectionCreate(report::connection_create(r, self.clock))))
+            .collect();
+        events.extend(self.dropped(
+            &closed,
+            "ConnectionCreate",
+            [Counter::ConnSeen, Counter::ConnMapFull, Counter::ConnRaceLost],
         ));
         self.sink.publish(&events)?;
         Ok(())
@@ -246,7 +305,14 @@ mod tests {
     #[test]
     fn flags_follow_config() {
         let mut c = Config::default();
-        assert_eq!(control_flags(&c), FLAG_EXEC | FLAG_FORK | FLAG_EXIT);
+        assert_eq!(control_flags(&c), FLAG_EXEC | FLAG_FORK | FLAG_EXIT | FLAG_NET);
+        c.aggregate_ephemeral_ports = true;
+        c.connection_create.aggregate = false;
+        assert_eq!(
+            control_flags(&c) & !(FLAG_EXEC | FLAG_FORK | FLAG_EXIT),
+            FLAG_NET | FLAG_NET_PER_EVENT | FLAG_NET_AGG_EPHEMERAL
+        );
+        c.connection_create.priority = Priority::Off;
         c.process_create.aggregate = false;
         c.process_terminate.priority = Priority::Off;
         assert_eq!(control_flags(&c), FLAG_EXEC | FLAG_FORK | FLAG_PROC_PER_EVENT);

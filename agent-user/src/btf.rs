@@ -136,6 +136,8 @@ impl TypeRef {
 struct Found {
     bits: u64,
     bitfield: bool,
+    /// Type id of the member, to descend into it.
+    type_id: u32,
 }
 
 /// Reads a little-endian u32; callers guarantee `pos + 4 <= data.len()`.
@@ -277,6 +279,36 @@ impl Btf {
         }
     }
 
+    /// Byte offset of `path[last]` reached from `struct struct_name` through
+    /// embedded struct members: `("sock_common", ["skc_net", "net"])` is
+    /// `offsetof(struct sock_common, skc_net.net)`. Members whose type is a
+    /// typedef of an anonymous struct (`possible_net_t`) are followed too.
+    pub fn member_path_offset(&self, struct_name: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let &root = self.structs.get(struct_name).ok_or_else(|| BtfError::StructNotFound(struct_name.to_string()))?;
+        let not_found = |_stopped_at: &str| BtfError::MemberNotFound {
+            struct_name: struct_name.to_string(),
+            member: path.join("."),
+        };
+        let mut id = root;
+        let mut bits = 0u64;
+        for (i, member) in path.iter().enumerate() {
+            let mut steps = 0;
+            let f = self.find_member(id, member.as_bytes(), 0, &mut steps)?.ok_or_else(|| not_found(member))?;
+            if f.bitfield {
+                return Err(BtfError::Bitfield { struct_name: struct_name.to_string(), member: path.join(".") });
+            }
+            bits += f.bits;
+            if i + 1 < path.len() {
+                match self.resolve(f.type_id)? {
+                    Some((inner, t)) if matches!(t.kind(), KIND_STRUCT | KIND_UNION) => id = inner,
+                    _ => return Err(not_found(member)),
+                }
+            }
+        }
+        u32::try_from(bits / 8)
+            .map_err(|_| BtfError::OffsetOverflow { struct_name: struct_name.to_string(), member: path.join(".") })
+    }
+
     /// Whether a struct with this name exists.
     pub fn has_struct(&self, name: &str) -> bool {
         self.structs.contains_key(name)
@@ -351,7 +383,7 @@ impl Btf {
             if name_off != 0 {
                 if str_bytes(&self.strings, name_off)? == member {
                     let bitfield = misaligned || self.is_int_bitfield(m_type)?;
-                    return Ok(Some(Found { bits: u64::from(bit_off), bitfield }));
+                    return Ok(Some(Found { bits: u64::from(bit_off), bitfield, type_id: m_type }));
                 }
                 continue;
             }
@@ -363,6 +395,7 @@ impl Btf {
                         return Ok(Some(Found {
                             bits: u64::from(bit_off) + f.bits,
                             bitfield: f.bitfield || misaligned,
+                            type_id: f.type_id,
                         }));
                     }
                 }
@@ -509,6 +542,30 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "deep").unwrap(), 20);
         // Anonymous types are not indexed by name.
         assert!(!btf.has_struct(""));
+    }
+
+    #[test]
+    fn member_path_follows_typedefs_of_anonymous_structs() {
+        // typedef struct { struct net *net; } possible_net_t;
+        // struct ns_common { int a; union { int x; struct { int pad; unsigned int inum; }; }; };
+        // struct sock_common { long a; possible_net_t skc_net; };   skc_net.net at 8
+        // struct net { long a; long b; struct ns_common ns; };      ns.inum at 16 + 4 + 4 = 24
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let long = b.int("long", 8);
+        let anon_net = b.strukt("", 8, &[("net", long, 0)]);
+        let possible = b.modifier(KIND_TYPEDEF, "possible_net_t", anon_net);
+        b.strukt("sock_common", 16, &[("a", long, 0), ("skc_net", possible, 64)]);
+        let padinum = b.strukt("", 8, &[("pad", int, 0), ("inum", int, 32)]);
+        let un = b.union("", 8, &[("x", int, 0), ("", padinum, 0)]);
+        let ns = b.strukt("ns_common", 12, &[("a", int, 0), ("", un, 32)]);
+        b.strukt("net", 28, &[("a", long, 0), ("b", long, 64), ("ns", ns, 128)]);
+        let btf = Btf::parse(&b.finish()).unwrap();
+        assert_eq!(btf.member_path_offset("sock_common", &["skc_net", "net"]).unwrap(), 8);
+        assert_eq!(btf.member_path_offset("net", &["ns", "inum"]).unwrap(), 24);
+        assert_eq!(btf.member_path_offset("net", &["b"]).unwrap(), 8);
+        let e = btf.member_path_offset("net", &["b", "inum"]).unwrap_err();
+        assert!(matches!(e, BtfError::MemberNotFound { ref member, .. } if member == "b.inum"), "{e}");
     }
 
     #[test]

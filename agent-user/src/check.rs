@@ -83,6 +83,7 @@ pub fn run_checks() -> Vec<Check> {
         let (what, cat, name) = match probe.hook {
             ebpf::Hook::Tracepoint { category, name } => (format!("tracepoint {category}/{name}"), category, name),
             ebpf::Hook::RawTracepoint { name } => (format!("raw tracepoint {name}"), "sched", name),
+            ebpf::Hook::CgroupSkb { .. } | ebpf::Hook::CgroupSockCreate => continue,
         };
         out.push(match tracefs::format(cat, name) {
             Ok(_) => check(Status::Ok, what, format!("for {}", probe.program)),
@@ -100,6 +101,19 @@ pub fn run_checks() -> Vec<Check> {
                     o.task_mm, o.task_real_parent, o.task_tgid, o.task_pid, o.task_exit_code, o.mm_arg_start, o.mm_arg_end
                 ),
             ));
+            out.push(check(
+                Status::Ok,
+                "network offsets",
+                format!(
+                    "sock_common.skc_net.net={} net.ns.inum={} task_struct.cred={} .comm={} cred.uid={}",
+                    o.sk_net, o.net_inum, o.task_cred, o.task_comm, o.cred_uid
+                ),
+            ));
+            out.push(check(
+                Status::Ok,
+                "TCP connections and direction",
+                "sock/inet_sock_set_state: SYN_SENT exits are outbound, SYN_RECV->ESTABLISHED inbound",
+            ));
             out.push(if o.has_group_dead != 0 {
                 check(Status::Ok, "exit: last thread detection", "sched_process_exit.group_dead")
             } else {
@@ -113,6 +127,24 @@ pub fn run_checks() -> Vec<Check> {
         Some(Err(e)) => out.push(check(Status::Fail, "structure offsets", e.to_string())),
         None => out.push(check(Status::Fail, "structure offsets", "needs kernel BTF")),
     }
+    let cgroup = ebpf::cgroup2_root();
+    out.push(match &cgroup {
+        Some(p) => check(
+            Status::Ok,
+            "network bytes: cgroup_skb",
+            format!(
+                "cgroup v2 root {}: cgroup_skb ingress/egress count L4 payload bytes of every socket, \
+                 new UDP/ICMP flows and DNS answers; cgroup/sock_create names UDP/ICMP socket owners",
+                p.display()
+            ),
+        ),
+        None => check(
+            Status::Warn,
+            "network bytes: cgroup_skb",
+            "no cgroup v2 mount: falling back to the TCP state tracepoint alone (TCP connection counts and \
+             direction; no bytes, UDP, ICMP or DNS); mount one: mount -t cgroup2 none /sys/fs/cgroup/unified",
+        ),
+    });
     out.push(match Quiesce::detect() {
         Quiesce::Membarrier => check(Status::Ok, "lossless drain", "membarrier(MEMBARRIER_CMD_GLOBAL)"),
         Quiesce::Sleep(d) => check(
@@ -123,12 +155,8 @@ pub fn run_checks() -> Vec<Check> {
     });
     let can_load = caps_missing.is_none();
     out.push(match (offsets, can_load) {
-        (Some(Ok(o)), true) => match load_and_attach(&o) {
-            Ok(()) => check(
-                Status::Ok,
-                "load and attach programs",
-                format!("{} programs verified and attached", ebpf::PROBES.len()),
-            ),
+        (Some(Ok(o)), true) => match load_and_attach(&o, cgroup) {
+            Ok(n) => check(Status::Ok, "load and attach programs", format!("{n} programs verified and attached")),
             Err(e) => check(Status::Fail, "load and attach programs", e.to_string()),
         },
         _ => check(Status::Fail, "load and attach programs", "skipped: fix the failures above first"),
@@ -136,9 +164,13 @@ pub fn run_checks() -> Vec<Check> {
     out
 }
 
-fn load_and_attach(o: &agent_common::KernelOffsets) -> Result<(), ebpf::LoadError> {
-    let mut e = ebpf::load(o, ebpf::MapSizes { process_create: 16, process_terminate: 16 })?;
-    ebpf::attach_all(&mut e)
+fn load_and_attach(
+    o: &agent_common::KernelOffsets,
+    cgroup: Option<std::path::PathBuf>,
+) -> Result<usize, ebpf::LoadError> {
+    let mut e = ebpf::load(o, ebpf::MapSizes { process_create: 16, process_terminate: 16, connection_create: 16 })?;
+    // Programs start with a zeroed control block: attached, they record nothing.
+    ebpf::attach_all(&mut e, &ebpf::AttachPlan { process: true, net: true, cgroup })
     // Dropping `e` detaches and unloads.
 }
 

@@ -106,10 +106,32 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 16, max = 512))]
     pub process_command_line_max_bytes: Option<u32>,
+
+    /// Priority of ConnectionCreate events (network connections). Off: not collected, programs not attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_priority_connection_create: Option<Priority>,
+    /// Aggregate identical ConnectionCreate events (same 5-tuple) into one record with a hit count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregation_enabled_connection_create: Option<bool>,
+    /// Time window of one ConnectionCreate aggregation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregation_interval_connection_create: Option<IsoDuration>,
+    /// Records kept per ConnectionCreate window; when full the oldest is discarded and counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub cache_size_connection_create: Option<u32>,
+    /// Zero the local (ephemeral) port of outbound connections, so repeated calls to one service are one record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate_ephemeral_ports_connection_create: Option<bool>,
+    /// Addresses whose DNS name is remembered (for host_name); when full the oldest is dropped and counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16, max = 65536))]
+    pub dns_cache_size_connection_create: Option<u32>,
 }
 
 pub const CACHE_SIZE_MAX: u32 = 65_536;
 pub const CMDLINE_MIN: u32 = 16;
+pub const DNS_CACHE_MIN: u32 = 16;
 /// Shortest interval accepted: draining runs once a second.
 pub const INTERVAL_MIN: Duration = Duration::from_secs(1);
 /// Longest interval accepted (seed 000: an aggregated event covers at most 24 hours).
@@ -131,6 +153,9 @@ pub struct Config {
     pub process_terminate: EventSettings,
     pub dropped_stats_priority: Priority,
     pub cmdline_max: u32,
+    pub connection_create: EventSettings,
+    pub aggregate_ephemeral_ports: bool,
+    pub dns_cache_size: u32,
 }
 
 impl Default for Config {
@@ -148,6 +173,11 @@ impl Default for Config {
             process_terminate: event(Priority::Low),
             dropped_stats_priority: Priority::Low,
             cmdline_max: 256,
+            // Seed 002: network connection events are event-based like
+            // ProcessCreate (Medium), 256-record buffer, seed 000: PT1H.
+            connection_create: event(Priority::Medium),
+            aggregate_ephemeral_ports: false,
+            dns_cache_size: 1024,
         }
     }
 }
@@ -257,6 +287,11 @@ impl RawConfig {
             self.aggregation_interval_process_terminate,
             &mut c.process_terminate.interval,
         );
+        interval(
+            "aggregationIntervalConnectionCreate",
+            self.aggregation_interval_connection_create,
+            &mut c.connection_create.interval,
+        );
         let mut range = |field: &str, v: Option<u32>, min: u32, max: u32, into: &mut u32| {
             if let Some(v) = v {
                 if v < min || v > max {
@@ -290,6 +325,23 @@ impl RawConfig {
             agent_common::CMDLINE_CAP as u32,
             &mut c.cmdline_max,
         );
+        range(
+            "cacheSizeConnectionCreate",
+            self.cache_size_connection_create,
+            1,
+            CACHE_SIZE_MAX,
+            &mut c.connection_create.cache_size,
+        );
+        range(
+            "dnsCacheSizeConnectionCreate",
+            self.dns_cache_size_connection_create,
+            DNS_CACHE_MIN,
+            CACHE_SIZE_MAX,
+            &mut c.dns_cache_size,
+        );
+        set(&mut c.connection_create.priority, self.event_priority_connection_create);
+        set(&mut c.connection_create.aggregate, self.aggregation_enabled_connection_create);
+        set(&mut c.aggregate_ephemeral_ports, self.aggregate_ephemeral_ports_connection_create);
         set(&mut c.process_create.priority, self.event_priority_process_create);
         set(&mut c.process_terminate.priority, self.event_priority_process_terminate);
         set(&mut c.dropped_stats_priority, self.event_priority_dropped_events_statistics);
@@ -333,6 +385,12 @@ impl Config {
             cache_size_process_create: Some(self.process_create.cache_size),
             cache_size_process_terminate: Some(self.process_terminate.cache_size),
             process_command_line_max_bytes: Some(self.cmdline_max),
+            event_priority_connection_create: Some(self.connection_create.priority),
+            aggregation_enabled_connection_create: Some(self.connection_create.aggregate),
+            aggregation_interval_connection_create: Some(IsoDuration(self.connection_create.interval)),
+            cache_size_connection_create: Some(self.connection_create.cache_size),
+            aggregate_ephemeral_ports_connection_create: Some(self.aggregate_ephemeral_ports),
+            dns_cache_size_connection_create: Some(self.dns_cache_size),
         }
     }
 }
@@ -385,6 +443,40 @@ mod tests {
         assert!(!c.process_terminate.aggregate);
         assert_eq!(c.process_create.priority, Priority::Off);
         assert_eq!(c.cmdline_max, 64);
+    }
+
+    #[test]
+    fn connection_properties_apply_and_are_checked() {
+        let c = Config::default();
+        assert_eq!(c.connection_create.priority, Priority::Medium);
+        assert_eq!((c.connection_create.cache_size, c.connection_create.interval), (256, Duration::from_secs(3600)));
+        assert!(c.connection_create.aggregate && !c.aggregate_ephemeral_ports);
+        let c = parse(
+            r#"{"eventPriorityConnectionCreate":"Off","aggregationEnabledConnectionCreate":false,
+                "aggregationIntervalConnectionCreate":"PT5S","cacheSizeConnectionCreate":32,
+                "aggregateEphemeralPortsConnectionCreate":true,"dnsCacheSizeConnectionCreate":64}"#,
+        )
+        .unwrap();
+        assert_eq!(c.connection_create.priority, Priority::Off);
+        assert!(!c.connection_create.aggregate && c.aggregate_ephemeral_ports);
+        assert_eq!((c.connection_create.cache_size, c.dns_cache_size), (32, 64));
+        assert_eq!(c.connection_create.interval, Duration::from_secs(5));
+        let e = parse(
+            r#"{"cacheSizeConnectionCreate":0,"dnsCacheSizeConnectionCreate":1,"aggregationIntervalConnectionCreate":"P2D",
+                "aggregateEphemeralPortsConnectionCreate":"yes"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.errors.len(), 1, "type errors first: {e}");
+        assert_eq!(e.errors[0].field, "aggregateEphemeralPortsConnectionCreate");
+        let e = parse(
+            r#"{"cacheSizeConnectionCreate":0,"dnsCacheSizeConnectionCreate":1,"aggregationIntervalConnectionCreate":"P2D"}"#,
+        )
+        .unwrap_err();
+        let fields: Vec<_> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["aggregationIntervalConnectionCreate", "cacheSizeConnectionCreate", "dnsCacheSizeConnectionCreate"]
+        );
     }
 
     #[test]

@@ -10,13 +10,19 @@
 //! generation, and every generation is drained exactly once.
 use std::{ffi::CStr, time::Duration};
 
-use agent_common::{maps, Control, Counter, ExitKey, ExitValue, ProcKey, ProcValue, COUNTER_COUNT, PROC_KIND_FORK};
+use agent_common::{
+    maps, ConnKey, ConnValue, Control, Counter, ExitKey, ExitValue, ProcKey, ProcValue, TrafficValue, COUNTER_COUNT,
+    PROC_KIND_FORK,
+};
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     Ebpf,
 };
 
-use crate::aggregate::{ProcessKind, ProcessRecord, TerminateRecord};
+use crate::{
+    aggregate::{ProcessKind, ProcessRecord, TerminateRecord},
+    net::{self, NetDrained},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -52,6 +58,8 @@ impl Counters {
 pub struct Drained {
     pub processes: Vec<ProcessRecord>,
     pub terminations: Vec<TerminateRecord>,
+    /// Connection and traffic records, and DNS answers received.
+    pub net: NetDrained,
     /// The counters of the same generation: exactly the events these
     /// records (and drops) account for.
     pub counters: Counters,
@@ -97,6 +105,9 @@ pub struct Drainer {
     state: Control,
     proc: [HashMap<MapData, ProcKey, ProcValue>; 2],
     exit: [HashMap<MapData, ExitKey, ExitValue>; 2],
+    conn: [HashMap<MapData, ConnKey, ConnValue>; 2],
+    traf: [HashMap<MapData, ConnKey, TrafficValue>; 2],
+    dns: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     zeros: Vec<u64>,
     quiesce: Quiesce,
@@ -115,6 +126,9 @@ impl Drainer {
             state: initial,
             proc: [take(ebpf, maps::PROC_0)?, take(ebpf, maps::PROC_1)?],
             exit: [take(ebpf, maps::EXIT_0)?, take(ebpf, maps::EXIT_1)?],
+            conn: [take(ebpf, maps::CONN_0)?, take(ebpf, maps::CONN_1)?],
+            traf: [take(ebpf, maps::TRAF_0)?, take(ebpf, maps::TRAF_1)?],
+            dns: take(ebpf, maps::DNS_EVENTS)?,
             counters: take(ebpf, maps::COUNTERS)?,
             zeros: vec![0; aya::util::nr_cpus().map_err(|(_, e)| DrainError::Cpus(e))?],
             quiesce: Quiesce::detect(),
@@ -150,8 +164,21 @@ impl Drainer {
             drain_map(&mut self.proc[old], maps::PROC_0)?.into_iter().map(|(k, v)| process_record(&k, &v)).collect();
         let terminations =
             drain_map(&mut self.exit[old], maps::EXIT_0)?.into_iter().map(|(k, v)| terminate_record(&k, &v)).collect();
+        let connections = drain_map(&mut self.conn[old], maps::CONN_0)?
+            .into_iter()
+            .filter_map(|(k, v)| net::conn_record(&k, &v))
+            .collect();
+        let traffic = drain_map(&mut self.traf[old], maps::TRAF_0)?
+            .into_iter()
+            .filter_map(|(k, v)| net::traffic_sample(&k, &v))
+            .collect();
+        // The ring buffer has no generations: everything submitted so far.
+        let mut dns = Vec::new();
+        while let Some(item) = self.dns.next() {
+            dns.extend(net::dns_message(&item));
+        }
         let counters = self.take_counters(old as u32)?;
-        Ok(Drained { processes, terminations, counters })
+        Ok(Drained { processes, terminations, net: NetDrained { connections, traffic, dns }, counters })
     }
 
     /// Reads and zeroes one generation's counters.

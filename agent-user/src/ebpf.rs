@@ -1,8 +1,10 @@
 //! Loading the kernel programs: offsets for this kernel, map sizes, the probe
 //! table and the attach loop.
 use agent_common::{maps, programs, KernelOffsets, OFFSETS_GLOBAL};
+use std::path::{Path, PathBuf};
+
 use aya::{
-    programs::{RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 
@@ -21,6 +23,12 @@ pub enum LoadError {
     Tracefs(#[from] tracefs::TracefsError),
     #[error("loading the eBPF object failed: {0}; run as root, or with CAP_BPF and CAP_PERFMON")]
     Object(#[from] aya::EbpfError),
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("program {program}: {action} failed: {source}")]
     Program {
         program: &'static str,
@@ -34,21 +42,66 @@ pub enum LoadError {
 /// doc comments in agent-ebpf.
 #[derive(Debug, Clone, Copy)]
 pub enum Hook {
-    Tracepoint { category: &'static str, name: &'static str },
-    RawTracepoint { name: &'static str },
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    RawTracepoint {
+        name: &'static str,
+    },
+    /// On the cgroup v2 root: every socket of every process.
+    CgroupSkb {
+        egress: bool,
+    },
+    CgroupSockCreate,
+}
+
+impl Hook {
+    pub fn needs_cgroup(self) -> bool {
+        matches!(self, Hook::CgroupSkb { .. } | Hook::CgroupSockCreate)
+    }
+}
+
+/// Which collector a program belongs to: an `Off` collector's programs are
+/// not attached at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Process,
+    Net,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
     pub program: &'static str,
     pub hook: Hook,
+    pub family: Family,
 }
 
 /// Every program and its hook: the attach loop and `hitcount check` walk this.
 pub const PROBES: &[Probe] = &[
-    Probe { program: programs::PROCESS_EXEC, hook: Hook::Tracepoint { category: "sched", name: "sched_process_exec" } },
-    Probe { program: programs::PROCESS_FORK, hook: Hook::RawTracepoint { name: "sched_process_fork" } },
-    Probe { program: programs::PROCESS_EXIT, hook: Hook::Tracepoint { category: "sched", name: "sched_process_exit" } },
+    Probe {
+        program: programs::PROCESS_EXEC,
+        hook: Hook::Tracepoint { category: "sched", name: "sched_process_exec" },
+        family: Family::Process,
+    },
+    Probe {
+        program: programs::PROCESS_FORK,
+        hook: Hook::RawTracepoint { name: "sched_process_fork" },
+        family: Family::Process,
+    },
+    Probe {
+        program: programs::PROCESS_EXIT,
+        hook: Hook::Tracepoint { category: "sched", name: "sched_process_exit" },
+        family: Family::Process,
+    },
+    Probe {
+        program: programs::TCP_STATE,
+        hook: Hook::Tracepoint { category: "sock", name: "inet_sock_set_state" },
+        family: Family::Net,
+    },
+    Probe { program: programs::SKB_INGRESS, hook: Hook::CgroupSkb { egress: false }, family: Family::Net },
+    Probe { program: programs::SKB_EGRESS, hook: Hook::CgroupSkb { egress: true }, family: Family::Net },
+    Probe { program: programs::SOCK_CREATE, hook: Hook::CgroupSockCreate, family: Family::Net },
 ];
 
 /// Map sizes chosen at load time: distinct records the kernel holds between
@@ -57,6 +110,8 @@ pub const PROBES: &[Probe] = &[
 pub struct MapSizes {
     pub process_create: u32,
     pub process_terminate: u32,
+    /// Distinct connection records between two drains.
+    pub connection_create: u32,
 }
 
 impl MapSizes {
@@ -69,6 +124,38 @@ impl MapSizes {
     pub fn staging_entries(cache_size: u32) -> u32 {
         cache_size.saturating_mul(2).max(128).min(cache_size.saturating_add(4096))
     }
+
+    /// Traffic records: one per active 5-tuple per drain, including
+    /// long-lived connections that made no new record, so several times the
+    /// connection records.
+    pub fn traffic(&self) -> u32 {
+        self.connection_create.saturating_mul(8).clamp(4096, 65536)
+    }
+}
+
+/// What to attach.
+#[derive(Debug, Clone, Default)]
+pub struct AttachPlan {
+    pub process: bool,
+    pub net: bool,
+    /// cgroup v2 directory for the cgroup programs (the root: every socket).
+    /// Without one, the net collector runs on the TCP tracepoint alone.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// The cgroup v2 mount point: `/sys/fs/cgroup` on unified hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    std::fs::read_to_string("/proc/mounts").ok().and_then(|m| parse_cgroup2_mount(&m))
+}
+
+/// The first `cgroup2` line of a mounts table.
+pub fn parse_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+    })
 }
 
 /// Reads the offsets the programs need from this kernel's BTF and tracefs.
@@ -77,6 +164,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
     let mm = |m| btf.member_offset("mm_struct", m);
     let exec = tracefs::format("sched", "sched_process_exec")?;
     let exit = tracefs::format("sched", "sched_process_exit")?;
+    let state = tracefs::format("sock", "inet_sock_set_state")?;
     let field = |fields: &std::collections::HashMap<String, tracefs::Field>, tp: &str, name: &str| {
         fields
             .get(name)
@@ -86,7 +174,27 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
     // group_dead joined sched_process_exit in 6.15; older kernels fall back
     // to "the exiting thread is the group leader".
     let group_dead = exit.get("group_dead").map(|f| f.offset);
+    let st = |name| field(&state, "sock/inet_sock_set_state", name);
     Ok(KernelOffsets {
+        task_cred: task("cred")?,
+        cred_uid: btf.member_offset("cred", "uid")?,
+        task_comm: task("comm")?,
+        // skc_net is a possible_net_t (a typedef'd anonymous struct holding
+        // `struct net *net`); ns.inum sits in struct ns_common, inside an
+        // anonymous union on newer kernels. The path walk handles both.
+        sk_net: btf.member_path_offset("sock_common", &["skc_net", "net"])?,
+        net_inum: btf.member_path_offset("net", &["ns", "inum"])?,
+        tp_skaddr: st("skaddr")?,
+        tp_oldstate: st("oldstate")?,
+        tp_newstate: st("newstate")?,
+        tp_sport: st("sport")?,
+        tp_dport: st("dport")?,
+        tp_family: st("family")?,
+        tp_protocol: st("protocol")?,
+        tp_saddr: st("saddr")?,
+        tp_daddr: st("daddr")?,
+        tp_saddr_v6: st("saddr_v6")?,
+        tp_daddr_v6: st("daddr_v6")?,
         task_mm: task("mm")?,
         task_real_parent: task("real_parent")?,
         task_tgid: task("tgid")?,
@@ -117,6 +225,10 @@ pub fn load(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError>
         .map_max_entries(maps::PROC_1, sizes.process_create)
         .map_max_entries(maps::EXIT_0, sizes.process_terminate)
         .map_max_entries(maps::EXIT_1, sizes.process_terminate)
+        .map_max_entries(maps::CONN_0, sizes.connection_create)
+        .map_max_entries(maps::CONN_1, sizes.connection_create)
+        .map_max_entries(maps::TRAF_0, sizes.traffic())
+        .map_max_entries(maps::TRAF_1, sizes.traffic())
         .load(OBJECT)?;
     for probe in PROBES {
         let err = |action| move |source| LoadError::Program { program: probe.program, action, source };
@@ -132,6 +244,14 @@ pub fn load(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError>
             }
             Hook::RawTracepoint { .. } => {
                 let p: &mut RawTracePoint = prog.try_into().map_err(err("type check"))?;
+                p.load().map_err(err("verifier"))?;
+            }
+            Hook::CgroupSkb { .. } => {
+                let p: &mut CgroupSkb = prog.try_into().map_err(err("type check"))?;
+                p.load().map_err(err("verifier"))?;
+            }
+            Hook::CgroupSockCreate => {
+                let p: &mut CgroupSock = prog.try_into().map_err(err("type check"))?;
                 p.load().map_err(err("verifier"))?;
             }
         }
@@ -151,12 +271,34 @@ fn release_freed_memory() {
     }
 }
 
-/// Attaches every program of the probe table. Links live as long as `ebpf`.
-pub fn attach_all(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+/// Attaches the programs of the enabled collectors. Links live as long as
+/// `ebpf`. Returns how many were attached.
+pub fn attach_all(ebpf: &mut Ebpf, plan: &AttachPlan) -> Result<usize, LoadError> {
+    let cgroup = match (&plan.cgroup, plan.net) {
+        (Some(path), true) => Some(open_cgroup(path)?),
+        _ => None,
+    };
+    let mut attached = 0;
     for probe in PROBES {
+        let wanted = match probe.family {
+            Family::Process => plan.process,
+            Family::Net => plan.net,
+        };
+        if !wanted || (probe.hook.needs_cgroup() && cgroup.is_none()) {
+            continue;
+        }
         let err = |action| move |source| LoadError::Program { program: probe.program, action, source };
         let prog = ebpf.program_mut(probe.program).expect("loaded above");
         match probe.hook {
+            Hook::CgroupSkb { egress } => {
+                let p: &mut CgroupSkb = prog.try_into().map_err(err("type check"))?;
+                let kind = if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
+                p.attach(cgroup.as_ref().expect("checked"), kind, CGROUP_MODE).map_err(err("attach"))?;
+            }
+            Hook::CgroupSockCreate => {
+                let p: &mut CgroupSock = prog.try_into().map_err(err("type check"))?;
+                p.attach(cgroup.as_ref().expect("checked"), CGROUP_MODE).map_err(err("attach"))?;
+            }
             Hook::Tracepoint { category, name } => {
                 let p: &mut TracePoint = prog.try_into().map_err(err("type check"))?;
                 p.attach(category, name).map_err(err("attach"))?;
@@ -166,9 +308,21 @@ pub fn attach_all(ebpf: &mut Ebpf) -> Result<(), LoadError> {
                 p.attach(name).map_err(err("attach"))?;
             }
         }
+        attached += 1;
         log::debug!("attached {} to {:?}", probe.program, probe.hook);
     }
-    Ok(())
+    Ok(attached)
+}
+
+/// On 5.7+ aya attaches through bpf_link, which always coexists with other
+/// programs on the cgroup (systemd's, for one) and refuses any flag
+/// (kernel/bpf/cgroup.c, cgroup_bpf_link_attach: flags must be 0), so the
+/// flag-free mode is the one that shares. Older kernels get legacy attach,
+/// where this mode would be exclusive; those are below the supported 5.11.
+const CGROUP_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+fn open_cgroup(path: &Path) -> Result<std::fs::File, LoadError> {
+    std::fs::File::open(path).map_err(|source| LoadError::Cgroup { path: path.to_path_buf(), source })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use
@@ -194,5 +348,22 @@ mod tests {
         for c in [1, 100, 5000, 65_536] {
             assert!(MapSizes::staging_entries(c) > c);
         }
+    }
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
+        assert_eq!(parse_cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(parse_cgroup2_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0"), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(parse_cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn traffic_maps_are_bounded() {
+        let s = |n| MapSizes { process_create: 1, process_terminate: 1, connection_create: n };
+        assert_eq!(s(1).traffic(), 4096);
+        assert_eq!(s(1024).traffic(), 8192);
+        assert_eq!(s(65536).traffic(), 65536);
     }
 }

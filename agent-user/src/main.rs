@@ -78,6 +78,9 @@ impl RunArgs {
             aggregation_enabled_process_create: aggregate,
             aggregation_enabled_process_terminate: aggregate,
             process_command_line_max_bytes: self.commandline_max_bytes,
+            aggregation_interval_connection_create: interval,
+            cache_size_connection_create: self.cache_size,
+            aggregation_enabled_connection_create: aggregate,
             ..RawConfig::default()
         }
     }
@@ -110,6 +113,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let sizes = ebpf::MapSizes {
         process_create: ebpf::MapSizes::staging_entries(config.process_create.cache_size),
         process_terminate: ebpf::MapSizes::staging_entries(config.process_terminate.cache_size),
+        connection_create: ebpf::MapSizes::staging_entries(config.connection_create.cache_size),
     };
     let mut bpf = ebpf::load(&offsets, sizes)?;
     let drainer =
@@ -130,13 +134,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let agent = agent::Agent::new(config.clone(), drainer, sinks::stdout::StdoutSink::stdout(), users)?;
     // Attach last: the control block is written, so the first event already
     // follows the configuration.
-    if agent::control_flags(&config) != 0 {
-        ebpf::attach_all(&mut bpf)?;
+    let net = config.connection_create.priority.enabled();
+    let cgroup = if net { ebpf::cgroup2_root() } else { None };
+    if net && cgroup.is_none() {
+        log::warn!(
+            "no cgroup v2 mount: ConnectionCreate counts TCP connections only (no bytes, UDP, ICMP or DNS); \
+             mount one: mount -t cgroup2 none /sys/fs/cgroup/unified"
+        );
     }
+    let plan = ebpf::AttachPlan {
+        process: config.process_create.priority.enabled() || config.process_terminate.priority.enabled(),
+        net,
+        cgroup,
+    };
+    ebpf::attach_all(&mut bpf, &plan)?;
     log::info!(
-        "collecting: ProcessCreate every {}, ProcessTerminate every {}",
+        "collecting: ProcessCreate every {}, ProcessTerminate every {}, ConnectionCreate every {}",
         duration::Iso8601(config.process_create.interval),
-        duration::Iso8601(config.process_terminate.interval)
+        duration::Iso8601(config.process_terminate.interval),
+        duration::Iso8601(config.connection_create.interval)
     );
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = rt.block_on(agent::run(agent));

@@ -273,3 +273,132 @@ impl Drop for Container {
             .status();
     }
 }
+
+/// A "remote host": a network namespace joined to this one by a veth pair,
+/// on 10.200.N.0/30 (this side .1, the peer .2) and fd00:200:N::/126 (::1,
+/// ::2). Helpers started with [`NetNs::spawn`] run inside it. Dropping it
+/// kills them and deletes the namespace (which deletes both veth ends).
+pub struct NetNs {
+    pub name: String,
+    pub host_if: String,
+    pub index: u8,
+    children: Vec<Child>,
+}
+
+impl NetNs {
+    pub fn new(index: u8) -> Result<NetNs> {
+        let tag = std::process::id() % 100_000;
+        let name = format!("hc{index}n{tag}");
+        let host_if = format!("hc{index}h{tag}");
+        let peer_if = format!("hc{index}p{tag}");
+        // Leftovers of a run that was killed before its guard ran.
+        let _ = run(Command::new("ip").args(["netns", "del", &name]));
+        let _ = run(Command::new("ip").args(["link", "del", &host_if]));
+        let ns = NetNs { name: name.clone(), host_if: host_if.clone(), index, children: Vec::new() };
+        let v4 = |h| format!("10.200.{index}.{h}/30");
+        let v6 = |h| format!("fd00:200:{index}::{h}/126");
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), name.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                host_if.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                peer_if.clone(),
+            ],
+            vec!["link".into(), "set".into(), peer_if.clone(), "netns".into(), name.clone()],
+            vec!["addr".into(), "add".into(), v4(1), "dev".into(), host_if.clone()],
+            vec!["-6".into(), "addr".into(), "add".into(), v6(1), "dev".into(), host_if.clone(), "nodad".into()],
+            vec!["link".into(), "set".into(), host_if.clone(), "up".into()],
+            vec!["-n".into(), name.clone(), "addr".into(), "add".into(), v4(2), "dev".into(), peer_if.clone()],
+            vec![
+                "-n".into(),
+                name.clone(),
+                "-6".into(),
+                "addr".into(),
+                "add".into(),
+                v6(2),
+                "dev".into(),
+                peer_if.clone(),
+                "nodad".into(),
+            ],
+            vec!["-n".into(), name.clone(), "link".into(), "set".into(), peer_if.clone(), "up".into()],
+            vec!["-n".into(), name.clone(), "link".into(), "set".into(), "lo".into(), "up".into()],
+        ];
+        for s in steps {
+            let out = Command::new("ip").args(&s).output().with_context(|| format!("ip {s:?}"))?;
+            if !out.status.success() {
+                bail!("ip {}: {}", s.join(" "), String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(ns)
+    }
+
+    pub fn host_v4(&self) -> String {
+        format!("10.200.{}.1", self.index)
+    }
+    pub fn peer_v4(&self) -> String {
+        format!("10.200.{}.2", self.index)
+    }
+    pub fn host_v6(&self) -> String {
+        format!("fd00:200:{}::1", self.index)
+    }
+    pub fn peer_v6(&self) -> String {
+        format!("fd00:200:{}::2", self.index)
+    }
+
+    /// Network namespace inode of the peer side, as reported in `netns`.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name)).map(|m| m.ino()).unwrap_or(0)
+    }
+
+    /// Starts `net-peer ARGS` inside the namespace and waits for its `ready`.
+    pub fn spawn(&mut self, args: &[&str]) -> Result<()> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(helper_bin("net-peer"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting net-peer")?;
+        let out = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line)?;
+        self.children.push(child);
+        if line.trim() != "ready" {
+            bail!("net-peer {args:?} did not start: {line:?}");
+        }
+        Ok(())
+    }
+
+    /// Runs `net-peer ARGS` inside the namespace to completion.
+    pub fn run(&self, args: &[&str]) -> Result<()> {
+        let status =
+            Command::new("ip").args(["netns", "exec", &self.name]).arg(helper_bin("net-peer")).args(args).status()?;
+        if !status.success() {
+            bail!("net-peer {args:?}: {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
+        let _ = run(Command::new("ip").args(["link", "del", &self.host_if]));
+    }
+}
+
+/// Inode of this process's network namespace.
+pub fn own_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0)
+}

@@ -1,0 +1,558 @@
+//! Network events: ConnectionCreate records (hits) and their traffic (bytes).
+//!
+//! Hooks:
+//! - `tracepoint/sock/inet_sock_set_state` (format in
+//!   /sys/kernel/tracing/events/sock/inet_sock_set_state/format; fired by
+//!   `inet_sk_state_store`/`tcp_set_state`, include/trace/events/sock.h):
+//!   CLOSE->SYN_SENT runs in the connect() caller (tcp_v4_connect), before
+//!   the source port is chosen, so the owner is parked in PENDING and the
+//!   outbound connection is counted when the socket leaves SYN_SENT (to
+//!   ESTABLISHED, or CLOSE when refused), with the full 4-tuple.
+//!   ->LISTEN runs in the listen() caller: its owner is kept in LISTENERS.
+//!   SYN_RECV->ESTABLISHED of an accepted child runs in softirq: counted as
+//!   inbound and attributed to the listener's owner.
+//! - `cgroup_skb/ingress` and `cgroup_skb/egress` on the cgroup v2 root see
+//!   every packet of every socket (`sk_filter` on receive, `ip_finish_output`
+//!   / `ip6_finish_output` on send): bytes per 5-tuple, new UDP/ICMP flows,
+//!   DNS answers. They always return 1 (allow).
+//! - `cgroup/sock_create` runs in the socket() caller: owners of UDP, ICMP
+//!   and raw sockets, keyed by socket cookie for the cgroup_skb programs.
+// Map calls take `impl Borrow<K>`: passing references keeps 544-byte owners
+// and 56-byte keys where they are instead of copying them onto the 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
+use agent_common::{
+    ConnKey, Control, Counter, DnsEvent, ListenKey, Owner, TrafficValue, AF_INET, AF_INET6, CMDLINE_CAP, DIR_IN,
+    DIR_OUT, DNS_CAP, FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT, FLOW_IDLE_NS, HEAD_LEN, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_probe_read_kernel, generated as gen},
+    macros::{cgroup_skb, cgroup_sock, tracepoint},
+    programs::{SkBuffContext, SockContext, TracePointContext},
+    EbpfContext,
+};
+
+use crate::{
+    kernel::{add_hit, atomic_add, atomic_swap, boot_ns, control, count, current_task, offsets, read_field},
+    maps::{CONN_0, CONN_1, DNS_EVENTS, FLOWS, LISTENERS, NET_SCRATCH, PENDING, SOCK_OWNER, TRAF_0, TRAF_1},
+};
+
+/// TCP states, include/net/tcp_states.h.
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+const DNS_PORT: u16 = 53;
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_state(&ctx);
+    0
+}
+
+#[cgroup_skb(ingress)]
+pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
+    let _ = try_skb(&ctx, false);
+    1 // allow: this program only watches
+}
+
+#[cgroup_skb(egress)]
+pub fn skb_egress(ctx: SkBuffContext) -> i32 {
+    let _ = try_skb(&ctx, true);
+    1
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    let _ = try_sock_create(&ctx);
+    1 // allow
+}
+
+#[inline(always)]
+fn enabled() -> Option<Control> {
+    let ctl = control()?;
+    (ctl.flags & FLAG_NET != 0).then_some(ctl)
+}
+
+/// Network namespace inode of a socket: `sk->__sk_common.skc_net.net->ns.inum`.
+#[inline(always)]
+fn sock_netns(ctl: &Control, sk: u64) -> u32 {
+    let off = offsets();
+    let read = || -> Result<u32, i64> {
+        let net: *const u8 = unsafe { read_field(sk as *const u8, off.sk_net)? };
+        unsafe { read_field::<u32>(net, off.net_inum) }
+    };
+    match read() {
+        Ok(n) => n,
+        Err(_) => {
+            count(ctl, Counter::NetReadFailed);
+            0
+        }
+    }
+}
+
+/// The calling process as a socket owner. Only meaningful in process context.
+/// Reads the task directly rather than through `bpf_get_current_comm` and
+/// friends, which cgroup programs may not call on every kernel.
+#[inline(always)]
+fn current_owner(o: &mut Owner, cmdline_max: u32) {
+    let off = offsets();
+    let task = current_task();
+    clear_owner(o);
+    o.pid = unsafe { read_field::<i32>(task, off.task_tgid) }.unwrap_or(0) as u32;
+    if let Ok(cred) = unsafe { read_field::<*const u8>(task, off.task_cred) } {
+        o.uid = unsafe { read_field::<u32>(cred, off.cred_uid) }.unwrap_or(0);
+    }
+    o.comm = unsafe { read_field::<[u8; 16]>(task, off.task_comm) }.unwrap_or([0; 16]);
+    // argv: mm->arg_start..arg_end, as in process.rs.
+    let Ok(mm) = (unsafe { read_field::<*const u8>(task, off.task_mm) }) else {
+        return;
+    };
+    if mm.is_null() {
+        return;
+    }
+    let (Ok(start), Ok(end)) =
+        (unsafe { read_field::<u64>(mm, off.mm_arg_start) }, unsafe { read_field::<u64>(mm, off.mm_arg_end) })
+    else {
+        return;
+    };
+    let len = end.saturating_sub(start);
+    let max = if cmdline_max as usize > CMDLINE_CAP { CMDLINE_CAP as u64 } else { cmdline_max as u64 };
+    let mut n = if len > max { max } else { len };
+    if n > CMDLINE_CAP as u64 {
+        n = CMDLINE_CAP as u64;
+    }
+    let ret = unsafe { gen::bpf_probe_read_user(o.cmdline.as_mut_ptr() as *mut _, n as u32, start as *const _) };
+    if ret == 0 {
+        o.cmdline_len = n as u32;
+    }
+}
+
+/// An unknown owner. Bytes of `cmdline` past `cmdline_len` are never read,
+/// so only the header is cleared (a 512-byte zeroing would not fit the stack).
+#[inline(always)]
+fn clear_owner(o: &mut Owner) {
+    o.pid = 0;
+    o.uid = 0;
+    o.cmdline_len = 0;
+    o._pad = 0;
+    o.comm = [0; 16];
+}
+
+/// IPv4-mapped IPv6 (::ffff:a.b.c.d) becomes plain IPv4, as the packets are:
+/// a dual-stack socket's tracepoint says AF_INET6, its packets are IPv4.
+#[inline(always)]
+fn normalize(key: &mut ConnKey) {
+    let a = &key.laddr;
+    let mapped = |a: &[u8; 16]| a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff;
+    if key.family == AF_INET6 && mapped(a) && mapped(&key.raddr) {
+        let (l, r) = ([a[12], a[13], a[14], a[15]], [key.raddr[12], key.raddr[13], key.raddr[14], key.raddr[15]]);
+        key.laddr = [0; 16];
+        key.raddr = [0; 16];
+        key.laddr[..4].copy_from_slice(&l);
+        key.raddr[..4].copy_from_slice(&r);
+        key.family = AF_INET;
+    }
+}
+
+/// Counts one connection event and adds a hit to its record. The owner is in
+/// `scratch.owner` (zeroed when unknown).
+#[inline(always)]
+fn record_conn(ctl: &Control, key: &mut ConnKey, direction: u8) -> Result<(), i64> {
+    count(ctl, Counter::ConnSeen);
+    if ctl.flags & FLAG_NET_PER_EVENT != 0 {
+        key.nonce = boot_ns();
+    }
+    if direction == DIR_OUT && ctl.flags & FLAG_NET_AGG_EPHEMERAL != 0 {
+        key.lport = 0;
+    }
+    let scratch = unsafe { &mut *NET_SCRATCH.get_ptr_mut(0).ok_or(0)? };
+    let value = &mut scratch.conn as *mut agent_common::ConnValue;
+    let owner = &scratch.owner as *const Owner;
+    let map = if ctl.generation & 1 == 0 { &CONN_0 } else { &CONN_1 };
+    add_hit(
+        ctl,
+        map,
+        key,
+        |v| unsafe { &mut (*v).hit_count as *mut u64 },
+        || {
+            let v = unsafe { &mut *value };
+            v.hit_count = 1;
+            v.first_seen_ns = boot_ns();
+            v.direction = direction;
+            v._pad = [0; 7];
+            v.owner = unsafe { *owner };
+            Some(value as *const agent_common::ConnValue)
+        },
+        Counter::ConnMapFull,
+        Counter::ConnRaceLost,
+    );
+    Ok(())
+}
+
+fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
+    let ctl = enabled().ok_or(0)?;
+    let off = offsets();
+    let rd = |o: u32| o as usize;
+    let protocol: u16 = unsafe { ctx.read_at(rd(off.tp_protocol)).map_err(|e| e as i64)? };
+    if protocol != IPPROTO_TCP as u16 {
+        return Ok(());
+    }
+    let old: i32 = unsafe { ctx.read_at(rd(off.tp_oldstate)).map_err(|e| e as i64)? };
+    let new: i32 = unsafe { ctx.read_at(rd(off.tp_newstate)).map_err(|e| e as i64)? };
+    let sk: u64 = unsafe { ctx.read_at(rd(off.tp_skaddr)).map_err(|e| e as i64)? };
+    let family: u16 = unsafe { ctx.read_at(rd(off.tp_family)).map_err(|e| e as i64)? };
+    let sport: u16 = unsafe { ctx.read_at(rd(off.tp_sport)).map_err(|e| e as i64)? };
+    let scratch = unsafe { &mut *NET_SCRATCH.get_ptr_mut(0).ok_or(0)? };
+
+    if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        // connect(): the caller owns the socket; the port comes later.
+        current_owner(&mut scratch.owner, ctl.cmdline_max);
+        let _ = PENDING.insert(&sk, &scratch.owner, BPF_ANY as u64);
+        return Ok(());
+    }
+    // LISTEN->SYN_RECV is an accepted child being cloned from its listener
+    // (inet_csk_clone_lock): only LISTEN->CLOSE ends a listener.
+    if new == TCP_LISTEN || (old == TCP_LISTEN && new == TCP_CLOSE) {
+        let lk = ListenKey { netns: sock_netns(&ctl, sk), family, port: sport };
+        if new == TCP_LISTEN {
+            // The port is known only if the socket was bound before listen().
+            current_owner(&mut scratch.owner, ctl.cmdline_max);
+            let _ = LISTENERS.insert(&lk, &scratch.owner, BPF_ANY as u64);
+        } else {
+            let _ = LISTENERS.remove(&lk);
+        }
+        return Ok(());
+    }
+    let direction = if old == TCP_SYN_SENT {
+        DIR_OUT
+    } else if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        DIR_IN
+    } else {
+        return Ok(());
+    };
+
+    let mut key = ConnKey::zeroed();
+    key.netns = sock_netns(&ctl, sk);
+    key.proto = IPPROTO_TCP;
+    key.lport = sport;
+    key.rport = unsafe { ctx.read_at(rd(off.tp_dport)).map_err(|e| e as i64)? };
+    if family == AF_INET as u16 {
+        key.family = AF_INET;
+        let s: [u8; 4] = unsafe { ctx.read_at(rd(off.tp_saddr)).map_err(|e| e as i64)? };
+        let d: [u8; 4] = unsafe { ctx.read_at(rd(off.tp_daddr)).map_err(|e| e as i64)? };
+        key.laddr[..4].copy_from_slice(&s);
+        key.raddr[..4].copy_from_slice(&d);
+    } else if family == AF_INET6 as u16 {
+        key.family = AF_INET6;
+        key.laddr = unsafe { ctx.read_at(rd(off.tp_saddr_v6)).map_err(|e| e as i64)? };
+        key.raddr = unsafe { ctx.read_at(rd(off.tp_daddr_v6)).map_err(|e| e as i64)? };
+    } else {
+        return Ok(());
+    }
+
+    let owner = if direction == DIR_OUT {
+        unsafe { PENDING.get(&sk) }
+    } else {
+        // The child was cloned from the listener: same family, same port.
+        let lk = ListenKey { netns: key.netns, family, port: sport };
+        unsafe { LISTENERS.get(&lk) }
+    };
+    match owner {
+        Some(o) => scratch.owner = *o,
+        None => clear_owner(&mut scratch.owner),
+    }
+    if direction == DIR_OUT {
+        let _ = PENDING.remove(&sk);
+    }
+    normalize(&mut key);
+    record_conn(&ctl, &mut key, direction)
+}
+
+fn try_sock_create(ctx: &SockContext) -> Result<(), i64> {
+    let ctl = enabled().ok_or(0)?;
+    let ty = unsafe { (*ctx.sock).type_ };
+    // TCP sockets get their owner from the state tracepoint.
+    if ty != SOCK_DGRAM && ty != SOCK_RAW {
+        return Ok(());
+    }
+    let cookie = unsafe { gen::bpf_get_socket_cookie(ctx.as_ptr()) };
+    let scratch = unsafe { &mut *NET_SCRATCH.get_ptr_mut(0).ok_or(0)? };
+    current_owner(&mut scratch.owner, ctl.cmdline_max);
+    let _ = SOCK_OWNER.insert(&cookie, &scratch.owner, BPF_ANY as u64);
+    Ok(())
+}
+
+/// Reads `N` bytes of the packet at `offset` (from the network header).
+#[inline(always)]
+fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Result<[u8; N], i64> {
+    let mut buf = [0u8; N];
+    let ret =
+        unsafe { gen::bpf_skb_load_bytes(ctx.as_ptr() as *const _, offset, buf.as_mut_ptr() as *mut _, N as u32) };
+    if ret != 0 {
+        return Err(ret);
+    }
+    Ok(buf)
+}
+
+/// The socket's network namespace. `skb->sk` is a PTR_TO_SOCK_COMMON the
+/// verifier forbids arithmetic on; copying the pointer through the stack with
+/// bpf_probe_read_kernel turns it into a plain number that can be offset and
+/// read like any kernel address (allowed to CAP_PERFMON loaders).
+#[inline(always)]
+fn skb_netns(ctl: &Control, ctx: &SkBuffContext) -> u32 {
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return 0;
+    }
+    let slot = sk;
+    let raw: u64 = match unsafe { bpf_probe_read_kernel(&slot as *const _ as *const u64) } {
+        Ok(v) => v,
+        Err(_) => {
+            count(ctl, Counter::NetReadFailed);
+            return 0;
+        }
+    };
+    sock_netns(ctl, raw)
+}
+
+fn try_skb(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
+    let ctl = enabled().ok_or(0)?;
+    let len = ctx.len();
+    let first: [u8; 1] = load(ctx, 0)?;
+    let mut key = ConnKey::zeroed();
+    let (mut l4, mut proto);
+    let (src, dst);
+    match first[0] >> 4 {
+        4 => {
+            let h: [u8; 20] = load(ctx, 0)?;
+            // A non-first fragment has no L4 header. Egress runs before
+            // fragmentation and ingress after reassembly, so these are rare.
+            if (u16::from_be_bytes([h[6], h[7]]) & 0x1fff) != 0 {
+                return Ok(());
+            }
+            l4 = ((h[0] & 0x0f) as u32) * 4;
+            proto = h[9];
+            key.family = AF_INET;
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s[..4].copy_from_slice(&h[12..16]);
+            d[..4].copy_from_slice(&h[16..20]);
+            (src, dst) = (s, d);
+        }
+        6 => {
+            let h: [u8; 40] = load(ctx, 0)?;
+            l4 = 40;
+            proto = h[6];
+            key.family = AF_INET6;
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s.copy_from_slice(&h[8..24]);
+            d.copy_from_slice(&h[24..40]);
+            (src, dst) = (s, d);
+            // Skip a few extension headers (hop-by-hop 0, routing 43, destination options 60).
+            for _ in 0..3 {
+                if proto != 0 && proto != 43 && proto != 60 {
+                    break;
+                }
+                let e: [u8; 2] = load(ctx, l4)?;
+                proto = e[0];
+                l4 += (e[1] as u32 + 1) * 8;
+            }
+        }
+        _ => return Ok(()),
+    }
+    let l4_len = len.saturating_sub(l4);
+    let (sport, dport, payload_off, payload, flow_id);
+    match proto {
+        IPPROTO_TCP => {
+            let t: [u8; 13] = load(ctx, l4)?;
+            sport = u16::from_be_bytes([t[0], t[1]]);
+            dport = u16::from_be_bytes([t[2], t[3]]);
+            let doff = ((t[12] >> 4) as u32) * 4;
+            payload_off = l4 + doff;
+            payload = l4_len.saturating_sub(doff);
+            flow_id = 0;
+        }
+        IPPROTO_UDP => {
+            let u: [u8; 4] = load(ctx, l4)?;
+            sport = u16::from_be_bytes([u[0], u[1]]);
+            dport = u16::from_be_bytes([u[2], u[3]]);
+            payload_off = l4 + 8;
+            payload = l4_len.saturating_sub(8);
+            flow_id = 0;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let i: [u8; 6] = load(ctx, l4)?;
+            sport = 0;
+            dport = 0;
+            payload_off = l4;
+            payload = l4_len;
+            // Echo request/reply: the identifier tells one ping run from the next.
+            let echo = matches!((proto, i[0]), (IPPROTO_ICMP, 0 | 8) | (IPPROTO_ICMPV6, 128 | 129));
+            flow_id = if echo { u16::from_be_bytes([i[4], i[5]]) } else { 0 };
+        }
+        _ => return Ok(()),
+    }
+    // Egress: the source is local. Ingress: the destination is.
+    if egress {
+        (key.laddr, key.raddr, key.lport, key.rport) = (src, dst, sport, dport);
+    } else {
+        (key.laddr, key.raddr, key.lport, key.rport) = (dst, src, dport, sport);
+    }
+    let remote_port = key.rport;
+    key.proto = proto;
+    key.netns = skb_netns(&ctl, ctx);
+
+    add_traffic(ctx, &ctl, &key, egress, payload, payload_off, remote_port == DNS_PORT)?;
+
+    if !egress && remote_port == DNS_PORT && payload > 0 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) {
+        copy_dns(ctx, &ctl, key.netns, proto, payload_off, payload);
+    }
+    if proto != IPPROTO_TCP {
+        new_flow(ctx, &ctl, &mut key, flow_id, egress)?;
+    }
+    Ok(())
+}
+
+/// Adds a packet's payload bytes to its traffic record.
+#[inline(always)]
+fn add_traffic(
+    ctx: &SkBuffContext,
+    ctl: &Control,
+    key: &ConnKey,
+    egress: bool,
+    payload: u32,
+    payload_off: u32,
+    to_dns: bool,
+) -> Result<(), i64> {
+    let map = if ctl.generation & 1 == 0 { &TRAF_0 } else { &TRAF_1 };
+    let query = (egress && to_dns && payload > 0) as u64;
+    let v = match map.get_ptr_mut(key) {
+        Some(v) => v,
+        None => {
+            let mut init = TrafficValue::default();
+            if egress {
+                init.bytes_out = payload as u64;
+            } else {
+                init.bytes_in = payload as u64;
+            }
+            init.dns_queries = query;
+            init.first_seen_ns = boot_ns();
+            fill_head(ctx, &mut init, payload_off, payload);
+            match map.insert(key, &init, BPF_NOEXIST as u64) {
+                Ok(()) => return Ok(()),
+                // Another CPU inserted it since our lookup: add to theirs.
+                Err(-17) => match map.get_ptr_mut(key) {
+                    Some(v) => v,
+                    None => {
+                        count(ctl, Counter::TrafficMapFull);
+                        return Ok(());
+                    }
+                },
+                Err(_) => {
+                    count(ctl, Counter::TrafficMapFull);
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let v = unsafe { &mut *v };
+    if egress {
+        atomic_add(&mut v.bytes_out, payload as u64);
+    } else {
+        atomic_add(&mut v.bytes_in, payload as u64);
+    }
+    if query != 0 {
+        atomic_add(&mut v.dns_queries, 1);
+    }
+    if v.head_len == 0 && payload > 0 {
+        // Two CPUs may both write the head of their first payload; either
+        // one is a first payload of this record.
+        let mut tmp = TrafficValue::default();
+        fill_head(ctx, &mut tmp, payload_off, payload);
+        v.head = tmp.head;
+        v.head_len = tmp.head_len;
+    }
+    Ok(())
+}
+
+/// Copies the first bytes of the payload, for the application protocol guess.
+#[inline(always)]
+fn fill_head(ctx: &SkBuffContext, v: &mut TrafficValue, off: u32, payload: u32) {
+    if payload >= HEAD_LEN as u32 {
+        if let Ok(h) = load::<HEAD_LEN>(ctx, off) {
+            v.head = h;
+            v.head_len = HEAD_LEN as u32;
+        }
+    } else if payload >= 4 {
+        if let Ok(h) = load::<4>(ctx, off) {
+            v.head[..4].copy_from_slice(&h);
+            v.head_len = 4;
+        }
+    }
+}
+
+/// Sends a received DNS message to userspace (host names for addresses).
+#[inline(always)]
+fn copy_dns(ctx: &SkBuffContext, ctl: &Control, netns: u32, proto: u8, off: u32, payload: u32) {
+    // DNS over TCP starts with a two-byte length.
+    let (off, payload) = if proto == IPPROTO_TCP { (off + 2, payload.saturating_sub(2)) } else { (off, payload) };
+    if payload < 12 {
+        return; // shorter than a DNS header
+    }
+    let Some(mut entry) = DNS_EVENTS.reserve::<DnsEvent>(0) else {
+        count(ctl, Counter::DnsRingFull);
+        return;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    let mut n = payload;
+    if n > DNS_CAP as u32 {
+        n = DNS_CAP as u32;
+    }
+    ev.ts_ns = boot_ns();
+    ev.netns = netns;
+    ev.proto = proto;
+    ev._pad = 0;
+    // n is in 12..=DNS_CAP already; the mask restates that as 1..=DNS_CAP
+    // in a form the verifier tracks (LLVM drops range checks it proved).
+    const _: () = assert!(DNS_CAP.is_power_of_two());
+    let n = ((n.wrapping_sub(1)) & (DNS_CAP as u32 - 1)) + 1;
+    let ret = unsafe { gen::bpf_skb_load_bytes(ctx.as_ptr() as *const _, off, ev.data.as_mut_ptr() as *mut _, n) };
+    if ret != 0 {
+        entry.discard(0);
+        return;
+    }
+    ev.len = n as u16;
+    entry.submit(0);
+}
+
+/// UDP and ICMP have no handshake: a flow is new when its 5-tuple (for ICMP
+/// echo, the identifier) had no packet in the last FLOW_IDLE_NS.
+#[inline(always)]
+fn new_flow(ctx: &SkBuffContext, ctl: &Control, key: &mut ConnKey, flow_id: u16, egress: bool) -> Result<(), i64> {
+    let now = boot_ns();
+    let mut fk = *key;
+    fk.lport = if key.proto == IPPROTO_UDP { key.lport } else { flow_id };
+    let is_new = match FLOWS.get_ptr_mut(&fk) {
+        // The swap makes exactly one CPU see the old, idle time.
+        Some(last) => now.saturating_sub(atomic_swap(last, now)) > FLOW_IDLE_NS,
+        None => FLOWS.insert(&fk, &now, BPF_NOEXIST as u64).is_ok(),
+    };
+    if !is_new {
+        return Ok(());
+    }
+    let scratch = unsafe { &mut *NET_SCRATCH.get_ptr_mut(0).ok_or(0)? };
+    let cookie = unsafe { gen::bpf_get_socket_cookie(ctx.as_ptr()) };
+    match unsafe { SOCK_OWNER.get(&cookie) } {
+        Some(o) => scratch.owner = *o,
+        None => clear_owner(&mut scratch.owner),
+    }
+    record_conn(ctl, key, if egress { DIR_OUT } else { DIR_IN })
+}

@@ -1,0 +1,542 @@
+//! The network collector's userspace half. Pure: kernel records in, window
+//! records out.
+//!
+//! The kernel keeps two record families per generation: connection records
+//! (a hit per TCP connect/accept or new UDP/ICMP flow, with direction and
+//! owner) and traffic records (payload bytes per 5-tuple, from every packet).
+//! [`NetState::ingest`] joins them by 5-tuple and namespace: a traffic record
+//! with no connection record in the same drain is a connection that started
+//! earlier (hit_count 0), whose direction and owner are remembered from when
+//! it started, if the agent saw that.
+pub mod appproto;
+pub mod dns;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    ffi::CStr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use agent_common::{
+    ConnKey, ConnValue, DnsEvent, TrafficValue, AF_INET, AF_INET6, DIR_IN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
+
+use crate::aggregate::Aggregate;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+            Transport::Icmp => "ICMP",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+/// The identity of a record (seed 002: local and remote address and port,
+/// transport protocol), within one network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub netns: u32,
+    pub transport: Transport,
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+}
+
+impl Tuple {
+    pub fn from_key(k: &ConnKey) -> Option<Tuple> {
+        let addr = |a: &[u8; 16]| match k.family {
+            AF_INET => Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+            AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*a))),
+            _ => None,
+        };
+        let transport = match k.proto {
+            IPPROTO_TCP => Transport::Tcp,
+            IPPROTO_UDP => Transport::Udp,
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => Transport::Icmp,
+            _ => return None,
+        };
+        Some(Tuple {
+            netns: k.netns,
+            transport,
+            local: addr(&k.laddr)?,
+            local_port: k.lport,
+            remote: addr(&k.raddr)?,
+            remote_port: k.rport,
+        })
+    }
+
+    fn with_local_port(self, local_port: u16) -> Tuple {
+        Tuple { local_port, ..self }
+    }
+}
+
+/// Who owned the socket, at the first occurrence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub uid: u32,
+    /// argv as laid out in memory (NUL-separated); empty when unknown.
+    pub argv: Vec<u8>,
+    pub comm: String,
+}
+
+impl Owner {
+    fn from_kernel(o: &agent_common::Owner) -> Owner {
+        let len = (o.cmdline_len as usize).min(o.cmdline.len());
+        Owner { pid: o.pid, uid: o.uid, argv: o.cmdline[..len].to_vec(), comm: c_string(&o.comm) }
+    }
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    match CStr::from_bytes_until_nul(bytes) {
+        Ok(s) => s.to_string_lossy().into_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// A ConnectionCreate record of a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnRecord {
+    pub tuple: Tuple,
+    /// Non-zero only in per-event mode (part of the identity).
+    pub nonce: u64,
+    pub direction: Direction,
+    /// Connection events: TCP connects and accepts, new UDP/ICMP flows.
+    pub hit_count: u64,
+    pub first_seen_ns: u64,
+    pub owner: Owner,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub dns_queries: u64,
+    /// First payload bytes (either direction), for the application protocol.
+    pub head: Vec<u8>,
+    pub host_name: Option<String>,
+}
+
+impl Aggregate for ConnRecord {
+    type Key = (Tuple, u64);
+    fn key(&self) -> (Tuple, u64) {
+        (self.tuple, self.nonce)
+    }
+    fn hits(&self) -> u64 {
+        self.hit_count
+    }
+    fn absorb(&mut self, later: Self) {
+        // Details come from a connection event when there is one (a
+        // bytes-only record knows no owner), else from the earliest.
+        let (mine, theirs) = (self.hit_count > 0, later.hit_count > 0);
+        let take = (theirs && !mine) || (theirs == mine && later.first_seen_ns < self.first_seen_ns);
+        self.hit_count += later.hit_count;
+        self.bytes_in += later.bytes_in;
+        self.bytes_out += later.bytes_out;
+        self.dns_queries += later.dns_queries;
+        if self.host_name.is_none() {
+            self.host_name = later.host_name.clone();
+        }
+        if self.head.is_empty() {
+            self.head = later.head.clone();
+        }
+        if take {
+            self.direction = later.direction;
+            self.first_seen_ns = later.first_seen_ns;
+            self.owner = later.owner;
+        }
+    }
+    fn first_seen_ns(&self) -> u64 {
+        self.first_seen_ns
+    }
+}
+
+/// Bytes of one 5-tuple between two drains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficSample {
+    pub tuple: Tuple,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub dns_queries: u64,
+    pub first_seen_ns: u64,
+    pub head: Vec<u8>,
+}
+
+pub fn conn_record(k: &ConnKey, v: &ConnValue) -> Option<ConnRecord> {
+    Some(ConnRecord {
+        tuple: Tuple::from_key(k)?,
+        nonce: k.nonce,
+        direction: if v.direction == DIR_IN { Direction::In } else { Direction::Out },
+        hit_count: v.hit_count,
+        first_seen_ns: v.first_seen_ns,
+        owner: Owner::from_kernel(&v.owner),
+        bytes_in: 0,
+        bytes_out: 0,
+        dns_queries: 0,
+        head: Vec::new(),
+        host_name: None,
+    })
+}
+
+pub fn traffic_sample(k: &ConnKey, v: &TrafficValue) -> Option<TrafficSample> {
+    let head_len = (v.head_len as usize).min(v.head.len());
+    Some(TrafficSample {
+        tuple: Tuple::from_key(k)?,
+        bytes_in: v.bytes_in,
+        bytes_out: v.bytes_out,
+        dns_queries: v.dns_queries,
+        first_seen_ns: v.first_seen_ns,
+        head: v.head[..head_len].to_vec(),
+    })
+}
+
+/// A DNS message received by the device, as the kernel copied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsMessage {
+    pub netns: u32,
+    pub ts_ns: u64,
+    pub data: Vec<u8>,
+}
+
+/// Decodes one ring buffer item ([`DnsEvent`]).
+pub fn dns_message(item: &[u8]) -> Option<DnsMessage> {
+    if item.len() < std::mem::size_of::<DnsEvent>() {
+        return None;
+    }
+    // SAFETY: DnsEvent is repr(C) plain data of this size; read_unaligned
+    // copes with the ring buffer's 8-byte alignment.
+    let ev: DnsEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DnsEvent) };
+    let len = (ev.len as usize).min(ev.data.len());
+    Some(DnsMessage { netns: ev.netns, ts_ns: ev.ts_ns, data: ev.data[..len].to_vec() })
+}
+
+/// Direction and owner of connections seen starting, so that their bytes in
+/// later windows are reported with them. Bounded; the oldest entry goes.
+#[derive(Debug)]
+struct Memory {
+    capacity: usize,
+    known: HashMap<Tuple, (Direction, Owner)>,
+    order: VecDeque<Tuple>,
+}
+
+impl Memory {
+    fn new(capacity: usize) -> Memory {
+        Memory { capacity, known: HashMap::new(), order: VecDeque::new() }
+    }
+
+    fn remember(&mut self, t: Tuple, direction: Direction, owner: &Owner) {
+        if self.known.insert(t, (direction, owner.clone())).is_none() {
+            self.order.push_back(t);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.known.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn get(&self, t: &Tuple) -> Option<&(Direction, Owner)> {
+        self.known.get(t)
+    }
+}
+
+/// Connections remembered across windows for their direction and owner.
+pub const MEMORY_ENTRIES: usize = 4096;
+
+/// A connection the agent did not see start: the side with the lower port is
+/// taken to be the server (services listen on low, well-known ports;
+/// clients use ephemeral ones).
+pub fn guess_direction(t: &Tuple) -> Direction {
+    if t.local_port != 0 && t.local_port < t.remote_port {
+        Direction::In
+    } else {
+        Direction::Out
+    }
+}
+
+/// What one drain produced for the network collector.
+#[derive(Debug, Default)]
+pub struct NetDrained {
+    pub connections: Vec<ConnRecord>,
+    pub traffic: Vec<TrafficSample>,
+    pub dns: Vec<DnsMessage>,
+}
+
+/// The collector's state between drains.
+#[derive(Debug)]
+pub struct NetState {
+    memory: Memory,
+    dns: dns::DnsCache,
+    dns_unparsed: u64,
+}
+
+impl NetState {
+    pub fn new(dns_cache_size: usize) -> NetState {
+        NetState { memory: Memory::new(MEMORY_ENTRIES), dns: dns::DnsCache::new(dns_cache_size), dns_unparsed: 0 }
+    }
+
+    /// Turns one drain into window records: DNS answers first (they precede
+    /// the connections they name), then connection and traffic records
+    /// joined by 5-tuple, then host names.
+    pub fn ingest(&mut self, d: NetDrained, now_ns: u64) -> Vec<ConnRecord> {
+        for m in &d.dns {
+            match dns::parse_answers(&m.data) {
+                Ok(answers) => answers.iter().for_each(|a| self.dns.insert(m.netns, a, m.ts_ns)),
+                Err(_) => self.dns_unparsed += 1,
+            }
+        }
+        let mut out = d.connections;
+        let mut index: HashMap<Tuple, usize> = HashMap::new();
+        for (i, r) in out.iter().enumerate() {
+            index.entry(r.tuple).or_insert(i);
+            self.memory.remember(r.tuple, r.direction, &r.owner);
+        }
+        for t in d.traffic {
+            // With aggregateEphemeralPorts an outbound record has local port 0.
+            let zeroed = t.tuple.with_local_port(0);
+            let target =
+                index.get(&t.tuple).or_else(|| index.get(&zeroed).filter(|&&i| out[i].direction == Direction::Out));
+            if let Some(&i) = target {
+                let r = &mut out[i];
+                r.bytes_in += t.bytes_in;
+                r.bytes_out += t.bytes_out;
+                r.dns_queries += t.dns_queries;
+                if r.head.is_empty() {
+                    r.head = t.head;
+                }
+                continue;
+            }
+            if t.bytes_in == 0 && t.bytes_out == 0 && t.dns_queries == 0 {
+                continue; // handshakes, resets: nothing to report without a connection event
+            }
+            let (tuple, direction, owner) = match self.memory.get(&t.tuple) {
+                Some((d, o)) => (t.tuple, *d, o.clone()),
+                None => match self.memory.get(&zeroed).filter(|(d, _)| *d == Direction::Out) {
+                    Some((d, o)) => (zeroed, *d, o.clone()),
+                    None => (t.tuple, guess_direction(&t.tuple), Owner::default()),
+                },
+            };
+            index.insert(tuple, out.len());
+            out.push(ConnRecord {
+                tuple,
+                nonce: 0,
+                direction,
+                hit_count: 0,
+                first_seen_ns: t.first_seen_ns,
+                owner,
+                bytes_in: t.bytes_in,
+                bytes_out: t.bytes_out,
+                dns_queries: t.dns_queries,
+                head: t.head,
+                host_name: None,
+            });
+        }
+        for r in &mut out {
+            let at = r.first_seen_ns.max(1);
+            r.host_name = self.dns.lookup(r.tuple.netns, r.tuple.remote, at).map(str::to_string);
+        }
+        self.dns.expire(now_ns);
+        out
+    }
+
+    /// DNS names pushed out of the full cache, and answers that did not
+    /// parse, since the last call.
+    pub fn take_dns_losses(&mut self) -> (u64, u64) {
+        (self.dns.take_evicted(), std::mem::take(&mut self.dns_unparsed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::WindowCache;
+
+    fn tuple(lport: u16, rport: u16) -> Tuple {
+        Tuple {
+            netns: 1,
+            transport: Transport::Tcp,
+            local: "10.0.0.1".parse().unwrap(),
+            local_port: lport,
+            remote: "10.0.0.2".parse().unwrap(),
+            remote_port: rport,
+        }
+    }
+
+    fn conn(t: Tuple, dir: Direction, hits: u64, at: u64, pid: u32) -> ConnRecord {
+        ConnRecord {
+            tuple: t,
+            nonce: 0,
+            direction: dir,
+            hit_count: hits,
+            first_seen_ns: at,
+            owner: Owner { pid, uid: 0, argv: b"curl\0x\0".to_vec(), comm: "curl".into() },
+            bytes_in: 0,
+            bytes_out: 0,
+            dns_queries: 0,
+            head: vec![],
+            host_name: None,
+        }
+    }
+
+    fn traffic(t: Tuple, bytes_in: u64, bytes_out: u64, at: u64) -> TrafficSample {
+        TrafficSample { tuple: t, bytes_in, bytes_out, dns_queries: 0, first_seen_ns: at, head: b"GET / HT".to_vec() }
+    }
+
+    #[test]
+    fn key_conversion() {
+        let mut k = ConnKey::zeroed();
+        k.family = AF_INET;
+        k.proto = IPPROTO_ICMP;
+        k.laddr[..4].copy_from_slice(&[10, 200, 0, 1]);
+        k.raddr[..4].copy_from_slice(&[10, 200, 0, 2]);
+        k.netns = 9;
+        let t = Tuple::from_key(&k).unwrap();
+        assert_eq!(
+            (t.transport, t.local.to_string(), t.remote.to_string()),
+            (Transport::Icmp, "10.200.0.1".into(), "10.200.0.2".into())
+        );
+        k.family = AF_INET6;
+        k.proto = IPPROTO_ICMPV6;
+        k.laddr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(Tuple::from_key(&k).unwrap().local.to_string(), "fd00::1");
+        k.family = 99;
+        assert!(Tuple::from_key(&k).is_none());
+    }
+
+    #[test]
+    fn joins_bytes_to_connections_and_keeps_long_lived_ones() {
+        let mut s = NetState::new(16);
+        let t = tuple(40000, 80);
+        let first = s.ingest(
+            NetDrained {
+                connections: vec![conn(t, Direction::Out, 1, 10, 77)],
+                traffic: vec![traffic(t, 5, 7, 9)],
+                dns: vec![],
+            },
+            20,
+        );
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].hit_count, first[0].bytes_in, first[0].bytes_out), (1, 5, 7));
+        assert_eq!(first[0].head, b"GET / HT");
+        // A later drain with bytes only: hit_count 0, direction and owner remembered.
+        let later = s.ingest(NetDrained { traffic: vec![traffic(t, 100, 0, 30)], ..Default::default() }, 40);
+        assert_eq!(later.len(), 1);
+        assert_eq!(
+            (later[0].hit_count, later[0].bytes_in, later[0].direction, later[0].owner.pid),
+            (0, 100, Direction::Out, 77)
+        );
+        // Never seen starting: direction guessed from the ports.
+        let unknown =
+            s.ingest(NetDrained { traffic: vec![traffic(tuple(22, 50000), 1, 1, 50)], ..Default::default() }, 60);
+        assert_eq!((unknown[0].direction, unknown[0].owner.pid), (Direction::In, 0));
+        // Payload-less packets alone make no record.
+        assert!(s
+            .ingest(NetDrained { traffic: vec![traffic(tuple(1, 2), 0, 0, 70)], ..Default::default() }, 80)
+            .is_empty());
+    }
+
+    #[test]
+    fn ephemeral_aggregation_joins_bytes_to_the_port_zero_record() {
+        let mut s = NetState::new(16);
+        let agg = tuple(0, 443);
+        let out = s.ingest(
+            NetDrained {
+                connections: vec![conn(agg, Direction::Out, 3, 10, 5)],
+                traffic: vec![traffic(tuple(40001, 443), 1, 2, 9), traffic(tuple(40002, 443), 10, 20, 11)],
+                dns: vec![],
+            },
+            20,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].hit_count, out[0].bytes_in, out[0].bytes_out), (3, 11, 22));
+        let later =
+            s.ingest(NetDrained { traffic: vec![traffic(tuple(40003, 443), 4, 4, 30)], ..Default::default() }, 40);
+        assert_eq!(later[0].tuple, agg);
+    }
+
+    #[test]
+    fn host_names_come_from_earlier_answers_within_ttl() {
+        let mut s = NetState::new(16);
+        let t = tuple(40000, 80);
+        let answer = dns::tests::response("svc.test", &[(t.remote, 10)]);
+        let dns = vec![DnsMessage { netns: 1, ts_ns: 1_000_000_000, data: answer }];
+        let r = s.ingest(
+            NetDrained { connections: vec![conn(t, Direction::Out, 1, 2_000_000_000, 1)], dns, ..Default::default() },
+            3_000_000_000,
+        );
+        assert_eq!(r[0].host_name.as_deref(), Some("svc.test"));
+        // After the TTL the name no longer applies.
+        let r = s.ingest(
+            NetDrained { connections: vec![conn(t, Direction::Out, 1, 12_000_000_000, 1)], ..Default::default() },
+            12_000_000_000,
+        );
+        assert_eq!(r[0].host_name, None);
+        // Another namespace did not resolve it.
+        let mut other = t;
+        other.netns = 2;
+        let answer = dns::tests::response("svc.test", &[(t.remote, 10)]);
+        let dns = vec![DnsMessage { netns: 1, ts_ns: 20_000_000_000, data: answer }];
+        let r = s.ingest(
+            NetDrained {
+                connections: vec![conn(other, Direction::Out, 1, 21_000_000_000, 1)],
+                dns,
+                ..Default::default()
+            },
+            21_000_000_000,
+        );
+        assert_eq!(r[0].host_name, None);
+        assert_eq!(s.take_dns_losses(), (0, 0));
+    }
+
+    #[test]
+    fn window_merges_prefer_connection_details() {
+        let t = tuple(40000, 80);
+        let mut bytes_first = conn(t, Direction::In, 0, 5, 0);
+        bytes_first.bytes_out = 10;
+        bytes_first.owner = Owner::default();
+        let mut c = WindowCache::new(4);
+        c.add(bytes_first);
+        c.add(conn(t, Direction::Out, 1, 7, 42));
+        let (out, ev) = c.take();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].hit_count, out[0].bytes_out, out[0].direction, out[0].owner.pid, out[0].first_seen_ns),
+            (1, 10, Direction::Out, 42, 7)
+        );
+        assert_eq!(ev.hits, 0);
+    }
+
+    #[test]
+    fn dns_ring_items_decode() {
+        let mut ev =
+            DnsEvent { ts_ns: 5, netns: 3, len: 4, proto: IPPROTO_UDP, _pad: 0, data: [0; agent_common::DNS_CAP] };
+        ev.data[..4].copy_from_slice(b"abcd");
+        // SAFETY: plain data viewed as bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(&ev as *const DnsEvent as *const u8, std::mem::size_of::<DnsEvent>()) };
+        assert_eq!(dns_message(bytes), Some(DnsMessage { netns: 3, ts_ns: 5, data: b"abcd".to_vec() }));
+        assert_eq!(dns_message(&bytes[..10]), None);
+    }
+}

@@ -1,0 +1,231 @@
+//! `cargo xtask bench net`: what the network collector costs.
+//!
+//! Two loopback workloads, a connect+close storm and a bulk transfer, each
+//! timed with no agent, with Hitcount, and with bpftrace counting on the same
+//! tracepoints (TCP state changes, and bytes through sock_send_length /
+//! sock_recv_length, since bpftrace cannot attach cgroup_skb). Rounds are
+//! interleaved so that drift of a shared machine hits every mode alike; the
+//! medians and their ratios come from one run. Then, with
+//! kernel.bpf_stats_enabled=1, the kernel time per run of each program.
+//!
+//! Arguments: [ROUNDS] [CONNECTS] [BULK_MIB]
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use tests::hitcount_bin;
+
+const BPFTRACE: &str = r#"
+tracepoint:sock:inet_sock_set_state { @states[args->oldstate, args->newstate] = count(); }
+tracepoint:sock:sock_send_length { @tx[args->family, args->protocol] = sum(args->ret); }
+tracepoint:sock:sock_recv_length { @rx[args->family, args->protocol] = sum(args->ret); }
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    None,
+    Hitcount,
+    Bpftrace,
+}
+
+/// A running observer; dropping it stops it.
+struct Observer(Option<Child>);
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for(child: &mut Child, stream_is_stderr: bool, needle: &str) -> Result<()> {
+    let reader: Box<dyn Read + Send> = if stream_is_stderr {
+        Box::new(child.stderr.take().context("stderr")?)
+    } else {
+        Box::new(child.stdout.take().context("stdout")?)
+    };
+    let mut lines = BufReader::new(reader).lines();
+    for line in lines.by_ref() {
+        if line?.contains(needle) {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return Ok(());
+        }
+    }
+    bail!("observer exited before printing {needle:?}")
+}
+
+fn start(mode: Mode) -> Result<Observer> {
+    match mode {
+        Mode::None => Ok(Observer(None)),
+        Mode::Hitcount => {
+            let mut c = Command::new(hitcount_bin())
+                .args(["run", "--interval", "PT1H"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting hitcount")?;
+            wait_for(&mut c, true, "collecting:")?;
+            Ok(Observer(Some(c)))
+        }
+        Mode::Bpftrace => {
+            let mut c = Command::new("bpftrace")
+                .args(["-e", BPFTRACE])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting bpftrace (apt-get install bpftrace)")?;
+            wait_for(&mut c, false, "Attaching")?;
+            Ok(Observer(Some(c)))
+        }
+    }
+}
+
+/// `n` loopback connections, each accepted and closed at once. Returns the time.
+fn storm(n: usize) -> Result<Duration> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let server = std::thread::spawn(move || {
+        for _ in 0..n {
+            let _ = l.accept().map(|(c, _)| drop(c));
+        }
+    });
+    let t = Instant::now();
+    for _ in 0..n {
+        let c = TcpStream::connect(addr)?;
+        drop(c);
+    }
+    server.join().expect("server thread");
+    Ok(t.elapsed())
+}
+
+/// `mib` MiB through one loopback connection. Returns the time.
+fn bulk(mib: usize) -> Result<Duration> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut c, _) = l.accept()?;
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = c.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    });
+    let buf = vec![7u8; 256 << 10];
+    let t = Instant::now();
+    let mut c = TcpStream::connect(addr)?;
+    for _ in 0..mib * 4 {
+        c.write_all(&buf)?;
+    }
+    c.shutdown(Shutdown::Write)?;
+    let got = server.join().expect("server thread")?;
+    let d = t.elapsed();
+    if got != (mib as u64) << 20 {
+        bail!("bulk transfer lost data: {got}");
+    }
+    Ok(d)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// run_time_ns / run_cnt of this agent's programs, from bpftool.
+fn program_costs() -> Result<Vec<(String, u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("bpftool (apt-get install bpftool)")?;
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let names = ["inet_sock_set_s", "skb_ingress", "skb_egress", "sock_create", "sched_process_e", "sched_process_f"];
+    let mut rows = Vec::new();
+    for p in progs.as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("");
+        if names.contains(&name) {
+            rows.push((name.to_string(), p["run_time_ns"].as_u64().unwrap_or(0), p["run_cnt"].as_u64().unwrap_or(0)));
+        }
+    }
+    Ok(rows)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("number")).collect();
+    let rounds = args.first().copied().unwrap_or(7);
+    let connects = args.get(1).copied().unwrap_or(3000);
+    let mib = args.get(2).copied().unwrap_or(1024);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads BPF programs: run it as root");
+    }
+    let modes = [Mode::None, Mode::Hitcount, Mode::Bpftrace];
+    let mut storm_s: [Vec<f64>; 3] = Default::default();
+    let mut bulk_s: [Vec<f64>; 3] = Default::default();
+    storm(connects / 4)?; // warm-up: page cache, port ranges
+    for r in 0..rounds {
+        for k in 0..3 {
+            let i = (r + k) % 3; // rotate the order every round
+            let obs = start(modes[i])?;
+            std::thread::sleep(Duration::from_millis(300));
+            storm_s[i].push(storm(connects)?.as_secs_f64());
+            bulk_s[i].push(bulk(mib)?.as_secs_f64());
+            drop(obs);
+            // Let TIME_WAIT sockets of the storm drain out of the way.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        eprintln!("round {}/{rounds} done", r + 1);
+    }
+    let s: Vec<f64> = storm_s.iter_mut().map(|v| median(v)).collect();
+    let b: Vec<f64> = bulk_s.iter_mut().map(|v| median(v)).collect();
+    println!("network benchmark: {rounds} interleaved rounds, medians");
+    println!("| workload | no agent | Hitcount | bpftrace | Hitcount / none | bpftrace / none |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let per = |d: f64| d / connects as f64 * 1e6;
+    println!(
+        "| connect+close storm ({connects}, µs per connection) | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} |",
+        per(s[0]),
+        per(s[1]),
+        per(s[2]),
+        s[1] / s[0],
+        s[2] / s[0]
+    );
+    let gbps = |d: f64| (mib as f64 * 8.0 / 1024.0) / d;
+    println!(
+        "| bulk transfer ({mib} MiB, Gbit/s) | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} |",
+        gbps(b[0]),
+        gbps(b[1]),
+        gbps(b[2]),
+        gbps(b[1]) / gbps(b[0]),
+        gbps(b[2]) / gbps(b[0])
+    );
+
+    // Kernel cost per program run.
+    let stats = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(stats).unwrap_or_default();
+    std::fs::write(stats, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let obs = start(Mode::Hitcount)?;
+    storm(connects)?;
+    bulk(mib / 4)?;
+    let costs = program_costs();
+    drop(obs);
+    let _ = std::fs::write(stats, before.trim());
+    println!("\n| program | runs | ns per run |");
+    println!("| --- | --- | --- |");
+    for (name, ns, cnt) in costs? {
+        if cnt > 0 {
+            println!("| {name} | {cnt} | {:.0} |", ns as f64 / cnt as f64);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Test helper: the "remote host" side of the network tests, run inside a
+//! network namespace with `ip netns exec`. Prints `ready` once listening.
+//!
+//! net-peer tcp-server ADDR PORT REPLY_BYTES   read each connection to EOF, reply REPLY_BYTES, close
+//! net-peer udp-server ADDR PORT               receive datagrams, answer nothing
+//! net-peer dns ADDR PORT NAME IPV4 TTL        answer A queries for NAME with IPV4 and TTL
+//! net-peer tcp-client ADDR PORT COUNT BYTES   COUNT connections, each sends BYTES, reads to EOF
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+};
+
+fn addr(a: &str, p: &str) -> SocketAddr {
+    let ip: std::net::IpAddr = a.parse().expect("address");
+    SocketAddr::new(ip, p.parse().expect("port"))
+}
+
+fn ready() {
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    match a[1].as_str() {
+        "tcp-server" => {
+            let l = TcpListener::bind(addr(&a[2], &a[3])).expect("bind");
+            let reply = vec![b'r'; a[4].parse().expect("reply bytes")];
+            ready();
+            for c in l.incoming() {
+                let mut c = c.expect("accept");
+                let reply = reply.clone();
+                std::thread::spawn(move || {
+                    let mut sink = Vec::new();
+                    let _ = c.read_to_end(&mut sink);
+                    let _ = c.write_all(&reply);
+                });
+            }
+        }
+        "udp-server" => {
+            let s = UdpSocket::bind(addr(&a[2], &a[3])).expect("bind");
+            ready();
+            let mut buf = [0u8; 65536];
+            loop {
+                let _ = s.recv_from(&mut buf);
+            }
+        }
+        "dns" => {
+            let s = UdpSocket::bind(addr(&a[2], &a[3])).expect("bind");
+            let name = a[4].to_ascii_lowercase();
+            let ip: Ipv4Addr = a[5].parse().expect("ipv4");
+            let ttl: u32 = a[6].parse().expect("ttl");
+            ready();
+            let mut buf = [0u8; 1500];
+            loop {
+                let Ok((n, from)) = s.recv_from(&mut buf) else { continue };
+                if let Some(answer) = answer(&buf[..n], &name, ip, ttl) {
+                    let _ = s.send_to(&answer, from);
+                }
+            }
+        }
+        "tcp-client" => {
+            let to = addr(&a[2], &a[3]);
+            let count: u32 = a[4].parse().expect("count");
+            let payload = vec![b'c'; a[5].parse().expect("bytes")];
+            for _ in 0..count {
+                let mut c = TcpStream::connect(to).expect("connect");
+                c.write_all(&payload).expect("write");
+                c.shutdown(Shutdown::Write).expect("shutdown");
+                let mut sink = Vec::new();
+                c.read_to_end(&mut sink).expect("read");
+            }
+        }
+        m => panic!("unknown mode {m}"),
+    }
+}
+
+/// A response to an A query for `name`: the question echoed, one A record
+/// whose owner is a compression pointer to it.
+fn answer(q: &[u8], name: &str, ip: Ipv4Addr, ttl: u32) -> Option<Vec<u8>> {
+    if q.len() < 12 {
+        return None;
+    }
+    let mut at = 12;
+    let mut labels = Vec::new();
+    while *q.get(at)? != 0 {
+        let len = q[at] as usize;
+        labels.push(String::from_utf8_lossy(q.get(at + 1..at + 1 + len)?).to_ascii_lowercase());
+        at += 1 + len;
+    }
+    let question_end = at + 5; // root label, type, class
+    let qtype = u16::from_be_bytes([*q.get(at + 1)?, *q.get(at + 2)?]);
+    let mut r = q.get(..question_end)?.to_vec();
+    r[2] = 0x81; // QR, RD
+    r[3] = 0x80; // RA
+    r[8..12].copy_from_slice(&[0, 0, 0, 0]);
+    if labels.join(".") == name && qtype == 1 {
+        r[6..8].copy_from_slice(&1u16.to_be_bytes());
+        r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        r.extend_from_slice(&ttl.to_be_bytes());
+        r.extend_from_slice(&[0, 4]);
+        r.extend_from_slice(&ip.octets());
+    } else {
+        r[3] = 0x83; // NXDOMAIN
+        r[6..8].copy_from_slice(&[0, 0]);
+    }
+    Some(r)
+}

@@ -1,0 +1,363 @@
+//! Privileged: the network collector against real sockets. A "remote host"
+//! is a network namespace on a veth pair; both ends are on this machine, so
+//! every connection shows up twice, once per namespace, each oriented from
+//! its own socket. Assertions pick records by namespace and orientation.
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{assert_windows_account_for_every_event, own_netns, payloads, privileged, Agent, NetNs};
+
+const CC: &str = "ConnectionCreate";
+
+fn records(events: &[Value]) -> Vec<&Value> {
+    payloads(events, CC)
+}
+
+/// Records of one namespace with this remote address/port (port None: any).
+fn matching<'a>(
+    events: &'a [Value],
+    netns: u64,
+    proto: &str,
+    remote: &str,
+    remote_port: Option<u64>,
+) -> Vec<&'a Value> {
+    records(events)
+        .into_iter()
+        .filter(|p| {
+            p["netns"] == netns
+                && p["transport_protocol"] == proto
+                && p["remote_address"] == remote
+                && remote_port.is_none_or(|rp| p["remote_port"] == rp)
+        })
+        .collect()
+}
+
+fn sum(recs: &[&Value], field: &str) -> u64 {
+    recs.iter().map(|p| p[field].as_u64().unwrap()).sum()
+}
+
+/// Connects, sends `chunks` writes of `chunk` bytes, half-closes, reads the reply to EOF.
+fn tcp_exchange(to: SocketAddr, chunks: usize, chunk: usize) -> usize {
+    let mut c = TcpStream::connect(to).unwrap();
+    c.set_nodelay(true).unwrap();
+    let buf = vec![b'x'; chunk];
+    for _ in 0..chunks {
+        c.write_all(&buf).unwrap();
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    c.read_to_end(&mut reply).unwrap();
+    reply.len()
+}
+
+/// Accepts `n` connections on `l`: reads each to EOF, answers `reply` bytes.
+fn serve(l: TcpListener, n: usize, reply: usize) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut got = 0;
+        for _ in 0..n {
+            let (mut c, _) = l.accept().unwrap();
+            let mut sink = Vec::new();
+            c.read_to_end(&mut sink).unwrap();
+            got += sink.len() as u64;
+            c.write_all(&vec![b'y'; reply]).unwrap();
+        }
+        got
+    })
+}
+
+/// The shared TCP scenario, over IPv4 or IPv6: 5 small exchanges and one
+/// bulk transfer out, 3 connections in, every count and byte exact.
+fn tcp_scenario(v6: bool, index: u8) {
+    let mut ns = NetNs::new(index).unwrap();
+    let (host, peer) = if v6 { (ns.host_v6(), ns.peer_v6()) } else { (ns.host_v4(), ns.peer_v4()) };
+    ns.spawn(&["tcp-server", &peer, "7001", "1000"]).unwrap();
+    ns.spawn(&["tcp-server", &peer, "7003", &(3 << 20).to_string()]).unwrap();
+    let agent = Agent::start(&["--interval", "PT2S", "--cache-size", "1024"]).unwrap();
+    // After the agent: a listener opened before it started has no known owner.
+    let listener = TcpListener::bind((host.parse::<std::net::IpAddr>().unwrap(), 7002)).unwrap();
+
+    let small: SocketAddr = SocketAddr::new(peer.parse().unwrap(), 7001);
+    for _ in 0..5 {
+        assert_eq!(tcp_exchange(small, 10, 10), 1000);
+    }
+    let bulk: SocketAddr = SocketAddr::new(peer.parse().unwrap(), 7003);
+    assert_eq!(tcp_exchange(bulk, 128, 64 << 10), 3 << 20);
+    let server = serve(listener, 3, 20);
+    ns.run(&["tcp-client", &host, "7002", "3", "500"]).unwrap();
+    assert_eq!(server.join().unwrap(), 1500);
+    let events = agent.stop().unwrap();
+
+    let me = own_netns();
+    let out = matching(&events, me, "TCP", &peer, Some(7001));
+    assert_eq!(sum(&out, "hit_count"), 5, "{out:#?}");
+    assert!(out.iter().all(|p| p["direction"] == "out" && p["local_address"] == host.as_str()));
+    assert_eq!((sum(&out, "bytes_out"), sum(&out, "bytes_in")), (500, 5000));
+    let mut ports: Vec<_> = out.iter().map(|p| p["local_port"].as_u64().unwrap()).collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 5, "one record per 5-tuple");
+    let first = out.iter().find(|p| p["hit_count"] == 1).unwrap();
+    assert_eq!(first["process_id"], std::process::id());
+    assert!(first["commandline"].as_str().unwrap().contains("net-"), "{first}");
+    assert_eq!(first["application_protocol"], Value::Null);
+
+    let bulk_rec = matching(&events, me, "TCP", &peer, Some(7003));
+    assert_eq!(sum(&bulk_rec, "hit_count"), 1);
+    assert_eq!((sum(&bulk_rec, "bytes_out"), sum(&bulk_rec, "bytes_in")), (8 << 20, 3 << 20));
+
+    let inbound: Vec<_> =
+        matching(&events, me, "TCP", &peer, None).into_iter().filter(|p| p["local_port"] == 7002).collect();
+    assert_eq!(sum(&inbound, "hit_count"), 3);
+    assert!(inbound.iter().all(|p| p["direction"] == "in"));
+    assert_eq!((sum(&inbound, "bytes_in"), sum(&inbound, "bytes_out")), (1500, 60));
+    assert_eq!(
+        inbound.iter().find(|p| p["hit_count"] == 1).unwrap()["process_id"],
+        std::process::id(),
+        "listener's owner"
+    );
+
+    // The same connections seen from the peer's namespace, oriented from its sockets.
+    let theirs: Vec<_> =
+        matching(&events, ns.inode(), "TCP", &host, None).into_iter().filter(|p| p["local_port"] == 7001).collect();
+    assert_eq!(sum(&theirs, "hit_count"), 5);
+    assert!(theirs.iter().all(|p| p["direction"] == "in"));
+    assert_eq!((sum(&theirs, "bytes_in"), sum(&theirs, "bytes_out")), (500, 5000));
+    let theirs_out: Vec<_> = matching(&events, ns.inode(), "TCP", &host, Some(7002));
+    assert_eq!(sum(&theirs_out, "hit_count"), 3);
+    assert!(theirs_out.iter().all(|p| p["direction"] == "out"));
+    assert_windows_account_for_every_event(&events, CC);
+}
+
+#[test]
+fn tcp_ipv4_connections_direction_and_exact_bytes() {
+    if !privileged("tcp_ipv4_connections_direction_and_exact_bytes") {
+        return;
+    }
+    tcp_scenario(false, 11);
+}
+
+#[test]
+fn tcp_ipv6_connections_direction_and_exact_bytes() {
+    if !privileged("tcp_ipv6_connections_direction_and_exact_bytes") {
+        return;
+    }
+    tcp_scenario(true, 12);
+}
+
+#[test]
+fn udp_datagrams_to_two_peers_make_two_records() {
+    if !privileged("udp_datagrams_to_two_peers_make_two_records") {
+        return;
+    }
+    let mut ns = NetNs::new(13).unwrap();
+    let peer = ns.peer_v4();
+    ns.spawn(&["udp-server", &peer, "7101"]).unwrap();
+    ns.spawn(&["udp-server", &peer, "7102"]).unwrap();
+    let agent = Agent::start(&["--interval", "PT2S"]).unwrap();
+    // One unconnected socket, sendto two peers.
+    let s = UdpSocket::bind((ns.host_v4().as_str(), 0)).unwrap();
+    for n in [100, 200, 300] {
+        s.send_to(&vec![1u8; n], (peer.as_str(), 7101)).unwrap();
+    }
+    for n in [50, 60] {
+        s.send_to(&vec![2u8; n], (peer.as_str(), 7102)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let events = agent.stop().unwrap();
+    let me = own_netns();
+    for (port, bytes) in [(7101, 600), (7102, 110)] {
+        let r = matching(&events, me, "UDP", &peer, Some(port));
+        assert_eq!(r.len(), 1, "{r:#?}");
+        assert_eq!(
+            (r[0]["hit_count"].as_u64(), r[0]["bytes_out"].as_u64(), r[0]["bytes_in"].as_u64()),
+            (Some(1), Some(bytes), Some(0))
+        );
+        assert_eq!(r[0]["direction"], "out");
+        assert_eq!(r[0]["process_id"], std::process::id(), "owner from socket()");
+        // The receiving side: one inbound flow with the same bytes.
+        let theirs: Vec<_> = matching(&events, ns.inode(), "UDP", &ns.host_v4(), None)
+            .into_iter()
+            .filter(|p| p["local_port"] == port)
+            .collect();
+        assert_eq!(theirs.len(), 1);
+        assert_eq!((theirs[0]["direction"].as_str(), theirs[0]["bytes_in"].as_u64()), (Some("in"), Some(bytes)));
+    }
+    assert_windows_account_for_every_event(&events, CC);
+}
+
+fn ensure_ping() -> bool {
+    if Command::new("ping").arg("-V").output().is_ok() {
+        return true;
+    }
+    let _ = Command::new("apt-get").args(["install", "-y", "-qq", "iputils-ping"]).status();
+    Command::new("ping").arg("-V").output().is_ok()
+}
+
+#[test]
+fn icmp_echo_is_one_flow_with_exact_bytes() {
+    if !privileged("icmp_echo_is_one_flow_with_exact_bytes") {
+        return;
+    }
+    if !ensure_ping() {
+        tests::skip("icmp_echo_is_one_flow_with_exact_bytes", "ping is not installed and apt-get failed");
+        return;
+    }
+    let ns = NetNs::new(14).unwrap();
+    let agent = Agent::start(&["--interval", "PT2S"]).unwrap();
+    let ok = Command::new("ping").args(["-c", "3", "-i", "0.2", "-q", &ns.peer_v4()]).status().unwrap();
+    assert!(ok.success());
+    let events = agent.stop().unwrap();
+    let r = matching(&events, own_netns(), "ICMP", &ns.peer_v4(), None);
+    // 3 echo requests and 3 replies of 64 bytes (8 header + 56 data), one ping run = one flow.
+    assert_eq!((sum(&r, "hit_count"), sum(&r, "bytes_out"), sum(&r, "bytes_in")), (1, 192, 192), "{r:#?}");
+    assert!(r.iter().all(|p| p["direction"] == "out" && p["local_port"] == 0 && p["remote_port"] == 0));
+    assert!(r.iter().any(|p| p["commandline"].as_str().unwrap().starts_with("ping")), "{r:#?}");
+    assert_windows_account_for_every_event(&events, CC);
+}
+
+/// A DNS query for `name` over `s` (connected to the server); returns the answer size.
+fn query(s: &UdpSocket, name: &str, id: u16) -> usize {
+    let mut q = vec![(id >> 8) as u8, id as u8, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    s.send(&q).unwrap();
+    let mut buf = [0u8; 512];
+    s.recv(&mut buf).unwrap()
+}
+
+#[test]
+fn dns_answers_name_the_connection_that_follows() {
+    if !privileged("dns_answers_name_the_connection_that_follows") {
+        return;
+    }
+    let mut ns = NetNs::new(15).unwrap();
+    let peer = ns.peer_v4();
+    let name = format!("svc-{}.hitcount.test", std::process::id());
+    ns.spawn(&["dns", &peer, "53", &name, &peer, "300"]).unwrap();
+    ns.spawn(&["tcp-server", &peer, "7001", "10"]).unwrap();
+    ns.spawn(&["tcp-server", &ns.peer_v6(), "7001", "10"]).unwrap();
+    let agent = Agent::start(&["--interval", "PT2S"]).unwrap();
+    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.connect((peer.as_str(), 53)).unwrap();
+    for id in 0..3 {
+        assert!(query(&s, &name, id) > 12);
+    }
+    tcp_exchange(SocketAddr::new(peer.parse().unwrap(), 7001), 1, 5);
+    // Not resolved by any answer: no host name.
+    tcp_exchange(SocketAddr::new(ns.peer_v6().parse().unwrap(), 7001), 1, 5);
+    let events = agent.stop().unwrap();
+    let me = own_netns();
+    let dns = matching(&events, me, "UDP", &peer, Some(53));
+    assert_eq!((sum(&dns, "hit_count"), sum(&dns, "dns_hit_count")), (1, 3), "{dns:#?}");
+    assert!(dns.iter().all(|p| p["application_protocol"] == "DNS"));
+    let tcp = matching(&events, me, "TCP", &peer, Some(7001));
+    assert_eq!(sum(&tcp, "hit_count"), 1);
+    assert!(tcp.iter().all(|p| p["host_name"] == name.as_str()), "{tcp:#?}");
+    let v6 = matching(&events, me, "TCP", &ns.peer_v6(), Some(7001));
+    assert_eq!(sum(&v6, "hit_count"), 1);
+    assert!(v6.iter().all(|p| p["host_name"].is_null()));
+    assert_windows_account_for_every_event(&events, CC);
+}
+
+#[test]
+fn full_connection_cache_counts_every_lost_event() {
+    if !privileged("full_connection_cache_counts_every_lost_event") {
+        return;
+    }
+    let mut ns = NetNs::new(16).unwrap();
+    let peer = ns.peer_v4();
+    ns.spawn(&["tcp-server", &peer, "7001", "1"]).unwrap();
+    let agent = Agent::start(&["--interval", "PT3S", "--cache-size", "8"]).unwrap();
+    let to = SocketAddr::new(peer.parse().unwrap(), 7001);
+    for _ in 0..40 {
+        tcp_exchange(to, 1, 1);
+    }
+    let events = agent.stop().unwrap();
+    let mut per_window = std::collections::HashMap::new();
+    for e in events.iter().filter(|e| e["event_type"] == CC) {
+        *per_window.entry(e["window_start"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    assert!(per_window.values().all(|&n| n <= 8), "{per_window:?}");
+    // 40 connections seen from both namespaces cannot fit in 8-record windows.
+    let reported = sum(&matching(&events, own_netns(), "TCP", &peer, Some(7001)), "hit_count");
+    assert!(reported < 40, "{reported}");
+    let (seen, dropped) = assert_windows_account_for_every_event(&events, CC);
+    assert!(seen >= 80, "{seen}");
+    assert!(dropped >= 80 - 8 * per_window.len() as u64, "dropped {dropped}");
+    assert!(payloads(&events, "DroppedEventsStatistics")
+        .iter()
+        .any(|p| p["source_event_type"] == CC && p["dropped_events"].as_u64().unwrap() > 0));
+}
+
+#[test]
+fn connect_storm_is_counted_exactly_across_windows() {
+    if !privileged("connect_storm_is_counted_exactly_across_windows") {
+        return;
+    }
+    let mut ns = NetNs::new(17).unwrap();
+    let peer = ns.peer_v4();
+    ns.spawn(&["tcp-server", &peer, "7001", "0"]).unwrap();
+    let cfg = std::env::temp_dir().join(tests::marker("netcfg"));
+    std::fs::write(&cfg, r#"{"aggregateEphemeralPortsConnectionCreate":true}"#).unwrap();
+    let agent =
+        Agent::start(&["--config", cfg.to_str().unwrap(), "--interval", "PT1S", "--cache-size", "4096"]).unwrap();
+    let to = SocketAddr::new(peer.parse().unwrap(), 7001);
+    let started = Instant::now();
+    let mut made = 0u64;
+    // A steady storm through at least six drains and five window ends,
+    // paced so the peer's per-connection inbound records fit the cache.
+    while started.elapsed() < Duration::from_secs(7) {
+        tcp_exchange(to, 1, 1);
+        made += 1;
+        if made.is_multiple_of(50) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let events = agent.stop().unwrap();
+    std::fs::remove_file(&cfg).unwrap();
+    let out = matching(&events, own_netns(), "TCP", &peer, Some(7001));
+    assert_eq!(sum(&out, "hit_count"), made);
+    assert!(out.iter().all(|p| p["local_port"] == 0), "aggregateEphemeralPorts zeroes the local port");
+    assert_eq!(sum(&out, "bytes_out"), made);
+    let windows: std::collections::HashSet<_> = events
+        .iter()
+        .filter(|e| e["event_type"] == CC && e["payload"]["remote_address"] == peer.as_str())
+        .map(|e| e["window_start"].as_str().unwrap().to_string())
+        .collect();
+    assert!(windows.len() >= 5, "the storm spans only {} windows", windows.len());
+    // One aggregated record per window on this side.
+    assert!(out.len() <= windows.len() + 1, "{}", out.len());
+    let (_, dropped) = assert_windows_account_for_every_event(&events, CC);
+    assert_eq!(dropped, 0);
+}
+
+#[test]
+fn disabled_network_collector_reports_nothing() {
+    if !privileged("disabled_network_collector_reports_nothing") {
+        return;
+    }
+    let cfg = std::env::temp_dir().join(tests::marker("netoff"));
+    std::fs::write(&cfg, r#"{"eventPriorityConnectionCreate":"Off"}"#).unwrap();
+    let agent = Agent::start(&["--config", cfg.to_str().unwrap(), "--interval", "PT1S"]).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let server = serve(l, 2, 1);
+    tcp_exchange(to, 1, 1);
+    tcp_exchange(to, 1, 1);
+    server.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let events = agent.stop().unwrap();
+    std::fs::remove_file(&cfg).unwrap();
+    assert!(records(&events).is_empty());
+    assert!(payloads(&events, "DroppedEventsStatistics").iter().all(|p| p["source_event_type"] != CC));
+    assert!(!payloads(&events, "DroppedEventsStatistics").is_empty(), "other collectors still report");
+}
