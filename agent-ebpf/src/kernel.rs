@@ -1,5 +1,7 @@
 //! Helpers shared by the programs: reading the running kernel's structures at
 //! offsets found at load time, counters, and the insert-or-add pattern.
+use core::mem::size_of;
+
 use agent_common::{Control, Counter, KernelOffsets, COUNTER_COUNT};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -7,7 +9,7 @@ use aya_ebpf::{
     maps::HashMap,
 };
 
-use crate::maps::{CONTROL, COUNTERS};
+use crate::maps::{CONTROL, COUNTERS, ZEROES, ZEROES_WORDS};
 
 /// Filled in by the loader from `/sys/kernel/btf/vmlinux` and tracefs formats.
 #[unsafe(no_mangle)]
@@ -100,4 +102,31 @@ pub fn atomic_add(p: *mut u64, n: u64) {
 #[inline(always)]
 pub fn atomic_swap(p: *mut u64, v: u64) -> u64 {
     unsafe { core::intrinsics::atomic_xchg::<u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v) }
+}
+
+/// Sets `*dst` to all zero bytes. The BPF target has no memset: rustc falls
+/// back to a byte-at-a-time loop, about 2000 instructions for a process key.
+/// Small values get unrolled word stores; large ones one helper call copying
+/// from a map nobody writes.
+#[inline(always)]
+pub fn zero<T>(dst: &mut T) {
+    const {
+        assert!(
+            size_of::<T>().is_multiple_of(8) && core::mem::align_of::<T>() >= 8 && size_of::<T>() <= ZEROES_WORDS * 8
+        )
+    };
+    let words = dst as *mut T as *mut u64;
+    if size_of::<T>() <= 64 {
+        for i in 0..size_of::<T>() / 8 {
+            unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        }
+    } else if let Some(z) = ZEROES.get_ptr(0) {
+        unsafe { gen::bpf_probe_read_kernel(words as *mut _, size_of::<T>() as u32, z as *const _) };
+    }
+}
+
+/// `*dst = *src` in one helper call, for the same reason as [`zero`].
+#[inline(always)]
+pub fn copy<T>(dst: &mut T, src: &T) {
+    unsafe { gen::bpf_probe_read_kernel(dst as *mut T as *mut _, size_of::<T>() as u32, src as *const T as *const _) };
 }

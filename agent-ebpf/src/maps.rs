@@ -28,6 +28,10 @@ pub static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * COUNTER_COUNT, 0);
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// Never written: the source of `kernel::zero`.
+#[map(name = "ZEROES")]
+pub static ZEROES: Array<[u64; ZEROES_WORDS]> = Array::with_max_entries(1, 0);
+pub const ZEROES_WORDS: usize = 128;
 
 // Network collector (net.rs). CONN and TRAF are sized by the agent at load
 // time: CONN to cacheSizeConnectionCreate, TRAF larger (see ebpf.rs).

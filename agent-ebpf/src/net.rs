@@ -35,7 +35,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{add_hit, atomic_add, atomic_swap, boot_ns, control, count, current_task, offsets, read_field},
+    kernel::{add_hit, atomic_add, atomic_swap, boot_ns, control, copy, count, current_task, offsets, read_field},
     maps::{CONN_0, CONN_1, DNS_EVENTS, FLOWS, LISTENERS, NET_SCRATCH, PENDING, SOCK_OWNER, TRAF_0, TRAF_1},
 };
 
@@ -265,7 +265,7 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
         unsafe { LISTENERS.get(&lk) }
     };
     match owner {
-        Some(o) => scratch.owner = *o,
+        Some(o) => copy(&mut scratch.owner, o),
         None => clear_owner(&mut scratch.owner),
     }
     if direction == DIR_OUT {
@@ -551,7 +551,7 @@ fn new_flow(ctx: &SkBuffContext, ctl: &Control, key: &mut ConnKey, flow_id: u16,
     let scratch = unsafe { &mut *NET_SCRATCH.get_ptr_mut(0).ok_or(0)? };
     let cookie = unsafe { gen::bpf_get_socket_cookie(ctx.as_ptr()) };
     match unsafe { SOCK_OWNER.get(&cookie) } {
-        Some(o) => scratch.owner = *o,
+        Some(o) => copy(&mut scratch.owner, o),
         None => clear_owner(&mut scratch.owner),
     }
     record_conn(ctl, key, if egress { DIR_OUT } else { DIR_IN })

@@ -10,7 +10,7 @@
 //!   `exit_mm()` (kernel/exit.c), so argv is gone but `exit_code` is set;
 //!   `group_dead` marks the last thread of the process.
 use agent_common::{
-    Control, Counter, ExitKey, ExitValue, ProcKey, ProcValue, TaskExe, CMDLINE_CAP, EXE_CAP, FLAG_EXEC, FLAG_EXIT,
+    Control, Counter, ExitValue, ProcKey, ProcValue, TaskExe, CMDLINE_CAP, EXE_CAP, FLAG_EXEC, FLAG_EXIT,
     FLAG_EXIT_PER_EVENT, FLAG_FORK, FLAG_PROC_PER_EVENT, PROC_KIND_EXEC, PROC_KIND_FORK,
 };
 use aya_ebpf::{
@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{add_hit, boot_ns, control, count, current_task, offsets, read_field},
+    kernel::{add_hit, boot_ns, control, copy, count, current_task, offsets, read_field, zero},
     maps::{EXIT_0, EXIT_1, PROC_0, PROC_1, SCRATCH, TASK_EXE},
 };
 
@@ -83,7 +83,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     // The child runs the parent's image until it execs.
     match unsafe { TASK_EXE.get(parent_tgid) } {
         Some(e) => {
-            scratch.proc_value.exe = e.path;
+            copy(&mut scratch.proc_value.exe, &e.path);
             let _ = TASK_EXE.insert(child_tgid as u32, e, BPF_ANY as u64);
         }
         None => scratch.proc_value.exe[0] = 0,
@@ -110,7 +110,7 @@ fn parent_tgid(task: *const u8) -> u32 {
 fn record_process(scratch: &mut agent_common::Scratch, kind: u8, task: *const u8, pid: u32, ppid: u32, ctl: &Control) {
     count(ctl, Counter::ProcSeen);
     let key = &mut scratch.proc_key;
-    *key = ProcKey::zeroed();
+    zero(key);
     key.uid = bpf_get_current_uid_gid() as u32;
     key.kind = kind;
     if ctl.flags & FLAG_PROC_PER_EVENT != 0 {
@@ -185,10 +185,10 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let ctl = control().ok_or(0)?;
     let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(0)? };
     let key = &mut scratch.exit_key;
-    *key = ExitKey::zeroed();
+    zero(key);
     let mut exe_is_comm = 0;
     match unsafe { TASK_EXE.get(tgid) } {
-        Some(e) => key.exe = e.path,
+        Some(e) => copy(&mut key.exe, &e.path),
         None => {
             let comm = bpf_get_current_comm().unwrap_or([0; 16]);
             key.exe[..16].copy_from_slice(&comm);
