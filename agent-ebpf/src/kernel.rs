@@ -42,6 +42,23 @@ pub fn current_task() -> *const u8 {
     unsafe { gen::bpf_get_current_task() as *const u8 }
 }
 
+/// The current task as a BTF-typed pointer (kernel >= 5.11): its fields, and
+/// the pointers they hold, are read with plain loads that the verifier checks
+/// against the kernel's BTF, instead of one helper call per field. Offsets
+/// come from read-only globals, which the verifier treats as constants.
+#[inline(always)]
+pub fn current_task_btf() -> *const u8 {
+    unsafe { gen::bpf_get_current_task_btf() as *const u8 }
+}
+
+/// Loads a field of a BTF-typed object (see [`current_task_btf`]). A fault
+/// (a NULL or stale pointer) reads as zero: the kernel's exception table
+/// covers these loads.
+#[inline(always)]
+pub unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const T) }
+}
+
 /// Reads a `T` at `base + offset` in kernel memory.
 #[inline(always)]
 pub unsafe fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i64> {

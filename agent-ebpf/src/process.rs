@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{add_hit, boot_ns, control, copy, count, current_task, offsets, read_field, zero},
+    kernel::{add_hit, boot_ns, control, copy, count, current_task, current_task_btf, load, offsets, read_field, zero},
     maps::{EXIT_0, EXIT_1, PROC_0, PROC_1, SCRATCH, TASK_EXE},
 };
 
@@ -63,7 +63,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if ctl.flags & FLAG_EXEC == 0 {
         return Ok(());
     }
-    let task = current_task();
+    let task = current_task_btf();
     let ppid = parent_tgid(task);
     record_process(scratch, PROC_KIND_EXEC, task, tgid, ppid, &ctl);
     Ok(())
@@ -91,17 +91,18 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     if ctl.flags & FLAG_FORK == 0 {
         return Ok(());
     }
-    let task = current_task();
+    let task = current_task_btf();
     record_process(scratch, PROC_KIND_FORK, task, child_tgid as u32, parent_tgid, &ctl);
     Ok(())
 }
 
 fn parent_tgid(task: *const u8) -> u32 {
     let off = offsets();
-    let Ok(parent) = (unsafe { read_field::<*const u8>(task, off.task_real_parent) }) else {
+    let parent: *const u8 = unsafe { load(task, off.task_real_parent) };
+    if parent.is_null() {
         return 0;
-    };
-    unsafe { read_field::<i32>(parent, off.task_tgid) }.unwrap_or(0) as u32
+    }
+    unsafe { load::<i32>(parent, off.task_tgid) as u32 }
 }
 
 /// Builds the key from `task`'s argv and uid and adds one hit. `scratch.proc_value.exe`
@@ -147,12 +148,12 @@ fn record_process(scratch: &mut agent_common::Scratch, kind: u8, task: *const u8
 #[inline(always)]
 fn read_argv(task: *const u8, key: &mut ProcKey, max: u32) -> Result<(), i64> {
     let off = offsets();
-    let mm: *const u8 = unsafe { read_field(task, off.task_mm)? };
+    let mm: *const u8 = unsafe { load(task, off.task_mm) };
     if mm.is_null() {
         return Ok(()); // a kernel thread: no user memory, no argv
     }
-    let start: u64 = unsafe { read_field(mm, off.mm_arg_start)? };
-    let end: u64 = unsafe { read_field(mm, off.mm_arg_end)? };
+    let start: u64 = unsafe { load(mm, off.mm_arg_start) };
+    let end: u64 = unsafe { load(mm, off.mm_arg_end) };
     let len = end.saturating_sub(start);
     let max = if max as usize > CMDLINE_CAP { CMDLINE_CAP as u64 } else { max as u64 };
     let mut n = if len > max { max } else { len };
