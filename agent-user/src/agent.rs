@@ -11,6 +11,7 @@ use crate::{
     aggregate::{Aggregate, Evictions, ProcessRecord, TerminateRecord, WindowCache},
     config::{Config, EventSettings},
     drain::{Counters, Drainer},
+    duration::Iso8601,
     enrich::{BootClock, UserNames},
     net::{ConnRecord, NetState},
     report::{self, DroppedEventsStatistics, Enrichment, Event, Payload, Window},
@@ -284,6 +285,15 @@ pub async fn run<S: Sink>(mut agent: Agent<S>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    // Announced only now: a SIGTERM before the handlers above would have
+    // killed the agent without its final drain.
+    let c = &agent.config;
+    log::info!(
+        "collecting: ProcessCreate every {}, ProcessTerminate every {}, ConnectionCreate every {}",
+        Iso8601(c.process_create.interval),
+        Iso8601(c.process_terminate.interval),
+        Iso8601(c.connection_create.interval)
+    );
     let mut ticker = tokio::time::interval(DRAIN_PERIOD);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate

@@ -148,12 +148,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         cgroup,
     };
     ebpf::attach_all(&mut bpf, &plan)?;
-    log::info!(
-        "collecting: ProcessCreate every {}, ProcessTerminate every {}, ConnectionCreate every {}",
-        duration::Iso8601(config.process_create.interval),
-        duration::Iso8601(config.process_terminate.interval),
-        duration::Iso8601(config.connection_create.interval)
-    );
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = rt.block_on(agent::run(agent));
     drop(bpf);
