@@ -1,8 +1,10 @@
 //! Loading the kernel programs: offsets for this kernel, map sizes, the probe
 //! table and the attach loop.
+use std::collections::HashMap;
+
 use agent_common::{maps, programs, KernelOffsets, OFFSETS_GLOBAL};
 use aya::{
-    programs::{RawTracePoint, TracePoint},
+    programs::{raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 
@@ -141,6 +143,69 @@ pub fn attach_all(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         log::debug!("attached {} to {:?}", probe.program, probe.hook);
     }
     Ok(())
+}
+
+enum LinkId {
+    Tracepoint(TracePointLinkId),
+    Raw(RawTracePointLinkId),
+}
+
+/// The loaded programs and which of them are attached. "Off" means not
+/// collected at all: a program nobody needs is detached, not filtered.
+pub struct Programs {
+    ebpf: Ebpf,
+    links: HashMap<&'static str, LinkId>,
+}
+
+impl Programs {
+    pub fn new(ebpf: Ebpf) -> Programs {
+        Programs { ebpf, links: HashMap::new() }
+    }
+
+    pub fn is_attached(&self, program: &str) -> bool {
+        self.links.contains_key(program)
+    }
+
+    /// Attaches every program of the probe table `wanted` names and
+    /// detaches the others; programs already in the right state are left alone.
+    pub fn set_attached(&mut self, wanted: impl Fn(&str) -> bool) -> Result<(), LoadError> {
+        for probe in PROBES {
+            let want = wanted(probe.program);
+            if want == self.is_attached(probe.program) {
+                continue;
+            }
+            let err = |action| move |source| LoadError::Program { program: probe.program, action, source };
+            let prog = self.ebpf.program_mut(probe.program).expect("loaded by load()");
+            if want {
+                let link = match probe.hook {
+                    Hook::Tracepoint { category, name } => {
+                        let p: &mut TracePoint = prog.try_into().map_err(err("type check"))?;
+                        LinkId::Tracepoint(p.attach(category, name).map_err(err("attach"))?)
+                    }
+                    Hook::RawTracepoint { name } => {
+                        let p: &mut RawTracePoint = prog.try_into().map_err(err("type check"))?;
+                        LinkId::Raw(p.attach(name).map_err(err("attach"))?)
+                    }
+                };
+                self.links.insert(probe.program, link);
+                log::info!("attached {} to {:?}", probe.program, probe.hook);
+            } else {
+                let link = self.links.remove(probe.program).expect("attached");
+                match link {
+                    LinkId::Tracepoint(id) => {
+                        let p: &mut TracePoint = prog.try_into().map_err(err("type check"))?;
+                        p.detach(id).map_err(err("detach"))?;
+                    }
+                    LinkId::Raw(id) => {
+                        let p: &mut RawTracePoint = prog.try_into().map_err(err("type check"))?;
+                        p.detach(id).map_err(err("detach"))?;
+                    }
+                }
+                log::info!("detached {} (no event type that needs it is on)", probe.program);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use

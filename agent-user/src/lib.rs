@@ -16,3 +16,4 @@ pub mod enrich;
 pub mod report;
 pub mod sinks;
 pub mod tracefs;
+pub mod transport;
