@@ -16,9 +16,9 @@ use crate::{
     report::{Event, Payload},
     sinks::{Sink, SinkError},
 };
-use outbox::{Carried, Drops, Outbox};
 #[cfg(test)]
 use outbox::Item;
+use outbox::{Carried, Drops, Outbox};
 
 /// What the agent and the connection task share: the cache, and a bell
 /// rung when something was added to it.
@@ -151,7 +151,8 @@ mod tests {
 
     fn sink(config: Config) -> MqttSink {
         let (control, _) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared { outbox: Mutex::new(Outbox::new(config.transport, Instant::now())), wake: Notify::new() });
+        let shared =
+            Arc::new(Shared { outbox: Mutex::new(Outbox::new(config.transport, Instant::now())), wake: Notify::new() });
         MqttSink { shared, control, config }
     }
 
