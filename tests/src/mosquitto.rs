@@ -290,6 +290,8 @@ pub struct Msg {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// When the subscriber received it.
+    pub at: Instant,
 }
 
 impl Msg {
@@ -332,6 +334,7 @@ impl Subscriber {
                         topic: p.topic.clone(),
                         payload: p.payload.to_vec(),
                         retain: p.retain,
+                        at: Instant::now(),
                     }),
                     Ok(_) => {}
                     Err(rumqttc::ConnectionError::RequestsDone) => break,

@@ -599,3 +599,24 @@ fn auth_failures_are_clear_errors_without_secrets_or_crashes() {
     }
     std::fs::remove_file(cfg).unwrap();
 }
+
+#[test]
+fn the_last_will_marks_a_vanished_agent_offline() {
+    if !ready("the_last_will_marks_a_vanished_agent_offline") {
+        return;
+    }
+    let broker = Broker::start(Auth::Plain, None).unwrap();
+    let device = marker("dev");
+    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let agent = start(&mqtt_args(&broker, &device, None));
+    let last_status = |msgs: &[mosquitto::Msg]| {
+        msgs.iter().rfind(|x| x.topic.ends_with("/status")).map(|x| x.payload.clone()).unwrap_or_default()
+    };
+    sub.wait_until("status online", WAIT, |m| last_status(m) == b"online").unwrap();
+    // SIGKILL: no chance to say goodbye; the broker publishes the will.
+    drop(agent);
+    sub.wait_until("the last will", WAIT, |m| last_status(m) == b"offline").unwrap();
+    let late = Subscriber::connect(&broker, &device).unwrap();
+    late.wait_until("the retained will", WAIT, |m| last_status(m) == b"offline").unwrap();
+    assert!(late.on("status")[0].retain);
+}

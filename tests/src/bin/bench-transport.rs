@@ -136,11 +136,18 @@ fn main() -> Result<()> {
     }
     mosquitto::ensure_installed().map_err(anyhow::Error::msg)?;
     let workload = Workload { execs, distinct: 20 };
-    let cfg = write_config(
-        r#"{"eventPriorityProcessCreate":"High","eventPriorityProcessTerminate":"High",
-            "eventPriorityDroppedEventsStatistics":"High","highPriorityMessageFrequency":"PT1S",
-            "cacheSizeProcessCreate":65536,"cacheSizeProcessTerminate":65536}"#,
-    )?;
+    // Every event High, sent each second. The local cache is large enough
+    // for a whole per-event window: the agent queues a closed window at once,
+    // and a smaller cache would drop its oldest records even while connected.
+    let config = |cache_bytes: u64| {
+        write_config(&format!(
+            r#"{{"eventPriorityProcessCreate":"High","eventPriorityProcessTerminate":"High",
+                "eventPriorityDroppedEventsStatistics":"High","highPriorityMessageFrequency":"PT1S",
+                "cacheSizeProcessCreate":65536,"cacheSizeProcessTerminate":65536,
+                "maxLocalCacheSizeInBytes":{cache_bytes}}}"#
+        ))
+    };
+    let cfg = config(256 << 20)?;
     let interval = format!("PT{window}S");
     println!("workload: {execs} execs of 20 distinct command lines; aggregation window {interval}");
 
@@ -188,50 +195,59 @@ fn main() -> Result<()> {
     );
 
     // Backlog: the broker is down while per-event records fill the local
-    // cache (default 2560000 bytes); then it comes back and the agent drains.
-    let mut broker = Broker::start(Auth::Plain, None)?;
-    let device = marker("bench");
-    let sub = Subscriber::connect(&broker, &device)?;
-    broker.stop();
-    let url = broker.url();
-    let a = vec![
-        "--config",
-        cfg.to_str().unwrap(),
-        "--interval",
-        &interval,
-        "--mqtt-url",
-        &url,
-        "--device-id",
-        &device,
-        "--no-aggregation",
-    ];
-    let agent = Agent::start(&a)?;
-    let pid = agent_pid(&agent)?;
-    let idle_rss = rss_kib(pid)?;
-    workload.run(&marker("fill"))?;
-    // Let the last windows close into the cache.
-    std::thread::sleep(Duration::from_secs(window + 2));
-    let full_rss = rss_kib(pid)?;
-    broker.restart()?;
-    agent.wait_for_log("connected to the MQTT broker", Duration::from_secs(60))?;
-    let reconnect = Instant::now();
-    let last = settle(&sub, Duration::from_secs(3), Duration::from_secs(300));
-    let t = traffic(&sub, "fill");
-    let secs = last.duration_since(reconnect).as_secs_f64();
+    // cache; then it comes back and the agent empties it. Once with the
+    // default cache (2560000 bytes) and once with a large one, for a backlog
+    // long enough to time.
     println!();
-    println!(
-        "backlog: {} messages, {} payload bytes, {} events drained in {secs:.2} s after reconnecting: {:.0} messages/s, {:.1} MB/s, {:.0} events/s",
-        t.messages,
-        t.payload,
-        t.events,
-        t.messages as f64 / secs,
-        t.payload as f64 / secs / 1e6,
-        t.events as f64 / secs
-    );
-    println!(
-        "agent RSS: {idle_rss} KiB at start, {full_rss} KiB with a full local cache (maxLocalCacheSizeInBytes 2560000)"
-    );
-    agent.stop()?;
+    for cache_bytes in [2_560_000u64, 64 << 20] {
+        let cfg = config(cache_bytes)?;
+        let mut broker = Broker::start(Auth::Plain, None)?;
+        let device = marker("bench");
+        let sub = Subscriber::connect(&broker, &device)?;
+        broker.stop();
+        let url = broker.url();
+        let a = vec![
+            "--config",
+            cfg.to_str().unwrap(),
+            "--interval",
+            &interval,
+            "--mqtt-url",
+            &url,
+            "--device-id",
+            &device,
+            "--no-aggregation",
+        ];
+        let agent = Agent::start(&a)?;
+        let pid = agent_pid(&agent)?;
+        let idle_rss = rss_kib(pid)?;
+        workload.run(&marker("fill"))?;
+        // Let the last windows close into the cache.
+        std::thread::sleep(Duration::from_secs(window + 2));
+        let full_rss = rss_kib(pid)?;
+        broker.restart()?;
+        // Reconnecting waits out the backoff (at most 10 s).
+        agent.wait_for_log("connected to the MQTT broker", Duration::from_secs(60))?;
+        settle(&sub, Duration::from_secs(3), Duration::from_secs(300));
+        let msgs = sub.on("events");
+        let t = traffic(&sub, "fill");
+        let secs = match (msgs.first(), msgs.last()) {
+            (Some(f), Some(l)) => l.at.duration_since(f.at).as_secs_f64(),
+            _ => 0.0,
+        };
+        println!(
+            "cache {cache_bytes} bytes: RSS {idle_rss} KiB at start, {full_rss} KiB with the cache full; backlog of {} \
+             messages ({} payload bytes, {} events) received in {secs:.3} s: {:.0} messages/s, {:.1} MB/s, {:.0} \
+             events/s",
+            t.messages,
+            t.payload,
+            t.events,
+            t.messages as f64 / secs,
+            t.payload as f64 / secs / 1e6,
+            t.events as f64 / secs
+        );
+        agent.stop()?;
+        std::fs::remove_file(cfg)?;
+    }
     std::fs::remove_file(cfg)?;
     Ok(())
 }
