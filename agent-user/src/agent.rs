@@ -1,22 +1,29 @@
 //! The run loop: drain every second, close windows when their interval ends,
-//! hand events to the sink, and flush everything on SIGINT/SIGTERM.
+//! hand events to the sink, apply desired configurations, and flush
+//! everything on SIGINT/SIGTERM.
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_common::{
-    Counter, FLAG_EXEC, FLAG_EXIT, FLAG_EXIT_PER_EVENT, FLAG_FORK, FLAG_NET, FLAG_NET_AGG_EPHEMERAL,
+    programs, Counter, FLAG_EXEC, FLAG_EXIT, FLAG_EXIT_PER_EVENT, FLAG_FORK, FLAG_NET, FLAG_NET_AGG_EPHEMERAL,
     FLAG_NET_PER_EVENT, FLAG_PROC_PER_EVENT,
 };
 
 use crate::{
     aggregate::{Aggregate, Evictions, ProcessRecord, TerminateRecord, WindowCache},
-    config::{Config, EventSettings},
+    config::{Config, EventSettings, EventType, RawConfig},
     drain::{Counters, Drainer},
     duration::Iso8601,
+    ebpf::Programs,
     enrich::{BootClock, UserNames},
     net::{ConnRecord, NetState},
-    report::{self, DroppedEventsStatistics, Enrichment, Event, Payload, Window},
+    report::{
+        self, ConfigurationError, ConfigurationFieldError, DroppedEventsStatistics, Enrichment, Event, Payload, Window,
+    },
     sinks::Sink,
 };
+
+/// Where a desired configuration comes from, as ConfigurationError names it.
+pub const DESIRED_SOURCE: &str = "desired configuration (MQTT)";
 
 /// How often the kernel maps are emptied into the window caches. Short, so
 /// that a full window cache discards its oldest records (as the spec says)
@@ -27,13 +34,13 @@ pub const DRAIN_PERIOD: Duration = Duration::from_secs(1);
 /// Kernel flags for a configuration.
 pub fn control_flags(c: &Config) -> u32 {
     let mut f = 0;
-    if c.process_create.priority.enabled() {
+    if c.collects(EventType::ProcessCreate) {
         f |= FLAG_EXEC | FLAG_FORK;
         if !c.process_create.aggregate {
             f |= FLAG_PROC_PER_EVENT;
         }
     }
-    if c.process_terminate.priority.enabled() {
+    if c.collects(EventType::ProcessTerminate) {
         f |= FLAG_EXIT;
         if !c.process_terminate.aggregate {
             f |= FLAG_EXIT_PER_EVENT;
@@ -49,6 +56,22 @@ pub fn control_flags(c: &Config) -> u32 {
         }
     }
     f
+}
+
+/// Whether a program must be attached. The exec and fork programs also keep
+/// TASK_EXE, the executable of every process, which ProcessTerminate reads:
+/// they stay attached while either process event type is collected.
+pub fn program_wanted(c: &Config, program: &str) -> bool {
+    let create = c.collects(EventType::ProcessCreate);
+    let terminate = c.collects(EventType::ProcessTerminate);
+    match program {
+        programs::PROCESS_EXEC | programs::PROCESS_FORK => create || terminate,
+        programs::PROCESS_EXIT => terminate,
+        programs::TCP_STATE | programs::SKB_INGRESS | programs::SKB_EGRESS | programs::SOCK_CREATE => {
+            c.collects(EventType::ConnectionCreate)
+        }
+        _ => true,
+    }
 }
 
 /// The open window of one event type.
@@ -94,6 +117,12 @@ impl<R: Aggregate> EventWindow<R> {
         now.duration_since(self.opened) + DRAIN_PERIOD / 2 >= self.settings.interval
     }
 
+    /// New settings for the next window (the current one was just closed).
+    fn reconfigure(&mut self, settings: EventSettings) {
+        self.settings = settings;
+        self.cache.set_capacity(settings.cache_size as usize);
+    }
+
     fn close(&mut self) -> Closed<R> {
         let now = SystemTime::now();
         let (records, evicted) = self.cache.take();
@@ -120,8 +149,11 @@ impl<R: Aggregate> EventWindow<R> {
 }
 
 pub struct Agent<S: Sink> {
+    /// Defaults < file < command line: what a desired configuration overlays.
+    local: RawConfig,
     config: Config,
     drainer: Drainer,
+    programs: Programs,
     processes: EventWindow<ProcessRecord>,
     terminations: EventWindow<TerminateRecord>,
     connections: EventWindow<ConnRecord>,
@@ -129,22 +161,44 @@ pub struct Agent<S: Sink> {
     users: UserNames,
     clock: BootClock,
     sink: S,
+    /// The last desired configuration refused: a retained one comes back at
+    /// every reconnect, and one ConfigurationError per payload is enough.
+    last_refused: Option<Vec<u8>>,
 }
 
 impl<S: Sink> Agent<S> {
-    pub fn new(config: Config, mut drainer: Drainer, sink: S, users: UserNames) -> anyhow::Result<Self> {
+    /// Writes the control block, then attaches what the configuration needs:
+    /// the first event already follows the configuration.
+    pub fn new(
+        local: RawConfig,
+        config: Config,
+        mut drainer: Drainer,
+        mut programs: Programs,
+        mut sink: S,
+        users: UserNames,
+    ) -> anyhow::Result<Self> {
         drainer.set_control(control_flags(&config), config.cmdline_max)?;
+        programs.set_attached(|p| program_wanted(&config, p))?;
+        sink.configure(&config);
+        sink.report_config(&config.to_raw());
         Ok(Agent {
             processes: EventWindow::new("ProcessCreate", config.process_create),
             terminations: EventWindow::new("ProcessTerminate", config.process_terminate),
             connections: EventWindow::new("ConnectionCreate", config.connection_create),
             net: NetState::new(config.dns_cache_size as usize),
+            local,
             config,
             drainer,
+            programs,
             users,
             clock: BootClock::now(),
             sink,
+            last_refused: None,
         })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// One drain, then every window whose interval has passed is reported.
@@ -172,6 +226,61 @@ impl<S: Sink> Agent<S> {
         Ok(())
     }
 
+    /// A desired configuration arrived. Valid and different: the current data
+    /// is sent first, then the new configuration applies (seed 001). Invalid:
+    /// the current configuration stays and a ConfigurationError is sent.
+    pub fn desired(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        let refused_before = self.last_refused.as_deref() == Some(payload);
+        self.last_refused = None;
+        match desired_config(&self.local, payload) {
+            Ok(new) if new == self.config => {
+                log::info!("desired configuration received; the effective configuration is unchanged");
+                Ok(())
+            }
+            Ok(new) => {
+                log::info!("desired configuration received: sending the current data, then applying it");
+                self.apply(new)
+            }
+            Err(e) if refused_before => {
+                self.last_refused = Some(payload.to_vec());
+                log::debug!("{e} (again); keeping the current configuration");
+                Ok(())
+            }
+            Err(e) => {
+                self.last_refused = Some(payload.to_vec());
+                log::warn!("{e}; keeping the current configuration");
+                if self.config.collects(EventType::ConfigurationError) {
+                    let now = SystemTime::now();
+                    let w = Window { start: now, end: now };
+                    let errors = e
+                        .errors
+                        .into_iter()
+                        .map(|f| ConfigurationFieldError { field: f.field, reason: f.reason })
+                        .collect();
+                    let event =
+                        w.event(Payload::ConfigurationError(ConfigurationError { source: e.source_name, errors }));
+                    self.sink.publish(&[event])?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn apply(&mut self, new: Config) -> anyhow::Result<()> {
+        self.shutdown()?;
+        self.sink.flush_now();
+        self.drainer.set_control(control_flags(&new), new.cmdline_max)?;
+        self.programs.set_attached(|p| program_wanted(&new, p))?;
+        self.processes.reconfigure(new.process_create);
+        self.terminations.reconfigure(new.process_terminate);
+        // The DNS name cache keeps its start-up size (README, Configuration).
+        self.connections.reconfigure(new.connection_create);
+        self.sink.configure(&new);
+        self.sink.report_config(&new.to_raw());
+        self.config = new;
+        Ok(())
+    }
+
     fn drain(&mut self) -> anyhow::Result<()> {
         let d = self.drainer.drain()?;
         self.clock = BootClock::now();
@@ -184,7 +293,7 @@ impl<S: Sink> Agent<S> {
 
     fn close_processes(&mut self) -> anyhow::Result<()> {
         let closed = self.processes.close();
-        if !self.config.process_create.priority.enabled() && closed.records.is_empty() {
+        if !self.config.collects(EventType::ProcessCreate) && closed.records.is_empty() {
             return Ok(());
         }
         let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
@@ -204,7 +313,7 @@ impl<S: Sink> Agent<S> {
 
     fn close_terminations(&mut self) -> anyhow::Result<()> {
         let closed = self.terminations.close();
-        if !self.config.process_terminate.priority.enabled() && closed.records.is_empty() {
+        if !self.config.collects(EventType::ProcessTerminate) && closed.records.is_empty() {
             return Ok(());
         }
         let mut events: Vec<Event> = closed
@@ -259,8 +368,15 @@ impl<S: Sink> Agent<S> {
 
     /// The window's DroppedEventsStatistics, sent every window (zeros
     /// included) so that a reader can tell "nothing lost" from "not reported".
-    fn dropped<R>(&self, closed: &Closed<R>, source: &'static str, [seen, full, race]: [Counter; 3]) -> Option<Event> {
-        if !self.config.dropped_stats_priority.enabled() {
+    fn dropped<R>(
+        &mut self,
+        closed: &Closed<R>,
+        source: &'static str,
+        [seen, full, race]: [Counter; 3],
+    ) -> Option<Event> {
+        let source_type = EventType::from_name(source).expect("a known event type");
+        let transport = self.sink.take_transport_drops(source_type);
+        if !self.config.collects(EventType::DroppedEventsStatistics) {
             return None;
         }
         let map_full = closed.counters.get(full);
@@ -269,19 +385,32 @@ impl<S: Sink> Agent<S> {
                 "{source}: {map_full} events found the kernel map full between two drains; raise cacheSize{source}"
             );
         }
-        let stats = DroppedEventsStatistics::new(
+        let mut stats = DroppedEventsStatistics::new(
             source,
             closed.counters.get(seen),
             closed.evicted,
             map_full,
             closed.counters.get(race),
         );
+        stats.transport_cache_full = transport.records;
+        stats.transport_cache_full_hits = transport.hits;
         Some(closed.window.event(Payload::DroppedEventsStatistics(stats)))
     }
 }
 
+/// Parses and resolves a desired configuration over the local layers. An
+/// empty payload (a cleared retained message) means "no desired properties".
+pub fn desired_config(local: &RawConfig, payload: &[u8]) -> Result<Config, crate::config::ConfigError> {
+    let text = String::from_utf8_lossy(payload);
+    let text = if text.trim().is_empty() { "{}" } else { &text };
+    crate::config::load_layer(text, DESIRED_SOURCE, local).map(|(_, c)| c)
+}
+
 /// Drives `agent` until SIGINT or SIGTERM, then flushes.
-pub async fn run<S: Sink>(mut agent: Agent<S>) -> anyhow::Result<()> {
+pub async fn run<S: Sink>(
+    mut agent: Agent<S>,
+    mut desired: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -300,6 +429,7 @@ pub async fn run<S: Sink>(mut agent: Agent<S>) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => agent.tick()?,
+            Some(payload) = async { desired.as_mut()?.recv().await } => agent.desired(&payload)?,
             _ = sigint.recv() => { log::info!("SIGINT: final drain"); break }
             _ = sigterm.recv() => { log::info!("SIGTERM: final drain"); break }
         }
@@ -328,5 +458,38 @@ mod tests {
         assert_eq!(control_flags(&c), FLAG_EXEC | FLAG_FORK | FLAG_PROC_PER_EVENT);
         c.process_create.priority = Priority::Off;
         assert_eq!(control_flags(&c), 0);
+        c = Config::default();
+        c.process_collector_enabled = false;
+        assert_eq!(control_flags(&c), 0);
+    }
+
+    #[test]
+    fn exec_and_fork_stay_attached_while_terminate_needs_them() {
+        let names = [programs::PROCESS_EXEC, programs::PROCESS_FORK, programs::PROCESS_EXIT];
+        let wanted = |c: &Config| names.map(|p| program_wanted(c, p));
+        let mut c = Config::default();
+        assert_eq!(wanted(&c), [true, true, true]);
+        c.process_create.priority = Priority::Off;
+        assert_eq!(wanted(&c), [true, true, true], "TASK_EXE still feeds ProcessTerminate");
+        c.process_terminate.priority = Priority::Off;
+        assert_eq!(wanted(&c), [false, false, false]);
+        c.process_create.priority = Priority::High;
+        assert_eq!(wanted(&c), [true, true, false]);
+        c.process_collector_enabled = false;
+        assert_eq!(wanted(&c), [false, false, false]);
+    }
+
+    #[test]
+    fn desired_overlays_the_local_layers() {
+        let local = RawConfig::parse(r#"{"cacheSizeProcessCreate":9,"cacheSizeProcessTerminate":5}"#, "f").unwrap();
+        let c = desired_config(&local, br#"{"cacheSizeProcessCreate":7,"eventPriorityLogin":"Off"}"#).unwrap();
+        assert_eq!(c.process_create.cache_size, 7, "desired wins over the file");
+        assert_eq!(c.process_terminate.cache_size, 5, "what desired leaves out comes from the file");
+        assert_eq!(c.priority(EventType::Login), Priority::Off);
+        assert_eq!(desired_config(&local, b"").unwrap(), desired_config(&local, b"{}").unwrap());
+        assert_eq!(desired_config(&local, b" \n").unwrap().process_create.cache_size, 9);
+        let e = desired_config(&local, br#"{"cacheSizeProcessCreate":0}"#).unwrap_err();
+        assert_eq!(e.source_name, DESIRED_SOURCE);
+        assert_eq!(e.errors[0].field, "cacheSizeProcessCreate");
     }
 }

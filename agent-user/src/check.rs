@@ -155,7 +155,7 @@ pub fn run_checks() -> Vec<Check> {
     });
     let can_load = caps_missing.is_none();
     out.push(match (offsets, can_load) {
-        (Some(Ok(o)), true) => match load_and_attach(&o, cgroup) {
+        (Some(Ok(o)), true) => match load_and_attach(&o) {
             Ok(n) => check(Status::Ok, "load and attach programs", format!("{n} programs verified and attached")),
             Err(e) => check(Status::Fail, "load and attach programs", e.to_string()),
         },
@@ -164,14 +164,13 @@ pub fn run_checks() -> Vec<Check> {
     out
 }
 
-fn load_and_attach(
-    o: &agent_common::KernelOffsets,
-    cgroup: Option<std::path::PathBuf>,
-) -> Result<usize, ebpf::LoadError> {
-    let mut e = ebpf::load(o, ebpf::MapSizes { process_create: 16, process_terminate: 16, connection_create: 16 })?;
+fn load_and_attach(o: &agent_common::KernelOffsets) -> Result<usize, ebpf::LoadError> {
+    let e = ebpf::load(o, ebpf::MapSizes { process_create: 16, process_terminate: 16, connection_create: 16 })?;
     // Programs start with a zeroed control block: attached, they record nothing.
-    ebpf::attach_all(&mut e, &ebpf::AttachPlan { process: true, net: true, cgroup })
-    // Dropping `e` detaches and unloads.
+    let mut programs = ebpf::Programs::new(e)?;
+    programs.set_attached(|_| true)?;
+    Ok(ebpf::PROBES.iter().filter(|p| programs.is_attached(p.program)).count())
+    // Dropping `programs` detaches and unloads.
 }
 
 #[cfg(test)]

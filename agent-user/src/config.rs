@@ -1,6 +1,7 @@
 //! The agent's configuration: one object with the spec's property names
 //! (seed 004 for priorities and frequencies, seeds 000-001 for the per-event
-//! aggregation settings). Sources, later wins: built-in defaults < file < CLI.
+//! aggregation settings). Sources, later wins: built-in defaults < file <
+//! command-line flags < the desired configuration received over MQTT.
 //!
 //! Every property is optional in the file; what is absent takes its default.
 //! Validation names every bad field, not only the first one: a file is
@@ -24,6 +25,112 @@ pub enum Priority {
 impl Priority {
     pub fn enabled(self) -> bool {
         self != Priority::Off
+    }
+
+    /// The lower-case name used in message envelopes.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+            Priority::Off => "off",
+        }
+    }
+}
+
+/// Every security event type of seed 004's table, collected or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventType {
+    Diagnostic,
+    ConfigurationError,
+    DroppedEventsStatistics,
+    ConnectedHardware,
+    ListeningPorts,
+    ProcessCreate,
+    ProcessTerminate,
+    SystemInformation,
+    LocalUsers,
+    Login,
+    ConnectionCreate,
+    FirewallConfiguration,
+    OSBaseline,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 13] = [
+        EventType::Diagnostic,
+        EventType::ConfigurationError,
+        EventType::DroppedEventsStatistics,
+        EventType::ConnectedHardware,
+        EventType::ListeningPorts,
+        EventType::ProcessCreate,
+        EventType::ProcessTerminate,
+        EventType::SystemInformation,
+        EventType::LocalUsers,
+        EventType::Login,
+        EventType::ConnectionCreate,
+        EventType::FirewallConfiguration,
+        EventType::OSBaseline,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::Diagnostic => "Diagnostic",
+            EventType::ConfigurationError => "ConfigurationError",
+            EventType::DroppedEventsStatistics => "DroppedEventsStatistics",
+            EventType::ConnectedHardware => "ConnectedHardware",
+            EventType::ListeningPorts => "ListeningPorts",
+            EventType::ProcessCreate => "ProcessCreate",
+            EventType::ProcessTerminate => "ProcessTerminate",
+            EventType::SystemInformation => "SystemInformation",
+            EventType::LocalUsers => "LocalUsers",
+            EventType::Login => "Login",
+            EventType::ConnectionCreate => "ConnectionCreate",
+            EventType::FirewallConfiguration => "FirewallConfiguration",
+            EventType::OSBaseline => "OSBaseline",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Seed 004's defaults, except that the micro agent (seeds 001/002) makes
+    /// Medium the default of the event-based process and network collectors.
+    pub fn default_priority(self) -> Priority {
+        match self {
+            EventType::Diagnostic => Priority::Off,
+            EventType::ListeningPorts | EventType::LocalUsers | EventType::Login => Priority::High,
+            EventType::ProcessCreate | EventType::ConnectionCreate => Priority::Medium,
+            _ => Priority::Low,
+        }
+    }
+
+    /// Whether this agent produces the event type yet; the others are
+    /// accepted, validated and reported so that a configuration written for
+    /// the full table works unchanged.
+    pub fn has_collector(self) -> bool {
+        matches!(
+            self,
+            EventType::ProcessCreate
+                | EventType::ProcessTerminate
+                | EventType::DroppedEventsStatistics
+                | EventType::ConfigurationError
+        )
+    }
+
+    /// Seed 004's "Snapshot Event" column.
+    pub fn is_snapshot(self) -> bool {
+        matches!(
+            self,
+            EventType::DroppedEventsStatistics
+                | EventType::ConnectedHardware
+                | EventType::ListeningPorts
+                | EventType::SystemInformation
+                | EventType::LocalUsers
+                | EventType::FirewallConfiguration
+                | EventType::OSBaseline
+        )
     }
 }
 
@@ -80,6 +187,59 @@ pub struct RawConfig {
     /// Priority of DroppedEventsStatistics events. Off: not reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_priority_dropped_events_statistics: Option<Priority>,
+    /// Priority of Diagnostic events (no collector yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_priority_diagnostic: Option<Priority>,
+    /// Priority of ConfigurationError events (an invalid desired configuration).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_priority_configuration_error: Option<Priority>,
+    /// Priority of ConnectedHardware snapshots (no collector yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_priority_connected_hardware: Option<Priority>,
+    /// Priority of ListeningPorts snapshots (no collector yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_priority_listening_ports: Option<Priority>,
+    /// Priority of SystemInformation snapshots (no collector yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_priority_system_information: Option<Priority>,
+    /// Priority of LocalUsers snapshots (no collector yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_priority_local_users: Option<Priority>,
+    /// Priority of Login events (no collector yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_priority_login: Option<Priority>,
+    /// Priority of FirewallConfiguration snapshots (no collector yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_priority_firewall_configuration: Option<Priority>,
+    /// Priority of OSBaseline snapshots (no collector yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "eventPriorityOSBaseline")]
+    pub event_priority_os_baseline: Option<Priority>,
+
+    /// Longest time a High priority event waits before it is sent (MQTT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high_priority_message_frequency: Option<IsoDuration>,
+    /// Longest time a Medium priority event waits before it is sent (MQTT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub medium_priority_message_frequency: Option<IsoDuration>,
+    /// Longest time a Low priority event waits before it is sent (MQTT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub low_priority_message_frequency: Option<IsoDuration>,
+    /// Interval of device status snapshots (no snapshot collector yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_frequency: Option<IsoDuration>,
+    /// Bytes of messages kept while the broker is unreachable; past it the oldest events are dropped and counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8193, max = 1073741824))]
+    pub max_local_cache_size_in_bytes: Option<u64>,
+    /// Largest message payload sent; batches are split across messages, an event is never cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8193, max = 262143))]
+    pub max_message_size_in_bytes: Option<u32>,
+
+    /// Enable or disable the process collector (ProcessCreate and ProcessTerminate). Disabled: programs detached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collector_enabled_process: Option<bool>,
 
     /// Aggregate identical ProcessCreate events (command line + uid + type) into one record with a hit count.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,6 +296,16 @@ pub const DNS_CACHE_MIN: u32 = 16;
 pub const INTERVAL_MIN: Duration = Duration::from_secs(1);
 /// Longest interval accepted (seed 000: an aggregated event covers at most 24 hours).
 pub const INTERVAL_MAX: Duration = Duration::from_secs(86_400);
+/// Message frequencies: at least a second (the transport's timer period),
+/// at most a week.
+pub const FREQUENCY_MIN: Duration = Duration::from_secs(1);
+pub const FREQUENCY_MAX: Duration = Duration::from_secs(7 * 86_400);
+/// Seed 004: both sizes must be larger than 8192; a message less than 262144.
+pub const SIZE_FLOOR: u64 = 8192;
+pub const MESSAGE_SIZE_CEILING: u64 = 262_144;
+/// The spec gives no upper bound for the local cache; a gibibyte keeps a
+/// typo from letting the agent eat the device's memory.
+pub const CACHE_BYTES_MAX: u64 = 1 << 30;
 
 /// Settings of one aggregated event type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +326,49 @@ pub struct Config {
     pub connection_create: EventSettings,
     pub aggregate_ephemeral_ports: bool,
     pub dns_cache_size: u32,
+    /// Priorities of the event types that have no EventSettings, indexed
+    /// like [`EventType::ALL`] (the process, connection and statistics entries unused).
+    other_priorities: [Priority; 13],
+    pub process_collector_enabled: bool,
+    pub transport: TransportSettings,
+}
+
+/// How events travel over MQTT (seed 004).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportSettings {
+    pub high_frequency: Duration,
+    pub medium_frequency: Duration,
+    pub low_frequency: Duration,
+    pub snapshot_frequency: Duration,
+    pub max_cache_bytes: u64,
+    pub max_message_bytes: u32,
+}
+
+impl TransportSettings {
+    /// How long events of `p` may wait; None for Off.
+    pub fn frequency(&self, p: Priority) -> Option<Duration> {
+        match p {
+            Priority::High => Some(self.high_frequency),
+            Priority::Medium => Some(self.medium_frequency),
+            Priority::Low => Some(self.low_frequency),
+            Priority::Off => None,
+        }
+    }
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        TransportSettings {
+            high_frequency: Duration::from_secs(7 * 60),
+            // The spec names Medium (seed 001) but gives it no frequency:
+            // one hour sits between High's 7 minutes and Low's 5 hours.
+            medium_frequency: Duration::from_secs(3600),
+            low_frequency: Duration::from_secs(5 * 3600),
+            snapshot_frequency: Duration::from_secs(13 * 3600),
+            max_cache_bytes: 2_560_000,
+            max_message_bytes: 204_800,
+        }
+    }
 }
 
 impl Default for Config {
@@ -178,7 +391,42 @@ impl Default for Config {
             connection_create: event(Priority::Medium),
             aggregate_ephemeral_ports: false,
             dns_cache_size: 1024,
+            other_priorities: EventType::ALL.map(EventType::default_priority),
+            process_collector_enabled: true,
+            transport: TransportSettings::default(),
         }
+    }
+}
+
+impl Config {
+    pub fn priority(&self, t: EventType) -> Priority {
+        match t {
+            EventType::ProcessCreate => self.process_create.priority,
+            EventType::ProcessTerminate => self.process_terminate.priority,
+            EventType::ConnectionCreate => self.connection_create.priority,
+            EventType::DroppedEventsStatistics => self.dropped_stats_priority,
+            other => self.other_priorities[other as usize],
+        }
+    }
+
+    pub fn set_priority(&mut self, t: EventType, p: Priority) {
+        match t {
+            EventType::ProcessCreate => self.process_create.priority = p,
+            EventType::ProcessTerminate => self.process_terminate.priority = p,
+            EventType::ConnectionCreate => self.connection_create.priority = p,
+            EventType::DroppedEventsStatistics => self.dropped_stats_priority = p,
+            other => self.other_priorities[other as usize] = p,
+        }
+    }
+
+    /// Whether events of `t` are collected at all: the priority is not Off
+    /// and, for process events, the process collector is enabled.
+    pub fn collects(&self, t: EventType) -> bool {
+        let collector_on = match t {
+            EventType::ProcessCreate | EventType::ProcessTerminate => self.process_collector_enabled,
+            _ => true,
+        };
+        collector_on && self.priority(t).enabled()
     }
 }
 
@@ -216,6 +464,17 @@ impl fmt::Display for ConfigError {
 impl RawConfig {
     /// Parses a configuration object, reporting every bad property.
     pub fn parse(text: &str, source_name: &str) -> Result<RawConfig, ConfigError> {
+        let (raw, errors) = RawConfig::parse_lenient(text, source_name)?;
+        if errors.is_empty() {
+            Ok(raw)
+        } else {
+            Err(ConfigError { source_name: source_name.to_string(), errors })
+        }
+    }
+
+    /// Parses what can be parsed: the well-typed properties, and an error for
+    /// each other one. Only a document that is not a JSON object fails whole.
+    pub fn parse_lenient(text: &str, source_name: &str) -> Result<(RawConfig, Vec<FieldError>), ConfigError> {
         let fail = |field: &str, reason: String| ConfigError {
             source_name: source_name.to_string(),
             errors: vec![FieldError { field: field.to_string(), reason }],
@@ -237,10 +496,9 @@ impl RawConfig {
                 Err(e) => errors.push(FieldError { field: k, reason: clean_serde_message(&e.to_string()) }),
             }
         }
-        if !errors.is_empty() {
-            return Err(ConfigError { source_name: source_name.to_string(), errors });
-        }
-        serde_json::from_value(serde_json::Value::Object(raw)).map_err(|e| fail("(document)", e.to_string()))
+        let raw =
+            serde_json::from_value(serde_json::Value::Object(raw)).map_err(|e| fail("(document)", e.to_string()))?;
+        Ok((raw, errors))
     }
 
     /// `other`'s properties replace ours where set.
@@ -339,12 +597,56 @@ impl RawConfig {
             CACHE_SIZE_MAX,
             &mut c.dns_cache_size,
         );
-        set(&mut c.connection_create.priority, self.event_priority_connection_create);
         set(&mut c.connection_create.aggregate, self.aggregation_enabled_connection_create);
         set(&mut c.aggregate_ephemeral_ports, self.aggregate_ephemeral_ports_connection_create);
-        set(&mut c.process_create.priority, self.event_priority_process_create);
-        set(&mut c.process_terminate.priority, self.event_priority_process_terminate);
-        set(&mut c.dropped_stats_priority, self.event_priority_dropped_events_statistics);
+        for t in EventType::ALL {
+            if let Some(p) = self.priority_of(t) {
+                c.set_priority(t, p);
+            }
+        }
+        let mut frequency = |field: &str, v: Option<IsoDuration>, into: &mut Duration| {
+            if let Some(IsoDuration(d)) = v {
+                if d < FREQUENCY_MIN || d > FREQUENCY_MAX {
+                    errors.push(FieldError {
+                        field: field.into(),
+                        reason: format!(
+                            "must be between {} and {}, got {}",
+                            Iso8601(FREQUENCY_MIN),
+                            Iso8601(FREQUENCY_MAX),
+                            Iso8601(d)
+                        ),
+                    });
+                } else {
+                    *into = d;
+                }
+            }
+        };
+        let t = &mut c.transport;
+        frequency("highPriorityMessageFrequency", self.high_priority_message_frequency, &mut t.high_frequency);
+        frequency("mediumPriorityMessageFrequency", self.medium_priority_message_frequency, &mut t.medium_frequency);
+        frequency("lowPriorityMessageFrequency", self.low_priority_message_frequency, &mut t.low_frequency);
+        frequency("snapshotFrequency", self.snapshot_frequency, &mut t.snapshot_frequency);
+        if let Some(v) = self.max_local_cache_size_in_bytes {
+            if v <= SIZE_FLOOR || v > CACHE_BYTES_MAX {
+                errors.push(FieldError {
+                    field: "maxLocalCacheSizeInBytes".into(),
+                    reason: format!("must be larger than {SIZE_FLOOR} and at most {CACHE_BYTES_MAX}, got {v}"),
+                });
+            } else {
+                t.max_cache_bytes = v;
+            }
+        }
+        if let Some(v) = self.max_message_size_in_bytes {
+            if u64::from(v) <= SIZE_FLOOR || u64::from(v) >= MESSAGE_SIZE_CEILING {
+                errors.push(FieldError {
+                    field: "maxMessageSizeInBytes".into(),
+                    reason: format!("must be larger than {SIZE_FLOOR} and less than {MESSAGE_SIZE_CEILING}, got {v}"),
+                });
+            } else {
+                t.max_message_bytes = v;
+            }
+        }
+        set(&mut c.process_collector_enabled, self.collector_enabled_process);
         set(&mut c.process_create.aggregate, self.aggregation_enabled_process_create);
         set(&mut c.process_terminate.aggregate, self.aggregation_enabled_process_terminate);
         if errors.is_empty() {
@@ -355,10 +657,64 @@ impl RawConfig {
     }
 }
 
+impl RawConfig {
+    /// The eventPriority{EventName} property of `t`.
+    pub fn priority_of(&self, t: EventType) -> Option<Priority> {
+        match t {
+            EventType::Diagnostic => self.event_priority_diagnostic,
+            EventType::ConfigurationError => self.event_priority_configuration_error,
+            EventType::DroppedEventsStatistics => self.event_priority_dropped_events_statistics,
+            EventType::ConnectedHardware => self.event_priority_connected_hardware,
+            EventType::ListeningPorts => self.event_priority_listening_ports,
+            EventType::ProcessCreate => self.event_priority_process_create,
+            EventType::ProcessTerminate => self.event_priority_process_terminate,
+            EventType::SystemInformation => self.event_priority_system_information,
+            EventType::LocalUsers => self.event_priority_local_users,
+            EventType::Login => self.event_priority_login,
+            EventType::ConnectionCreate => self.event_priority_connection_create,
+            EventType::FirewallConfiguration => self.event_priority_firewall_configuration,
+            EventType::OSBaseline => self.event_priority_os_baseline,
+        }
+    }
+
+    /// The eventPriority{EventName} property of `t`, to set it.
+    pub fn priority_slot(&mut self, t: EventType) -> &mut Option<Priority> {
+        match t {
+            EventType::Diagnostic => &mut self.event_priority_diagnostic,
+            EventType::ConfigurationError => &mut self.event_priority_configuration_error,
+            EventType::DroppedEventsStatistics => &mut self.event_priority_dropped_events_statistics,
+            EventType::ConnectedHardware => &mut self.event_priority_connected_hardware,
+            EventType::ListeningPorts => &mut self.event_priority_listening_ports,
+            EventType::ProcessCreate => &mut self.event_priority_process_create,
+            EventType::ProcessTerminate => &mut self.event_priority_process_terminate,
+            EventType::SystemInformation => &mut self.event_priority_system_information,
+            EventType::LocalUsers => &mut self.event_priority_local_users,
+            EventType::Login => &mut self.event_priority_login,
+            EventType::ConnectionCreate => &mut self.event_priority_connection_create,
+            EventType::FirewallConfiguration => &mut self.event_priority_firewall_configuration,
+            EventType::OSBaseline => &mut self.event_priority_os_baseline,
+        }
+    }
+}
+
 fn set<T>(into: &mut T, v: Option<T>) {
     if let Some(v) = v {
         *into = v;
     }
+}
+
+/// Parses `text` and applies it over `below` (the lower layers), reporting
+/// every bad property: wrong types and unknown names as well as values out
+/// of range, sorted by property name. Returns the parsed layer and the result.
+pub fn load_layer(text: &str, source_name: &str, below: &RawConfig) -> Result<(RawConfig, Config), ConfigError> {
+    let (raw, mut errors) = RawConfig::parse_lenient(text, source_name)?;
+    match below.clone().overlay(&raw).resolve(&Config::default(), source_name) {
+        Ok(c) if errors.is_empty() => return Ok((raw, c)),
+        Ok(_) => {}
+        Err(e) => errors.extend(e.errors),
+    }
+    errors.sort_by(|a, b| a.field.cmp(&b.field));
+    Err(ConfigError { source_name: source_name.to_string(), errors })
 }
 
 /// serde's messages end with " at line 1 column N" for the one-property
@@ -374,10 +730,8 @@ impl Config {
     /// Every property with its effective value: what `config defaults` prints
     /// and what the agent reports.
     pub fn to_raw(&self) -> RawConfig {
-        RawConfig {
-            event_priority_process_create: Some(self.process_create.priority),
-            event_priority_process_terminate: Some(self.process_terminate.priority),
-            event_priority_dropped_events_statistics: Some(self.dropped_stats_priority),
+        let t = &self.transport;
+        let mut raw = RawConfig {
             aggregation_enabled_process_create: Some(self.process_create.aggregate),
             aggregation_interval_process_create: Some(IsoDuration(self.process_create.interval)),
             aggregation_enabled_process_terminate: Some(self.process_terminate.aggregate),
@@ -385,13 +739,24 @@ impl Config {
             cache_size_process_create: Some(self.process_create.cache_size),
             cache_size_process_terminate: Some(self.process_terminate.cache_size),
             process_command_line_max_bytes: Some(self.cmdline_max),
-            event_priority_connection_create: Some(self.connection_create.priority),
             aggregation_enabled_connection_create: Some(self.connection_create.aggregate),
             aggregation_interval_connection_create: Some(IsoDuration(self.connection_create.interval)),
             cache_size_connection_create: Some(self.connection_create.cache_size),
             aggregate_ephemeral_ports_connection_create: Some(self.aggregate_ephemeral_ports),
             dns_cache_size_connection_create: Some(self.dns_cache_size),
+            high_priority_message_frequency: Some(IsoDuration(t.high_frequency)),
+            medium_priority_message_frequency: Some(IsoDuration(t.medium_frequency)),
+            low_priority_message_frequency: Some(IsoDuration(t.low_frequency)),
+            snapshot_frequency: Some(IsoDuration(t.snapshot_frequency)),
+            max_local_cache_size_in_bytes: Some(t.max_cache_bytes),
+            max_message_size_in_bytes: Some(t.max_message_bytes),
+            collector_enabled_process: Some(self.process_collector_enabled),
+            ..RawConfig::default()
+        };
+        for e in EventType::ALL {
+            *raw.priority_slot(e) = Some(self.priority(e));
         }
+        raw
     }
 }
 
@@ -537,5 +902,161 @@ mod tests {
         for n in ["eventPriorityProcessCreate", "aggregationIntervalProcessCreate", "cacheSizeProcessCreate"] {
             assert!(names.iter().any(|x| x == n), "{n} missing from schema");
         }
+    }
+
+    /// Each configuration is refused by itself, with exactly one error that
+    /// names the bad property; the message carries the name too.
+    #[test]
+    fn invalid_config_corpus_names_the_field() {
+        let mut corpus: Vec<(String, String)> = Vec::new();
+        let mut case = |json: &str, field: &str| corpus.push((json.to_string(), field.to_string()));
+        // Wrong priority values, one per event type.
+        let bad_priorities = [
+            "1",
+            "\"high\"",
+            "\"Sometimes\"",
+            "true",
+            "[\"High\"]",
+            "{}",
+            "\"OFF\"",
+            "\"\"",
+            "\"Medium \"",
+            "0.5",
+            "\"Hi\"",
+            "\"none\"",
+            "\"Disabled\"",
+        ];
+        let names: Vec<String> = EventType::ALL.iter().map(|t| format!("eventPriority{}", t.name())).collect();
+        for (name, bad) in names.iter().zip(bad_priorities) {
+            case(&format!(r#"{{"{name}":{bad}}}"#), name);
+        }
+        // Durations: malformed, wrong type, out of range.
+        for (field, bad) in [
+            ("highPriorityMessageFrequency", "\"7 minutes\""),
+            ("highPriorityMessageFrequency", "\"PT0S\""),
+            ("mediumPriorityMessageFrequency", "\"P1M\""),
+            ("mediumPriorityMessageFrequency", "3600"),
+            ("lowPriorityMessageFrequency", "\"P8D\""),
+            ("lowPriorityMessageFrequency", "\"PT\""),
+            ("snapshotFrequency", "\"13H\""),
+            ("snapshotFrequency", "\"PT0.5S\""),
+            ("aggregationIntervalProcessCreate", "\"PT0S\""),
+            ("aggregationIntervalProcessCreate", "\"P2D\""),
+            ("aggregationIntervalProcessTerminate", "\"1H\""),
+            ("aggregationIntervalProcessTerminate", "3600"),
+        ] {
+            case(&format!(r#"{{"{field}":{bad}}}"#), field);
+        }
+        // Sizes: out of range or wrong type.
+        for (field, bad) in [
+            ("maxLocalCacheSizeInBytes", "8192"),
+            ("maxLocalCacheSizeInBytes", "0"),
+            ("maxLocalCacheSizeInBytes", "-1"),
+            ("maxLocalCacheSizeInBytes", "\"big\""),
+            ("maxLocalCacheSizeInBytes", "1.5"),
+            ("maxLocalCacheSizeInBytes", "2147483648"),
+            ("maxMessageSizeInBytes", "8192"),
+            ("maxMessageSizeInBytes", "262144"),
+            ("maxMessageSizeInBytes", "300000"),
+            ("maxMessageSizeInBytes", "-5"),
+            ("maxMessageSizeInBytes", "\"204800\""),
+            ("maxMessageSizeInBytes", "1e5"),
+            ("cacheSizeProcessCreate", "0"),
+            ("cacheSizeProcessCreate", "65537"),
+            ("cacheSizeProcessTerminate", "-1"),
+            ("cacheSizeProcessTerminate", "\"256\""),
+            ("processCommandLineMaxBytes", "15"),
+            ("processCommandLineMaxBytes", "513"),
+        ] {
+            case(&format!(r#"{{"{field}":{bad}}}"#), field);
+        }
+        // Booleans.
+        for (field, bad) in [
+            ("aggregationEnabledProcessCreate", "\"yes\""),
+            ("aggregationEnabledProcessTerminate", "1"),
+            ("collectorEnabledProcess", "\"true\""),
+            ("collectorEnabledProcess", "0"),
+        ] {
+            case(&format!(r#"{{"{field}":{bad}}}"#), field);
+        }
+        // Unknown properties (a near miss in case is unknown too).
+        for unknown in
+            ["bogus", "eventPriorityprocessCreate", "EventPriorityProcessCreate", "aggregationIntervalNetwork", ""]
+        {
+            case(&format!(r#"{{"{unknown}":1}}"#), unknown);
+        }
+        // Documents that are not a JSON object.
+        for bad in ["", "[]", "{", "3", r#"{"a":}"#, "null", "\"str\"", r#"{"a":1,}"#] {
+            case(bad, "(document)");
+        }
+        assert!(corpus.len() >= 50, "{} cases", corpus.len());
+        for (json, field) in &corpus {
+            let e = load_layer(json, "corpus", &RawConfig::default()).unwrap_err();
+            let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(fields, [field.as_str()], "{json}");
+            assert!(!e.errors[0].reason.is_empty(), "{json}");
+            assert!(e.to_string().contains(&format!("{field}: ")), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn load_layer_names_type_and_range_errors_together() {
+        let e = load_layer(
+            r#"{"cacheSizeProcessCreate":0,"bogus":1,"maxMessageSizeInBytes":9}"#,
+            "f",
+            &RawConfig::default(),
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["bogus", "cacheSizeProcessCreate", "maxMessageSizeInBytes"]);
+    }
+
+    #[test]
+    fn full_event_table_with_spec_defaults() {
+        let c = Config::default();
+        let expect = [
+            ("Diagnostic", Priority::Off),
+            ("ConfigurationError", Priority::Low),
+            ("DroppedEventsStatistics", Priority::Low),
+            ("ConnectedHardware", Priority::Low),
+            ("ListeningPorts", Priority::High),
+            ("ProcessCreate", Priority::Medium),
+            ("ProcessTerminate", Priority::Low),
+            ("SystemInformation", Priority::Low),
+            ("LocalUsers", Priority::High),
+            ("Login", Priority::High),
+            ("ConnectionCreate", Priority::Medium),
+            ("FirewallConfiguration", Priority::Low),
+            ("OSBaseline", Priority::Low),
+        ];
+        for (name, p) in expect {
+            let t = EventType::from_name(name).unwrap();
+            assert_eq!(c.priority(t), p, "{name}");
+            assert!(property_names().contains(&format!("eventPriority{name}")), "{name} not in the schema");
+        }
+        let t = c.transport;
+        assert_eq!(
+            (t.high_frequency, t.medium_frequency, t.low_frequency, t.snapshot_frequency),
+            (
+                Duration::from_secs(420),
+                Duration::from_secs(3600),
+                Duration::from_secs(18_000),
+                Duration::from_secs(46_800)
+            )
+        );
+        assert_eq!((t.max_cache_bytes, t.max_message_bytes), (2_560_000, 204_800));
+    }
+
+    #[test]
+    fn edges_of_the_ranges_are_accepted() {
+        let c = parse(
+            r#"{"maxLocalCacheSizeInBytes":8193,"maxMessageSizeInBytes":262143,"highPriorityMessageFrequency":"PT1S",
+                "lowPriorityMessageFrequency":"P7D","eventPriorityDiagnostic":"High","collectorEnabledProcess":false}"#,
+        )
+        .unwrap();
+        assert_eq!((c.transport.max_cache_bytes, c.transport.max_message_bytes), (8193, 262_143));
+        assert_eq!(c.priority(EventType::Diagnostic), Priority::High);
+        assert!(!c.collects(EventType::ProcessCreate) && !c.collects(EventType::ProcessTerminate));
+        assert!(c.collects(EventType::DroppedEventsStatistics));
     }
 }

@@ -1,10 +1,16 @@
 //! Loading the kernel programs: offsets for this kernel, map sizes, the probe
 //! table and the attach loop.
+use std::collections::HashMap;
+
 use agent_common::{maps, programs, KernelOffsets, OFFSETS_GLOBAL};
 use std::path::{Path, PathBuf};
 
 use aya::{
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, RawTracePoint, TracePoint},
+    programs::{
+        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, RawTracePoint,
+        TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 
@@ -131,16 +137,6 @@ impl MapSizes {
     pub fn traffic(&self) -> u32 {
         self.connection_create.saturating_mul(8).clamp(4096, 65536)
     }
-}
-
-/// What to attach.
-#[derive(Debug, Clone, Default)]
-pub struct AttachPlan {
-    pub process: bool,
-    pub net: bool,
-    /// cgroup v2 directory for the cgroup programs (the root: every socket).
-    /// Without one, the net collector runs on the TCP tracepoint alone.
-    pub cgroup: Option<PathBuf>,
 }
 
 /// The cgroup v2 mount point: `/sys/fs/cgroup` on unified hosts,
@@ -271,49 +267,6 @@ fn release_freed_memory() {
     }
 }
 
-/// Attaches the programs of the enabled collectors. Links live as long as
-/// `ebpf`. Returns how many were attached.
-pub fn attach_all(ebpf: &mut Ebpf, plan: &AttachPlan) -> Result<usize, LoadError> {
-    let cgroup = match (&plan.cgroup, plan.net) {
-        (Some(path), true) => Some(open_cgroup(path)?),
-        _ => None,
-    };
-    let mut attached = 0;
-    for probe in PROBES {
-        let wanted = match probe.family {
-            Family::Process => plan.process,
-            Family::Net => plan.net,
-        };
-        if !wanted || (probe.hook.needs_cgroup() && cgroup.is_none()) {
-            continue;
-        }
-        let err = |action| move |source| LoadError::Program { program: probe.program, action, source };
-        let prog = ebpf.program_mut(probe.program).expect("loaded above");
-        match probe.hook {
-            Hook::CgroupSkb { egress } => {
-                let p: &mut CgroupSkb = prog.try_into().map_err(err("type check"))?;
-                let kind = if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
-                p.attach(cgroup.as_ref().expect("checked"), kind, CGROUP_MODE).map_err(err("attach"))?;
-            }
-            Hook::CgroupSockCreate => {
-                let p: &mut CgroupSock = prog.try_into().map_err(err("type check"))?;
-                p.attach(cgroup.as_ref().expect("checked"), CGROUP_MODE).map_err(err("attach"))?;
-            }
-            Hook::Tracepoint { category, name } => {
-                let p: &mut TracePoint = prog.try_into().map_err(err("type check"))?;
-                p.attach(category, name).map_err(err("attach"))?;
-            }
-            Hook::RawTracepoint { name } => {
-                let p: &mut RawTracePoint = prog.try_into().map_err(err("type check"))?;
-                p.attach(name).map_err(err("attach"))?;
-            }
-        }
-        attached += 1;
-        log::debug!("attached {} to {:?}", probe.program, probe.hook);
-    }
-    Ok(attached)
-}
-
 /// On 5.7+ aya attaches through bpf_link, which always coexists with other
 /// programs on the cgroup (systemd's, for one) and refuses any flag
 /// (kernel/bpf/cgroup.c, cgroup_bpf_link_attach: flags must be 0), so the
@@ -323,6 +276,106 @@ const CGROUP_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 fn open_cgroup(path: &Path) -> Result<std::fs::File, LoadError> {
     std::fs::File::open(path).map_err(|source| LoadError::Cgroup { path: path.to_path_buf(), source })
+}
+
+enum LinkId {
+    Tracepoint(TracePointLinkId),
+    Raw(RawTracePointLinkId),
+    Skb(CgroupSkbLinkId),
+    Sock(CgroupSockLinkId),
+}
+
+/// The loaded programs and which of them are attached. "Off" means not
+/// collected at all: a program nobody needs is detached, not filtered.
+pub struct Programs {
+    ebpf: Ebpf,
+    links: HashMap<&'static str, LinkId>,
+    /// The cgroup v2 root the cgroup programs attach to; None without a
+    /// cgroup v2 mount, when the network collector runs on the TCP
+    /// tracepoint alone.
+    cgroup: Option<std::fs::File>,
+}
+
+impl Programs {
+    pub fn new(ebpf: Ebpf) -> Result<Programs, LoadError> {
+        let cgroup = match cgroup2_root() {
+            Some(path) => Some(open_cgroup(&path)?),
+            None => None,
+        };
+        Ok(Programs { ebpf, links: HashMap::new(), cgroup })
+    }
+
+    pub fn is_attached(&self, program: &str) -> bool {
+        self.links.contains_key(program)
+    }
+
+    /// Attaches every program of the probe table `wanted` names and
+    /// detaches the others; programs already in the right state are left alone.
+    pub fn set_attached(&mut self, wanted: impl Fn(&str) -> bool) -> Result<(), LoadError> {
+        for probe in PROBES {
+            let mut want = wanted(probe.program);
+            if want && probe.hook.needs_cgroup() && self.cgroup.is_none() {
+                log::warn!(
+                    "no cgroup v2 mount: {} not attached; ConnectionCreate counts TCP connections only (no bytes, \
+                     UDP, ICMP or DNS); mount one: mount -t cgroup2 none /sys/fs/cgroup/unified",
+                    probe.program
+                );
+                want = false;
+            }
+            if want == self.is_attached(probe.program) {
+                continue;
+            }
+            let err = |action| move |source| LoadError::Program { program: probe.program, action, source };
+            let prog = self.ebpf.program_mut(probe.program).expect("loaded by load()");
+            if want {
+                let link = match probe.hook {
+                    Hook::Tracepoint { category, name } => {
+                        let p: &mut TracePoint = prog.try_into().map_err(err("type check"))?;
+                        LinkId::Tracepoint(p.attach(category, name).map_err(err("attach"))?)
+                    }
+                    Hook::RawTracepoint { name } => {
+                        let p: &mut RawTracePoint = prog.try_into().map_err(err("type check"))?;
+                        LinkId::Raw(p.attach(name).map_err(err("attach"))?)
+                    }
+                    Hook::CgroupSkb { egress } => {
+                        let p: &mut CgroupSkb = prog.try_into().map_err(err("type check"))?;
+                        let kind = if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
+                        let cgroup = self.cgroup.as_ref().expect("checked above");
+                        LinkId::Skb(p.attach(cgroup, kind, CGROUP_MODE).map_err(err("attach"))?)
+                    }
+                    Hook::CgroupSockCreate => {
+                        let p: &mut CgroupSock = prog.try_into().map_err(err("type check"))?;
+                        let cgroup = self.cgroup.as_ref().expect("checked above");
+                        LinkId::Sock(p.attach(cgroup, CGROUP_MODE).map_err(err("attach"))?)
+                    }
+                };
+                self.links.insert(probe.program, link);
+                log::info!("attached {} to {:?}", probe.program, probe.hook);
+            } else {
+                let link = self.links.remove(probe.program).expect("attached");
+                match link {
+                    LinkId::Tracepoint(id) => {
+                        let p: &mut TracePoint = prog.try_into().map_err(err("type check"))?;
+                        p.detach(id).map_err(err("detach"))?;
+                    }
+                    LinkId::Raw(id) => {
+                        let p: &mut RawTracePoint = prog.try_into().map_err(err("type check"))?;
+                        p.detach(id).map_err(err("detach"))?;
+                    }
+                    LinkId::Skb(id) => {
+                        let p: &mut CgroupSkb = prog.try_into().map_err(err("type check"))?;
+                        p.detach(id).map_err(err("detach"))?;
+                    }
+                    LinkId::Sock(id) => {
+                        let p: &mut CgroupSock = prog.try_into().map_err(err("type check"))?;
+                        p.detach(id).map_err(err("detach"))?;
+                    }
+                }
+                log::info!("detached {} (no event type that needs it is on)", probe.program);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use

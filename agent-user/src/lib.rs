@@ -17,3 +17,4 @@ pub mod net;
 pub mod report;
 pub mod sinks;
 pub mod tracefs;
+pub mod transport;

@@ -9,6 +9,7 @@ use agent_user::{
     agent, btf, check,
     config::{self, Config, IsoDuration, RawConfig},
     drain, duration, ebpf, enrich, sinks,
+    transport::{self, mqtt},
 };
 
 #[derive(Parser)]
@@ -20,8 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Collect and report events (JSON lines on stdout) until SIGINT/SIGTERM.
-    Run(RunArgs),
+    /// Collect and report events (JSON lines on stdout, or MQTT) until SIGINT/SIGTERM.
+    Run(Box<RunArgs>),
     /// Probe this kernel for everything the agent needs, and print the fixes.
     Check,
     /// Show, describe or validate configuration.
@@ -49,7 +50,34 @@ struct RunArgs {
     /// passwd file for user names (a container sees the host's at /host/etc/passwd).
     #[arg(long, value_name = "FILE", default_value = "/etc/passwd")]
     passwd: PathBuf,
+    /// Publish to this MQTT broker instead of stdout: mqtt://host[:1883] or mqtts://host[:8883].
+    #[arg(long, value_name = "URL")]
+    mqtt_url: Option<String>,
+    /// Device id in the topics (default: /etc/machine-id, then the host name).
+    #[arg(long, value_name = "ID")]
+    device_id: Option<String>,
+    /// MQTT user name.
+    #[arg(long, value_name = "NAME")]
+    mqtt_username: Option<String>,
+    /// File holding the MQTT password (else the HITCOUNT_MQTT_PASSWORD environment variable).
+    #[arg(long, value_name = "FILE")]
+    mqtt_password_file: Option<PathBuf>,
+    /// CA certificate(s), PEM, that signed the broker's certificate (mqtts://).
+    #[arg(long, value_name = "FILE")]
+    mqtt_ca_file: Option<PathBuf>,
+    /// Client certificate, PEM, for brokers that require mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "mqtt_client_key")]
+    mqtt_client_cert: Option<PathBuf>,
+    /// Client private key, PEM.
+    #[arg(long, value_name = "FILE", requires = "mqtt_client_cert")]
+    mqtt_client_key: Option<PathBuf>,
+    /// Keep unsent MQTT messages here across restarts of the agent.
+    #[arg(long, value_name = "DIR", requires = "mqtt_url")]
+    spool_dir: Option<PathBuf>,
 }
+
+/// Environment variable read for the MQTT password when no file is given.
+const PASSWORD_VAR: &str = "HITCOUNT_MQTT_PASSWORD";
 
 #[derive(Subcommand)]
 enum ConfigCommand {
@@ -86,12 +114,15 @@ impl RunArgs {
     }
 }
 
+/// Reads and checks a configuration file: every bad property is named,
+/// type errors and range errors alike.
 fn load_config_file(path: &std::path::Path) -> anyhow::Result<RawConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    Ok(RawConfig::parse(&text, &path.display().to_string())?)
+    Ok(config::load_layer(&text, &path.display().to_string(), &RawConfig::default())?.0)
 }
 
-fn effective_config(args: &RunArgs) -> anyhow::Result<Config> {
+/// The local layers (file < command line) and the configuration they make.
+fn effective_config(args: &RunArgs) -> anyhow::Result<(RawConfig, Config)> {
     let defaults = Config::default();
     let file = match &args.config {
         Some(p) => load_config_file(p)?,
@@ -100,16 +131,45 @@ fn effective_config(args: &RunArgs) -> anyhow::Result<Config> {
     let file_name = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     // Resolve the file alone first so its errors name the file.
     file.resolve(&defaults, &file_name)?;
-    Ok(file.overlay(&args.as_config()).resolve(&defaults, "command line")?)
+    let local = file.overlay(&args.as_config());
+    let config = local.resolve(&defaults, "command line")?;
+    Ok((local, config))
+}
+
+fn mqtt_settings(args: &RunArgs, url: &str) -> anyhow::Result<mqtt::Settings> {
+    let password = match &args.mqtt_password_file {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("cannot read password file {}", p.display()))?;
+            Some(mqtt::Secret::new(text.trim_end_matches(['\n', '\r']).to_string()))
+        }
+        None => std::env::var(PASSWORD_VAR).ok().map(mqtt::Secret::new),
+    };
+    let settings = mqtt::Settings {
+        url: mqtt::BrokerUrl::parse(url)?,
+        device_id: args.device_id.clone().unwrap_or_else(mqtt::default_device_id),
+        username: args.mqtt_username.clone(),
+        password,
+        ca_file: args.mqtt_ca_file.clone(),
+        client_cert: args.mqtt_client_cert.clone(),
+        client_key: args.mqtt_client_key.clone(),
+        spool_dir: args.spool_dir.clone(),
+    };
+    // Fail on bad TLS files or device ids before loading anything.
+    settings.options()?;
+    Ok(settings)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = effective_config(&args)?;
+    let (local, config) = effective_config(&args)?;
+    let mqtt = args.mqtt_url.as_deref().map(|url| mqtt_settings(&args, url)).transpose()?;
     if let Some(why) = check::missing_capabilities(check::effective_caps()) {
         anyhow::bail!(why);
     }
     // The parsed BTF (several MiB) is only needed for the offsets: let it go.
     let offsets = ebpf::kernel_offsets(&btf::Btf::from_sys_fs().context("reading kernel BTF")?)?;
+    // Kernel maps are sized once, here; a larger cacheSize received later
+    // grows the window caches but not these (see README, Configuration).
     let sizes = ebpf::MapSizes {
         process_create: ebpf::MapSizes::staging_entries(config.process_create.cache_size),
         process_terminate: ebpf::MapSizes::staging_entries(config.process_terminate.cache_size),
@@ -131,37 +191,37 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let users = enrich::UserNames::new(args.passwd.clone());
-    let agent = agent::Agent::new(config.clone(), drainer, sinks::stdout::StdoutSink::stdout(), users)?;
-    // Attach last: the control block is written, so the first event already
-    // follows the configuration.
-    let net = config.connection_create.priority.enabled();
-    let cgroup = if net { ebpf::cgroup2_root() } else { None };
-    if net && cgroup.is_none() {
-        log::warn!(
-            "no cgroup v2 mount: ConnectionCreate counts TCP connections only (no bytes, UDP, ICMP or DNS); \
-             mount one: mount -t cgroup2 none /sys/fs/cgroup/unified"
-        );
-    }
-    let plan = ebpf::AttachPlan {
-        process: config.process_create.priority.enabled() || config.process_terminate.priority.enabled(),
-        net,
-        cgroup,
-    };
-    ebpf::attach_all(&mut bpf, &plan)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = rt.block_on(agent::run(agent));
-    drop(bpf);
-    result
+    rt.block_on(async move {
+        let (sink, transport, desired): (Box<dyn sinks::Sink>, _, _) = match mqtt {
+            Some(settings) => {
+                let topics = settings.topics();
+                let (t, sink, desired) = transport::Transport::start(settings, &config)?;
+                log::info!("publishing to {} (device status on {})", topics.events, topics.status);
+                (Box::new(sink), Some(t), Some(desired))
+            }
+            None => (Box::new(sinks::stdout::StdoutSink::stdout()), None, None),
+        };
+        let agent = agent::Agent::new(local, config.clone(), drainer, ebpf::Programs::new(bpf)?, sink, users)?;
+        let result = agent::run(agent, desired).await;
+        if let Some(t) = transport {
+            t.shutdown().await;
+        }
+        result
+    })
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // rumqttc's debug and trace output prints packets, and a CONNECT
+        // packet carries the password: capped whatever RUST_LOG says.
+        .filter_module("rumqttc", log::LevelFilter::Warn)
         .format_timestamp_millis()
         .target(env_logger::Target::Stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Check => {
             let checks = check::run_checks();
             for c in &checks {

@@ -26,6 +26,7 @@ pub enum Payload {
     ProcessTerminate(ProcessTerminate),
     ConnectionCreate(ConnectionCreate),
     DroppedEventsStatistics(DroppedEventsStatistics),
+    ConfigurationError(ConfigurationError),
 }
 
 impl Payload {
@@ -35,6 +36,7 @@ impl Payload {
             Payload::ProcessTerminate(_) => "ProcessTerminate",
             Payload::ConnectionCreate(_) => "ConnectionCreate",
             Payload::DroppedEventsStatistics(_) => "DroppedEventsStatistics",
+            Payload::ConfigurationError(_) => "ConfigurationError",
         }
     }
 }
@@ -116,6 +118,28 @@ pub struct DroppedEventsStatistics {
     pub kernel_insert_race: u64,
     /// Records pushed out of a full window cache.
     pub records_evicted: u64,
+    /// Not part of this window's identity: events of this type (records, of
+    /// any earlier window) dropped from the full local MQTT cache since the
+    /// previous DroppedEventsStatistics of this type.
+    pub transport_cache_full: u64,
+    /// The hit counts those dropped records carried.
+    pub transport_cache_full_hits: u64,
+}
+
+/// A desired configuration that was refused (seed 004: "Agent failed to
+/// parse the configuration").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigurationError {
+    /// Where the configuration came from (the desired topic).
+    pub source: String,
+    /// Every bad property and why; the current configuration stays.
+    pub errors: Vec<ConfigurationFieldError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigurationFieldError {
+    pub field: String,
+    pub reason: String,
 }
 
 impl DroppedEventsStatistics {
@@ -134,6 +158,8 @@ impl DroppedEventsStatistics {
             kernel_map_full,
             kernel_insert_race,
             records_evicted: evicted.records,
+            transport_cache_full: 0,
+            transport_cache_full_hits: 0,
         }
     }
 }

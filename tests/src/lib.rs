@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub mod bench;
+pub mod mosquitto;
 
 /// Returns false (after recording why) when this test cannot run here.
 /// `cargo xtask test` counts the recorded skips and fails CI when the
@@ -70,13 +71,19 @@ pub struct Agent {
     child: Option<Child>,
     stdout: Option<JoinHandle<Vec<String>>>,
     stderr_lines: Arc<Mutex<Vec<String>>>,
+    stderr_reader: Option<JoinHandle<()>>,
 }
 
 impl Agent {
     /// Starts `hitcount run ARGS` and waits until its programs are attached.
     pub fn start(args: &[&str]) -> Result<Agent> {
+        Agent::start_with(args, &[])
+    }
+
+    /// Like [`Agent::start`], with extra environment variables.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Result<Agent> {
         let mut cmd = Command::new(hitcount_bin());
-        cmd.arg("run").args(args);
+        cmd.arg("run").args(args).envs(env.iter().copied());
         Agent::spawn(cmd)
     }
 
@@ -91,7 +98,7 @@ impl Agent {
         let stderr_lines = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let lines = stderr_lines.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
                 eprintln!("agent: {line}");
                 if line.contains("collecting:") {
@@ -100,7 +107,8 @@ impl Agent {
                 lines.lock().unwrap().push(line);
             }
         });
-        let mut agent = Agent { child: Some(child), stdout: Some(stdout), stderr_lines };
+        let mut agent =
+            Agent { child: Some(child), stdout: Some(stdout), stderr_lines, stderr_reader: Some(stderr_reader) };
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let status = agent.child.as_mut().unwrap().try_wait()?;
             bail!("agent did not become ready (exit: {status:?}); stderr: {:?}", agent.stderr());
@@ -115,6 +123,31 @@ impl Agent {
 
     pub fn stderr(&self) -> Vec<String> {
         self.stderr_lines.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits until a stderr line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(l) = self.stderr().into_iter().find(|l| l.contains(needle)) {
+                return Ok(l);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("no log line with {needle:?} within {timeout:?}; stderr: {:#?}", self.stderr())
+    }
+
+    /// SIGTERM, wait for a clean exit, and return every stderr line.
+    pub fn stop_logs(self) -> Result<Vec<String>> {
+        let lines = self.stderr_lines.clone();
+        self.stop()?;
+        let out = lines.lock().unwrap().clone();
+        Ok(out)
     }
 
     /// SIGTERM, wait, and parse every stdout line as one JSON event.
@@ -134,6 +167,8 @@ impl Agent {
         let mut child = self.child.take().unwrap();
         let status = child.wait()?;
         let lines = self.stdout.take().unwrap().join().expect("stdout reader");
+        // Every stderr line is read before the caller looks at them.
+        let _ = self.stderr_reader.take().unwrap().join();
         if !status.success() {
             bail!("agent exited with {status}; stderr: {:?}", self.stderr());
         }

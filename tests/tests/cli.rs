@@ -82,3 +82,58 @@ fn check_reports_this_kernel() {
     assert!(out.contains("load and attach programs"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
 }
+
+#[test]
+fn invalid_configs_through_the_binary_name_the_field() {
+    let cases = [
+        (r#"{"maxMessageSizeInBytes":300000}"#, "maxMessageSizeInBytes: must be larger than 8192 and less than 262144"),
+        (r#"{"maxLocalCacheSizeInBytes":8192}"#, "maxLocalCacheSizeInBytes: must be larger than 8192"),
+        (r#"{"eventPriorityLogin":"Sometimes"}"#, "eventPriorityLogin: unknown variant `Sometimes`"),
+        (r#"{"lowPriorityMessageFrequency":"P8D"}"#, "lowPriorityMessageFrequency: must be between PT1S and P7D"),
+        (r#"{"snapshotFrequency":"13 hours"}"#, "snapshotFrequency: `13 hours` is not an ISO 8601 duration"),
+        (r#"{"collectorEnabledProcess":"no"}"#, "collectorEnabledProcess: invalid type"),
+        ("{\"eventPriorityOSBaseline\":\"Low\",", "(document): not valid JSON"),
+    ];
+    let path = std::env::temp_dir().join(format!("hc-bad-corpus-{}.json", std::process::id()));
+    for (json, expected) in cases {
+        std::fs::write(&path, json).unwrap();
+        for args in
+            [vec!["run", "--config", path.to_str().unwrap()], vec!["config", "validate", path.to_str().unwrap()]]
+        {
+            let (code, _, err) = hitcount(&args);
+            assert_eq!(code, 1, "{json}: {err}");
+            assert!(err.contains(expected), "{json}: {err}");
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn bad_mqtt_settings_stop_the_agent_before_it_loads_anything() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--mqtt-url", "http://broker"], "--mqtt-url `http://broker`: the scheme must be mqtt:// or mqtts://"),
+        (&["--mqtt-url", "mqtts://127.0.0.1:1"], "mqtts:// needs --mqtt-ca-file"),
+        (
+            &["--mqtt-url", "mqtts://127.0.0.1:1", "--mqtt-ca-file", "/nonexistent/ca.pem"],
+            "cannot read CA file /nonexistent/ca.pem",
+        ),
+        (&["--mqtt-url", "mqtt://127.0.0.1:1", "--device-id", "a/b"], "device id `a/b`"),
+        (
+            &["--mqtt-url", "mqtt://127.0.0.1:1", "--mqtt-password-file", "/nonexistent/pw"],
+            "cannot read password file /nonexistent/pw",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        let (code, _, err) = hitcount(&args);
+        assert_eq!(code, 1, "{flags:?}: {err}");
+        assert!(err.contains(expected), "{flags:?}: {err}");
+    }
+    // clap refuses half a client identity and a spool without a broker.
+    let (code, _, err) = hitcount(&["run", "--mqtt-client-cert", "/c"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = hitcount(&["run", "--spool-dir", "/tmp/x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--mqtt-url"), "{err}");
+}

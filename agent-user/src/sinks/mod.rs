@@ -1,5 +1,9 @@
 //! Where events go. A sink knows the event objects and nothing of eBPF.
-use crate::report::Event;
+use crate::{
+    config::{Config, EventType, RawConfig},
+    report::Event,
+    transport::outbox::Drops,
+};
 
 pub mod stdout;
 
@@ -12,4 +16,37 @@ pub enum SinkError {
 pub trait Sink {
     /// Sends one window's events of one type, in order.
     fn publish(&mut self, events: &[Event]) -> Result<(), SinkError>;
+
+    /// Events of type `t` this sink dropped since the last call (a full
+    /// local cache); reported in the next DroppedEventsStatistics of `t`.
+    fn take_transport_drops(&mut self, _t: EventType) -> Drops {
+        Drops::default()
+    }
+
+    /// A new effective configuration (priorities, frequencies, sizes).
+    fn configure(&mut self, _config: &Config) {}
+
+    /// Send everything queued now, whatever its priority's frequency.
+    fn flush_now(&mut self) {}
+
+    /// Publish the effective configuration where operators can see it.
+    fn report_config(&mut self, _reported: &RawConfig) {}
+}
+
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn publish(&mut self, events: &[Event]) -> Result<(), SinkError> {
+        (**self).publish(events)
+    }
+    fn take_transport_drops(&mut self, t: EventType) -> Drops {
+        (**self).take_transport_drops(t)
+    }
+    fn configure(&mut self, config: &Config) {
+        (**self).configure(config)
+    }
+    fn flush_now(&mut self) {
+        (**self).flush_now()
+    }
+    fn report_config(&mut self, reported: &RawConfig) {
+        (**self).report_config(reported)
+    }
 }

@@ -1,0 +1,199 @@
+//! The MQTT transport: events queue by priority in a byte-bounded local
+//! cache ([`outbox`]), leave in envelopes ([`envelope`]) of at most
+//! maxMessageSizeInBytes, and survive restarts with `--spool-dir` ([`spool`]).
+//! The connection itself lives in [`mqtt`]. Nothing here knows about eBPF.
+pub mod envelope;
+pub mod mqtt;
+pub mod outbox;
+pub mod spool;
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::{
+    config::{Config, EventType, RawConfig},
+    report::{Event, Payload},
+    sinks::{Sink, SinkError},
+};
+#[cfg(test)]
+use outbox::Item;
+use outbox::{Carried, Drops, Outbox};
+
+/// What the agent and the connection task share: the cache, and a bell
+/// rung when something was added to it.
+pub struct Shared {
+    pub outbox: Mutex<Outbox>,
+    pub wake: Notify,
+}
+
+/// Requests to the connection task.
+pub enum Control {
+    /// The effective configuration, published retained on .../config/reported.
+    Reported(Vec<u8>),
+    /// Final flush, then publish (or spool) and disconnect; answers when done.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The agent's side of the transport: a [`Sink`] that queues events.
+pub struct MqttSink {
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedSender<Control>,
+    config: Config,
+}
+
+/// The desired configuration payloads received from the broker.
+pub type DesiredRx = mpsc::UnboundedReceiver<Vec<u8>>;
+
+/// Handle to the running connection task.
+pub struct Transport {
+    control: mpsc::UnboundedSender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Transport {
+    /// Starts the connection task (on the current tokio runtime), after
+    /// loading the spool if there is one.
+    pub fn start(
+        settings: mqtt::Settings,
+        config: &Config,
+    ) -> Result<(Transport, MqttSink, DesiredRx), mqtt::MqttError> {
+        let mut outbox = Outbox::new(config.transport, std::time::Instant::now());
+        if let Some(dir) = &settings.spool_dir {
+            let n = spool::load(dir, &mut outbox)?;
+            if n > 0 {
+                log::info!("spool {}: {n} events from the previous run queued for sending", dir.display());
+            }
+        }
+        let shared = Arc::new(Shared { outbox: Mutex::new(outbox), wake: Notify::new() });
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (desired_tx, desired_rx) = mpsc::unbounded_channel();
+        let options = settings.options()?;
+        let task = tokio::spawn(mqtt::run(settings, options, shared.clone(), control_rx, desired_tx));
+        let sink = MqttSink { shared, control: control_tx.clone(), config: config.clone() };
+        Ok((Transport { control: control_tx, task }, sink, desired_rx))
+    }
+
+    /// Publishes (or spools) everything queued and disconnects.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.task.await;
+    }
+}
+
+impl MqttSink {
+    fn send(&self, c: Control) {
+        // The task only ends at shutdown, after the agent's last event.
+        let _ = self.control.send(c);
+    }
+}
+
+impl Sink for MqttSink {
+    fn publish(&mut self, events: &[Event]) -> Result<(), SinkError> {
+        let mut outbox = self.shared.outbox.lock().expect("outbox lock");
+        for e in events {
+            let Some(t) = EventType::from_name(e.event_type) else { continue };
+            let priority = self.config.priority(t);
+            if !priority.enabled() {
+                continue;
+            }
+            let (hits, carried) = match &e.payload {
+                Payload::ProcessCreate(p) => (p.hit_count, None),
+                Payload::ProcessTerminate(p) => (p.hit_count, None),
+                Payload::ConnectionCreate(p) => (p.hit_count, None),
+                Payload::DroppedEventsStatistics(s) => (
+                    0,
+                    EventType::from_name(s.source_event_type).map(|source| Carried {
+                        source,
+                        drops: Drops { records: s.transport_cache_full, hits: s.transport_cache_full_hits },
+                    }),
+                ),
+                Payload::ConfigurationError(_) => (0, None),
+            };
+            let bytes = serde_json::to_vec(e).map_err(std::io::Error::from)?;
+            outbox.push(t, priority, hits, carried, bytes);
+        }
+        drop(outbox);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    fn take_transport_drops(&mut self, t: EventType) -> Drops {
+        self.shared.outbox.lock().expect("outbox lock").take_drops(t)
+    }
+
+    fn configure(&mut self, config: &Config) {
+        self.config = config.clone();
+        self.shared.outbox.lock().expect("outbox lock").configure(config.transport);
+        self.shared.wake.notify_one();
+    }
+
+    fn flush_now(&mut self) {
+        self.shared.outbox.lock().expect("outbox lock").flush_all();
+        self.shared.wake.notify_one();
+    }
+
+    fn report_config(&mut self, reported: &RawConfig) {
+        self.send(Control::Reported(serde_json::to_vec(reported).expect("config serializes")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::Priority,
+        report::{DroppedEventsStatistics, Window},
+    };
+    use std::time::{Instant, UNIX_EPOCH};
+
+    fn sink(config: Config) -> MqttSink {
+        let (control, _) = mpsc::unbounded_channel();
+        let shared =
+            Arc::new(Shared { outbox: Mutex::new(Outbox::new(config.transport, Instant::now())), wake: Notify::new() });
+        MqttSink { shared, control, config }
+    }
+
+    fn stats(transport_cache_full: u64, transport_cache_full_hits: u64) -> Event {
+        let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH };
+        w.event(Payload::DroppedEventsStatistics(DroppedEventsStatistics {
+            source_event_type: "ProcessTerminate",
+            transport_cache_full,
+            transport_cache_full_hits,
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn events_queue_under_their_priority_and_off_is_not_queued() {
+        let mut c = Config::default();
+        c.set_priority(EventType::DroppedEventsStatistics, Priority::High);
+        let mut s = sink(c.clone());
+        s.publish(&[stats(2, 5)]).unwrap();
+        let items: Vec<Item> = s.shared.outbox.lock().unwrap().all_items().into_iter().cloned().collect();
+        assert_eq!(items.len(), 1);
+        assert_eq!((items[0].event_type, items[0].priority), (EventType::DroppedEventsStatistics, Priority::High));
+        assert_eq!(
+            items[0].carried,
+            Some(Carried { source: EventType::ProcessTerminate, drops: Drops { records: 2, hits: 5 } })
+        );
+        let v: serde_json::Value = serde_json::from_slice(&items[0].bytes).unwrap();
+        assert_eq!(v["payload"]["transport_cache_full_hits"], 5);
+        c.set_priority(EventType::DroppedEventsStatistics, Priority::Off);
+        s.configure(&c);
+        s.publish(&[stats(0, 0)]).unwrap();
+        assert_eq!(s.shared.outbox.lock().unwrap().len(), 1, "an Off event is not queued");
+    }
+
+    #[test]
+    fn flush_now_makes_everything_ready() {
+        let mut s = sink(Config::default());
+        s.publish(&[stats(0, 0)]).unwrap();
+        assert!(!s.shared.outbox.lock().unwrap().has_ready(), "Low waits five hours");
+        s.flush_now();
+        assert!(s.shared.outbox.lock().unwrap().has_ready());
+    }
+}

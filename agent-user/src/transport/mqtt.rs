@@ -1,0 +1,598 @@
+//! The broker connection: rumqttc's event loop, QoS 1 with a persistent
+//! session, reconnect with backoff, last will, and PUBACK tracking so that an
+//! event leaves the local cache only once the broker has it.
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+
+use super::{
+    envelope::{Frame, Header, SCHEMA_VERSION},
+    spool, Control, Shared,
+};
+use crate::{config::Priority, enrich::rfc3339};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("--mqtt-url {0}")]
+    Url(String),
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Settings(String),
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<BrokerUrl, MqttError> {
+        let bad = |why: &str| MqttError::Url(format!("`{url}`: {why}; expected mqtt://host:1883 or mqtts://host:8883"));
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else {
+            return Err(bad("the scheme must be mqtt:// or mqtts://"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '@', '?']) {
+            return Err(bad("only host and port are allowed (credentials go in --mqtt-username and a password file)"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| bad("the port is not a number from 1 to 65535"))?,
+            None if tls => 8883,
+            None => 1883,
+        };
+        if port == 0 {
+            return Err(bad("the port is not a number from 1 to 65535"));
+        }
+        Ok(BrokerUrl { tls, host: host.to_string(), port })
+    }
+}
+
+/// A password: never printed, not even by `{:?}`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Device ids become topic levels: no `/`, `+`, `#`, and short enough
+/// for the envelope header to stay small.
+pub fn check_device_id(id: &str) -> Result<(), MqttError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(MqttError::Settings(format!(
+            "device id `{id}`: use 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:` (it is a topic level)"
+        )))
+    }
+}
+
+/// The device id when none is given: /etc/machine-id, then the host name.
+pub fn default_device_id() -> String {
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let machine = machine.trim();
+    if check_device_id(machine).is_ok() {
+        return machine.to_string();
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    if check_device_id(&host).is_ok() {
+        host
+    } else {
+        "hitcount".into()
+    }
+}
+
+/// Every topic of one device.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub events: String,
+    pub desired: String,
+    pub reported: String,
+    pub status: String,
+}
+
+impl Topics {
+    pub fn new(device: &str) -> Topics {
+        Topics {
+            events: format!("hitcount/{device}/events"),
+            desired: format!("hitcount/{device}/config/desired"),
+            reported: format!("hitcount/{device}/config/reported"),
+            status: format!("hitcount/{device}/status"),
+        }
+    }
+}
+
+/// How to reach the broker.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: BrokerUrl,
+    pub device_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// Largest packet either way: a message of maxMessageSizeInBytes plus
+/// topic and header.
+const MAX_PACKET: usize = 300 * 1024;
+/// Messages handed to the client and not yet acknowledged.
+const MAX_INFLIGHT: usize = 16;
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for the broker to take what is queued.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Settings {
+    pub fn topics(&self) -> Topics {
+        Topics::new(&self.device_id)
+    }
+
+    /// rumqttc options; reads the TLS files now so a wrong path fails at start.
+    pub fn options(&self) -> Result<MqttOptions, MqttError> {
+        check_device_id(&self.device_id)?;
+        let mut o = MqttOptions::new(format!("hitcount-{}", self.device_id), &self.url.host, self.url.port);
+        o.set_keep_alive(Duration::from_secs(30));
+        // A persistent session: the broker keeps our subscription and the
+        // QoS 1 messages meant for us while we are away.
+        o.set_clean_session(false);
+        o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        o.set_last_will(LastWill::new(self.topics().status, "offline", QoS::AtLeastOnce, true));
+        match (&self.username, &self.password) {
+            (Some(u), p) => {
+                o.set_credentials(u, p.as_ref().map(|s| s.0.as_str()).unwrap_or(""));
+            }
+            (None, Some(_)) => return Err(MqttError::Settings("a password needs --mqtt-username".into())),
+            (None, None) => {}
+        }
+        let read =
+            |what, p: &PathBuf| std::fs::read(p).map_err(|source| MqttError::File { what, path: p.clone(), source });
+        let client_auth = match (&self.client_cert, &self.client_key) {
+            (Some(c), Some(k)) => Some((read("client certificate", c)?, read("client key", k)?)),
+            (None, None) => None,
+            _ => return Err(MqttError::Settings("--mqtt-client-cert and --mqtt-client-key go together".into())),
+        };
+        if self.url.tls {
+            let ca = match &self.ca_file {
+                Some(p) => read("CA file", p)?,
+                None => {
+                    return Err(MqttError::Settings(
+                        "mqtts:// needs --mqtt-ca-file (the CA that signed the broker's certificate; for public \
+                         CAs, /etc/ssl/certs/ca-certificates.crt)"
+                            .into(),
+                    ))
+                }
+            };
+            o.set_transport(Transport::Tls(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
+        } else if self.ca_file.is_some() || client_auth.is_some() {
+            return Err(MqttError::Settings("TLS files were given but the URL is mqtt://; use mqtts://".into()));
+        }
+        Ok(o)
+    }
+}
+
+/// A broker error in words that say what to fix.
+fn describe(e: &ConnectionError, url: &BrokerUrl) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => {
+            "the broker refused the user name or password (check --mqtt-username and --mqtt-password-file or \
+             HITCOUNT_MQTT_PASSWORD)"
+                .into()
+        }
+        // mosquitto answers a wrong password with "not authorized".
+        ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => {
+            "the broker refused this client as not authorized (check --mqtt-username and --mqtt-password-file or \
+             HITCOUNT_MQTT_PASSWORD, and the broker's ACLs)"
+                .into()
+        }
+        ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection: {code:?}"),
+        ConnectionError::Tls(t) => format!(
+            "TLS with {}:{} failed: {t} (check --mqtt-ca-file, and --mqtt-client-cert/--mqtt-client-key if the \
+             broker requires client certificates)",
+            url.host, url.port
+        ),
+        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("no broker is listening at {}:{}", url.host, url.port)
+        }
+        ConnectionError::Io(io) if url.tls => format!(
+            "connection to {}:{} failed: {io} (with TLS this often means the broker rejected our certificate: \
+             check --mqtt-client-cert/--mqtt-client-key)",
+            url.host, url.port
+        ),
+        other => format!("connection to {}:{} failed: {other}", url.host, url.port),
+    }
+}
+
+enum Polled {
+    Event(Event),
+    Error(String),
+}
+
+/// Owns the event loop. After an error it waits for the connection task to
+/// take back what was in flight, then discards rumqttc's own copies of
+/// unacknowledged publishes (the outbox sends them again, so keeping them
+/// would send them twice) and reconnects after a backoff.
+async fn poll_loop(mut el: EventLoop, url: BrokerUrl, tx: mpsc::Sender<Polled>, mut resume: mpsc::Receiver<()>) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        match el.poll().await {
+            Ok(ev) => {
+                if matches!(ev, Event::Incoming(Incoming::ConnAck(_))) {
+                    backoff = BACKOFF_FIRST;
+                }
+                if tx.send(Polled::Event(ev)).await.is_err() {
+                    return;
+                }
+            }
+            Err(ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                if tx.send(Polled::Error(describe(&e, &url))).await.is_err() || resume.recv().await.is_none() {
+                    return;
+                }
+                el.clean();
+                el.pending.clear();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// What each publish handed to the client was, in order: rumqttc reports
+/// the packet id it chose as `Outgoing::Publish` in the same order.
+enum Sent {
+    Message(u64),
+    Other,
+}
+
+struct Connection {
+    client: AsyncClient,
+    topics: Topics,
+    device_id: String,
+    connected: bool,
+    sent: VecDeque<Sent>,
+    pkids: HashMap<u16, u64>,
+    reported: Option<Vec<u8>>,
+    last_error: Option<String>,
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    fn frame(&self, priority: Priority) -> Frame {
+        let sent_at = rfc3339(SystemTime::now());
+        Frame::new(&Header {
+            schema_version: SCHEMA_VERSION,
+            device_id: &self.device_id,
+            agent_version: env!("CARGO_PKG_VERSION"),
+            sent_at: &sent_at,
+            priority: priority.wire_name(),
+        })
+    }
+
+    fn publish_other(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
+        if self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_ok() {
+            self.sent.push_back(Sent::Other);
+        }
+    }
+
+    /// Hands ready messages to the client, up to the in-flight limit.
+    fn pump(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let shared = self.shared.clone();
+        let mut outbox = shared.outbox.lock().expect("outbox lock");
+        while outbox.inflight_messages() < MAX_INFLIGHT {
+            let Some(m) = outbox.next_message(|p| self.frame(p)) else { break };
+            match self.client.try_publish(&self.topics.events, QoS::AtLeastOnce, false, m.payload) {
+                Ok(()) => self.sent.push_back(Sent::Message(m.id)),
+                Err(e) => {
+                    // Only a full or closed request channel; the message goes back.
+                    log::debug!("publish deferred: {e}");
+                    outbox.requeue_inflight();
+                    self.sent.retain(|s| !matches!(s, Sent::Message(_)));
+                    self.pkids.clear();
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event, desired: &mpsc::UnboundedSender<Vec<u8>>) {
+        match ev {
+            Event::Incoming(Incoming::ConnAck(ack)) => {
+                self.connected = true;
+                self.last_error = None;
+                log::info!("connected to the MQTT broker (session present: {})", ack.session_present);
+                if let Err(e) = self.client.try_subscribe(&self.topics.desired, QoS::AtLeastOnce) {
+                    log::warn!("cannot subscribe to {}: {e}", self.topics.desired);
+                }
+                let status = self.topics.status.clone();
+                self.publish_other(&status, b"online".to_vec(), true);
+                if let Some(r) = self.reported.clone() {
+                    let topic = self.topics.reported.clone();
+                    self.publish_other(&topic, r, true);
+                }
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(Sent::Message(id)) = self.sent.pop_front() {
+                    self.pkids.insert(pkid, id);
+                }
+            }
+            Event::Incoming(Incoming::PubAck(ack)) => {
+                if let Some(id) = self.pkids.remove(&ack.pkid) {
+                    self.shared.outbox.lock().expect("outbox lock").ack(id);
+                }
+            }
+            Event::Incoming(Incoming::Publish(p)) if p.topic == self.topics.desired => {
+                // Closed only when the agent has stopped.
+                let _ = desired.send(p.payload.to_vec());
+            }
+            _ => {}
+        }
+    }
+
+    fn on_error(&mut self, why: String) {
+        if self.connected {
+            log::warn!("MQTT connection lost: {why}; events queue locally and are sent after reconnecting");
+        } else if self.last_error.as_deref() != Some(why.as_str()) {
+            log::warn!("MQTT: {why}; retrying");
+        } else {
+            log::debug!("MQTT: {why}; retrying");
+        }
+        self.last_error = Some(why);
+        self.connected = false;
+        self.sent.clear();
+        self.pkids.clear();
+        self.shared.outbox.lock().expect("outbox lock").requeue_inflight();
+    }
+}
+
+/// The connection task: runs until [`Control::Shutdown`].
+pub async fn run(
+    settings: Settings,
+    options: MqttOptions,
+    shared: Arc<Shared>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    desired: mpsc::UnboundedSender<Vec<u8>>,
+) {
+    let (client, el) = AsyncClient::new(options, 64);
+    let (ev_tx, mut ev_rx) = mpsc::channel(64);
+    let (resume_tx, resume_rx) = mpsc::channel(1);
+    let poller = tokio::spawn(poll_loop(el, settings.url.clone(), ev_tx, resume_rx));
+    let mut c = Connection {
+        client,
+        topics: settings.topics(),
+        device_id: settings.device_id.clone(),
+        connected: false,
+        sent: VecDeque::new(),
+        pkids: HashMap::new(),
+        reported: None,
+        last_error: None,
+        shared: shared.clone(),
+    };
+    let mut statistics_lost = 0;
+    let reply = loop {
+        let next_due = shared.outbox.lock().expect("outbox lock").poll_due(Instant::now());
+        tokio::select! {
+            polled = ev_rx.recv() => match polled {
+                Some(Polled::Event(ev)) => c.on_event(ev, &desired),
+                Some(Polled::Error(why)) => {
+                    c.on_error(why);
+                    let _ = resume_tx.try_send(());
+                }
+                None => break None,
+            },
+            _ = tokio::time::sleep_until(next_due.into()) => {}
+            _ = shared.wake.notified() => {}
+            ctl = control.recv() => match ctl {
+                Some(Control::Reported(r)) => {
+                    c.reported = Some(r.clone());
+                    if c.connected {
+                        let topic = c.topics.reported.clone();
+                        c.publish_other(&topic, r, true);
+                    }
+                }
+                Some(Control::Shutdown(reply)) => break Some(reply),
+                None => break None,
+            },
+        }
+        let lost = shared.outbox.lock().expect("outbox lock").statistics_lost;
+        if lost > statistics_lost {
+            log::warn!(
+                "local cache full of DroppedEventsStatistics alone: {} dropped (their transport counts move to the \
+                 next report); raise maxLocalCacheSizeInBytes",
+                lost - statistics_lost
+            );
+            statistics_lost = lost;
+        }
+        c.pump();
+    };
+    shutdown(&mut c, &mut ev_rx, &resume_tx, &desired, &settings).await;
+    poller.abort();
+    if let Some(r) = reply {
+        let _ = r.send(());
+    }
+}
+
+/// Sends everything queued (waiting up to SHUTDOWN_GRACE for the broker),
+/// marks the device offline, disconnects, and spools what is left.
+async fn shutdown(
+    c: &mut Connection,
+    ev_rx: &mut mpsc::Receiver<Polled>,
+    resume: &mpsc::Sender<()>,
+    desired: &mpsc::UnboundedSender<Vec<u8>>,
+    settings: &Settings,
+) {
+    c.shared.outbox.lock().expect("outbox lock").flush_all();
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while c.connected && !c.shared.outbox.lock().expect("outbox lock").is_empty() {
+        c.pump();
+        match tokio::time::timeout_at(deadline, ev_rx.recv()).await {
+            Ok(Some(Polled::Event(ev))) => c.on_event(ev, desired),
+            Ok(Some(Polled::Error(why))) => {
+                c.on_error(why);
+                let _ = resume.try_send(());
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if c.connected {
+        // A clean DISCONNECT suppresses the last will, so say it ourselves.
+        let status = c.topics.status.clone();
+        c.publish_other(&status, b"offline".to_vec(), true);
+        let _ = c.client.try_disconnect();
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(Some(Polled::Event(ev))) = tokio::time::timeout_at(until, ev_rx.recv()).await {
+            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+        log::info!("disconnected from the MQTT broker");
+    }
+    let mut outbox = c.shared.outbox.lock().expect("outbox lock");
+    outbox.requeue_inflight();
+    let left = outbox.len();
+    match &settings.spool_dir {
+        Some(dir) => match spool::write(dir, &outbox) {
+            Ok(n) => log::info!("spool {}: {n} unsent events kept for the next start", dir.display()),
+            Err(e) => log::error!("{e}; {left} unsent events are lost"),
+        },
+        None if left > 0 => {
+            log::warn!("{left} events were not sent (broker unreachable); --spool-dir keeps them across restarts")
+        }
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_broker_urls() {
+        let u = BrokerUrl::parse("mqtt://localhost").unwrap();
+        assert_eq!(u, BrokerUrl { tls: false, host: "localhost".into(), port: 1883 });
+        assert_eq!(BrokerUrl::parse("mqtts://h:9").unwrap(), BrokerUrl { tls: true, host: "h".into(), port: 9 });
+        assert_eq!(BrokerUrl::parse("mqtts://h").unwrap().port, 8883);
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]:1884/").unwrap().host, "::1");
+        for bad in ["http://h", "mqtt://", "mqtt://h:x", "mqtt://h:0", "mqtt://u:p@h", "mqtt://h/t", "h:1883"] {
+            let e = BrokerUrl::parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--mqtt-url"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let settings = Settings {
+            url: BrokerUrl::parse("mqtt://h").unwrap(),
+            device_id: "d".into(),
+            username: Some("u".into()),
+            password: Some(s),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            spool_dir: None,
+        };
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn device_ids_are_topic_safe() {
+        assert!(check_device_id("edge-01.site_a").is_ok());
+        for bad in ["", "a/b", "a+b", "a#", "a b", &"x".repeat(129)] {
+            assert!(check_device_id(bad).is_err(), "{bad}");
+        }
+        assert!(check_device_id(&default_device_id()).is_ok());
+    }
+
+    #[test]
+    fn topics_follow_the_device() {
+        let t = Topics::new("dev1");
+        assert_eq!(t.events, "hitcount/dev1/events");
+        assert_eq!(t.desired, "hitcount/dev1/config/desired");
+        assert_eq!(t.reported, "hitcount/dev1/config/reported");
+        assert_eq!(t.status, "hitcount/dev1/status");
+    }
+
+    #[test]
+    fn tls_needs_a_ca_and_plain_refuses_tls_files() {
+        let mut s = Settings {
+            url: BrokerUrl::parse("mqtts://h").unwrap(),
+            device_id: "d".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            spool_dir: None,
+        };
+        assert!(s.options().unwrap_err().to_string().contains("--mqtt-ca-file"));
+        s.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(s.options().unwrap_err().to_string().contains("cannot read CA file /nonexistent/ca.pem"));
+        s.url = BrokerUrl::parse("mqtt://h").unwrap();
+        assert!(s.options().unwrap_err().to_string().contains("use mqtts://"));
+        s.ca_file = None;
+        s.client_cert = Some("/c".into());
+        assert!(s.options().unwrap_err().to_string().contains("go together"));
+    }
+}

@@ -1,0 +1,538 @@
+//! The local cache: events waiting for their priority's turn, messages
+//! waiting for the broker, and messages waiting for its PUBACK. Pure: time
+//! is passed in, nothing is logged.
+//!
+//! Bound: the serialized bytes of every event held (pending, ready and in
+//! flight) stay within `maxLocalCacheSizeInBytes`. Past it the oldest event
+//! not in flight is dropped and counted per event type; those counts are
+//! taken by the agent into the next DroppedEventsStatistics of that type
+//! (`transport_cache_full`, `transport_cache_full_hits`). A statistics event
+//! is the accounting of everything else, so it is dropped only when nothing
+//! else is left; its transport counts then return to the counters and are
+//! reported by the next one, so none is ever lost.
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::envelope::{split, Frame};
+use crate::config::{EventType, Priority, TransportSettings};
+
+/// Events (records) of one type dropped from the cache, and the hits they carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drops {
+    pub records: u64,
+    pub hits: u64,
+}
+
+impl Drops {
+    fn add(&mut self, o: Drops) {
+        self.records += o.records;
+        self.hits += o.hits;
+    }
+}
+
+/// Transport drops a DroppedEventsStatistics event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    pub source: EventType,
+    pub drops: Drops,
+}
+
+/// One serialized event in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// Arrival order; smaller is older.
+    pub seq: u64,
+    pub event_type: EventType,
+    pub priority: Priority,
+    /// The event's hit_count (0 for events that have none).
+    pub hits: u64,
+    pub carried: Option<Carried>,
+    pub bytes: Vec<u8>,
+}
+
+/// A message handed to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: u64,
+    pub priority: Priority,
+    pub payload: Vec<u8>,
+    pub events: usize,
+}
+
+/// Room left for the envelope header when sizing a message's worth of
+/// pending events: the header is under 400 bytes (device ids are at most 128
+/// characters).
+const HEADER_RESERVE: usize = 1024;
+
+const PRIORITIES: [Priority; 3] = [Priority::High, Priority::Medium, Priority::Low];
+
+fn slot(p: Priority) -> usize {
+    match p {
+        Priority::High => 0,
+        Priority::Medium => 1,
+        // Off events are never produced; if one is, it waits with Low.
+        Priority::Low | Priority::Off => 2,
+    }
+}
+
+pub struct Outbox {
+    settings: TransportSettings,
+    pending: [VecDeque<Item>; 3],
+    pending_bytes: [usize; 3],
+    last_flush: [Instant; 3],
+    ready: VecDeque<Item>,
+    inflight: BTreeMap<u64, Vec<Item>>,
+    bytes: u64,
+    next_seq: u64,
+    next_message: u64,
+    drops: BTreeMap<EventType, Drops>,
+    /// Statistics events dropped because nothing else was left.
+    pub statistics_lost: u64,
+}
+
+impl Outbox {
+    pub fn new(settings: TransportSettings, now: Instant) -> Outbox {
+        Outbox {
+            settings,
+            pending: Default::default(),
+            pending_bytes: [0; 3],
+            last_flush: [now; 3],
+            ready: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            bytes: 0,
+            next_seq: 0,
+            next_message: 0,
+            drops: BTreeMap::new(),
+            statistics_lost: 0,
+        }
+    }
+
+    pub fn settings(&self) -> &TransportSettings {
+        &self.settings
+    }
+
+    /// New limits and frequencies; a smaller cache drops the oldest now.
+    pub fn configure(&mut self, settings: TransportSettings) {
+        self.settings = settings;
+        self.enforce_limit();
+    }
+
+    /// Serialized bytes of every event held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Events held, in flight included.
+    pub fn len(&self) -> usize {
+        self.pending.iter().map(VecDeque::len).sum::<usize>()
+            + self.ready.len()
+            + self.inflight.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn inflight_messages(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Whether a message can be formed now.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Adds one serialized event. When a priority has a full message's worth
+    /// waiting it is made ready at once: waiting longer saves nothing.
+    pub fn push(
+        &mut self,
+        event_type: EventType,
+        priority: Priority,
+        hits: u64,
+        carried: Option<Carried>,
+        bytes: Vec<u8>,
+    ) {
+        let s = slot(priority);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += bytes.len() as u64;
+        self.pending_bytes[s] += bytes.len() + 1;
+        self.pending[s].push_back(Item { seq, event_type, priority, hits, carried, bytes });
+        let max = self.settings.max_message_bytes as usize;
+        if self.pending_bytes[s] + HEADER_RESERVE > max {
+            self.make_ready_one_message(s, max - HEADER_RESERVE);
+        }
+        self.enforce_limit();
+    }
+
+    /// Moves the oldest pending events of one priority, at most `budget`
+    /// bytes of them, to the ready queue: one message's worth.
+    fn make_ready_one_message(&mut self, s: usize, budget: usize) {
+        let mut used = 0;
+        while let Some(front) = self.pending[s].front() {
+            let n = front.bytes.len() + 1;
+            if used > 0 && used + n > budget {
+                break;
+            }
+            used += n;
+            self.pending_bytes[s] -= n;
+            let item = self.pending[s].pop_front().expect("front exists");
+            self.ready.push_back(item);
+        }
+    }
+
+    /// Re-adds an item from the spool, keeping its priority; it is ready at once.
+    pub fn restore(&mut self, mut item: Item) {
+        item.seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += item.bytes.len() as u64;
+        self.ready.push_back(item);
+        self.enforce_limit();
+    }
+
+    fn flush(&mut self, s: usize) {
+        self.ready.extend(self.pending[s].drain(..));
+        self.pending_bytes[s] = 0;
+    }
+
+    /// Makes ready every priority whose frequency has passed since it was
+    /// last sent. Returns when it next needs to be called.
+    pub fn poll_due(&mut self, now: Instant) -> Instant {
+        let mut next = now + Duration::from_secs(3600);
+        for p in PRIORITIES {
+            let s = slot(p);
+            let every = self.settings.frequency(p).expect("not Off");
+            if now.saturating_duration_since(self.last_flush[s]) >= every {
+                self.flush(s);
+                self.last_flush[s] = now;
+            }
+            next = next.min(self.last_flush[s] + every);
+        }
+        next
+    }
+
+    /// Everything pending becomes ready now (configuration change, shutdown).
+    pub fn flush_all(&mut self) {
+        for s in 0..3 {
+            self.flush(s);
+        }
+    }
+
+    /// Forms the next message from the front of the ready queue: consecutive
+    /// events of one priority, as many as fit in `max_message_bytes`.
+    /// `frame` makes the envelope header for a priority.
+    pub fn next_message(&mut self, frame: impl Fn(Priority) -> Frame) -> Option<Message> {
+        loop {
+            let priority = self.ready.front()?.priority;
+            let f = frame(priority);
+            let run: Vec<usize> =
+                self.ready.iter().take_while(|i| i.priority == priority).map(|i| i.bytes.len()).collect();
+            let sp = split(&f, &run, self.settings.max_message_bytes as usize);
+            match sp.runs.first() {
+                Some(r) if r.start == 0 => {
+                    let items: Vec<Item> = self.ready.drain(..r.end).collect();
+                    let payload = f.build(items.iter().map(|i| i.bytes.as_slice()));
+                    let id = self.next_message;
+                    self.next_message += 1;
+                    let events = items.len();
+                    self.inflight.insert(id, items);
+                    return Some(Message { id, priority, payload, events });
+                }
+                // The front event can never be sent: too large for any message.
+                _ => {
+                    let item = self.ready.pop_front().expect("front exists");
+                    self.drop_item(item);
+                }
+            }
+        }
+    }
+
+    /// The broker has the message.
+    pub fn ack(&mut self, id: u64) -> bool {
+        match self.inflight.remove(&id) {
+            Some(items) => {
+                self.bytes -= items.iter().map(|i| i.bytes.len() as u64).sum::<u64>();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The connection dropped: unacknowledged messages go back to the front
+    /// of the ready queue, in their original order, to be sent again.
+    pub fn requeue_inflight(&mut self) {
+        let mut back: Vec<Item> = std::mem::take(&mut self.inflight).into_values().flatten().collect();
+        back.sort_by_key(|i| i.seq);
+        for item in back.into_iter().rev() {
+            self.ready.push_front(item);
+        }
+        self.enforce_limit();
+    }
+
+    /// Drops not yet reported for `t`, reset to zero.
+    pub fn take_drops(&mut self, t: EventType) -> Drops {
+        self.drops.remove(&t).unwrap_or_default()
+    }
+
+    /// Drops not yet reported, by type (for the spool).
+    pub fn drops(&self) -> &BTreeMap<EventType, Drops> {
+        &self.drops
+    }
+
+    pub fn add_drops(&mut self, t: EventType, d: Drops) {
+        self.drops.entry(t).or_default().add(d);
+    }
+
+    fn drop_item(&mut self, item: Item) {
+        self.bytes -= item.bytes.len() as u64;
+        if let Some(c) = item.carried {
+            self.add_drops(c.source, c.drops);
+        }
+        if item.event_type == EventType::DroppedEventsStatistics {
+            self.statistics_lost += 1;
+        } else {
+            self.add_drops(item.event_type, Drops { records: 1, hits: item.hits });
+        }
+    }
+
+    fn enforce_limit(&mut self) {
+        while self.bytes > self.settings.max_cache_bytes {
+            let Some((queue, pos)) = self.victim() else { break };
+            let item = if queue < 3 {
+                let item = self.pending[queue].remove(pos).expect("victim exists");
+                self.pending_bytes[queue] -= item.bytes.len() + 1;
+                item
+            } else {
+                self.ready.remove(pos).expect("victim exists")
+            };
+            self.drop_item(item);
+        }
+    }
+
+    /// The oldest event not in flight, statistics events last: (queue, index),
+    /// queue 0..3 = pending by priority, 3 = ready.
+    fn victim(&self) -> Option<(usize, usize)> {
+        let queues = || self.pending.iter().chain(std::iter::once(&self.ready)).enumerate();
+        let oldest = |stats: bool| {
+            queues()
+                .filter_map(|(q, d)| {
+                    d.iter()
+                        .position(|i| (i.event_type == EventType::DroppedEventsStatistics) == stats)
+                        .map(|pos| (d[pos].seq, q, pos))
+                })
+                .min()
+                .map(|(_, q, pos)| (q, pos))
+        };
+        oldest(false).or_else(|| oldest(true))
+    }
+
+    /// Every event held, in flight included, oldest first (for the spool).
+    pub fn all_items(&self) -> Vec<&Item> {
+        let mut v: Vec<&Item> =
+            self.pending.iter().flatten().chain(self.ready.iter()).chain(self.inflight.values().flatten()).collect();
+        v.sort_by_key(|i| i.seq);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::envelope::Header;
+
+    fn settings(cache: u64, msg: u32) -> TransportSettings {
+        TransportSettings {
+            high_frequency: Duration::from_secs(10),
+            medium_frequency: Duration::from_secs(60),
+            low_frequency: Duration::from_secs(300),
+            max_cache_bytes: cache,
+            max_message_bytes: msg,
+            ..TransportSettings::default()
+        }
+    }
+
+    fn frame(p: Priority) -> Frame {
+        Frame::new(&Header {
+            schema_version: 1,
+            device_id: "d",
+            agent_version: "v",
+            sent_at: "2026-01-01T00:00:00.000Z",
+            priority: p.wire_name(),
+        })
+    }
+
+    fn event(n: usize, len: usize) -> Vec<u8> {
+        let head = format!(r#"{{"n":{n},"p":""#);
+        let pad = len - head.len() - 2;
+        format!("{head}{}\"}}", "x".repeat(pad)).into_bytes()
+    }
+
+    fn push(o: &mut Outbox, t: EventType, p: Priority, n: usize, len: usize) {
+        o.push(t, p, 1, None, event(n, len));
+    }
+
+    fn drain(o: &mut Outbox) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Some(m) = o.next_message(frame) {
+            assert!(m.payload.len() <= o.settings().max_message_bytes as usize);
+            out.push(serde_json::from_slice(&m.payload).unwrap());
+            assert!(o.ack(m.id));
+        }
+        out
+    }
+
+    #[test]
+    fn priorities_wait_for_their_frequency() {
+        let t0 = Instant::now();
+        let mut o = Outbox::new(settings(1 << 20, 100_000), t0);
+        push(&mut o, EventType::ProcessCreate, Priority::High, 1, 50);
+        push(&mut o, EventType::ProcessTerminate, Priority::Low, 2, 50);
+        push(&mut o, EventType::ProcessCreate, Priority::Medium, 3, 50);
+        assert!(o.next_message(frame).is_none(), "nothing is due yet");
+        let next = o.poll_due(t0 + Duration::from_secs(5));
+        assert_eq!(next, t0 + Duration::from_secs(10));
+        assert!(!o.has_ready());
+        o.poll_due(t0 + Duration::from_secs(10));
+        let sent = drain(&mut o);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0]["priority"], "high");
+        assert_eq!(sent[0]["events"][0]["n"], 1);
+        o.poll_due(t0 + Duration::from_secs(60));
+        let sent = drain(&mut o);
+        assert_eq!((sent.len(), sent[0]["priority"].as_str()), (1, Some("medium")));
+        o.poll_due(t0 + Duration::from_secs(299));
+        assert!(drain(&mut o).is_empty());
+        o.poll_due(t0 + Duration::from_secs(300));
+        assert_eq!(drain(&mut o)[0]["priority"], "low");
+        assert!(o.is_empty());
+        assert_eq!(o.bytes(), 0);
+    }
+
+    #[test]
+    fn a_full_message_goes_out_without_waiting() {
+        let t0 = Instant::now();
+        let mut o = Outbox::new(settings(1 << 20, 9000), t0);
+        for n in 0..100 {
+            push(&mut o, EventType::ProcessCreate, Priority::Low, n, 100);
+        }
+        let sent = drain(&mut o);
+        assert!(!sent.is_empty());
+        // What did not fill a message still waits.
+        assert!(!o.is_empty());
+        o.flush_all();
+        let rest = drain(&mut o);
+        let total: usize = sent.iter().chain(&rest).map(|m| m["events"].as_array().unwrap().len()).sum();
+        assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn large_batch_is_split_in_order_and_events_are_whole() {
+        let mut o = Outbox::new(settings(1 << 22, 10_000), Instant::now());
+        for n in 0..1000 {
+            push(&mut o, EventType::ProcessCreate, Priority::High, n, 60 + n % 200);
+        }
+        o.flush_all();
+        let msgs = drain(&mut o);
+        assert!(msgs.len() > 10);
+        let ns: Vec<u64> = msgs
+            .iter()
+            .flat_map(|m| m["events"].as_array().unwrap().iter().map(|e| e["n"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(ns, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn full_cache_drops_oldest_and_counts_per_type() {
+        let mut o = Outbox::new(settings(10_000, 100_000), Instant::now());
+        // 200 events of 100 bytes: only the newest 100 fit.
+        for n in 0..200 {
+            let t = if n % 2 == 0 { EventType::ProcessCreate } else { EventType::ProcessTerminate };
+            o.push(t, Priority::Low, 3, None, event(n, 100));
+        }
+        assert!(o.bytes() <= 10_000);
+        assert_eq!(o.len(), 100);
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops { records: 50, hits: 150 });
+        assert_eq!(o.take_drops(EventType::ProcessTerminate), Drops { records: 50, hits: 150 });
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops::default(), "taken once");
+        o.flush_all();
+        let msgs = drain(&mut o);
+        let first = msgs[0]["events"][0]["n"].as_u64().unwrap();
+        assert_eq!(first, 100, "the oldest were dropped");
+    }
+
+    #[test]
+    fn statistics_go_last_and_their_counts_are_never_lost() {
+        let mut o = Outbox::new(settings(10_000, 100_000), Instant::now());
+        let carried = Carried { source: EventType::ProcessCreate, drops: Drops { records: 7, hits: 70 } };
+        o.push(EventType::DroppedEventsStatistics, Priority::Low, 0, Some(carried), event(0, 100));
+        for n in 1..150 {
+            push(&mut o, EventType::ProcessCreate, Priority::Low, n, 100);
+        }
+        // The statistics event, the oldest, survived; 50 process events went.
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops { records: 50, hits: 50 });
+        assert!(o.all_items().iter().any(|i| i.event_type == EventType::DroppedEventsStatistics));
+        // A cache of statistics alone: dropping one returns what it carried.
+        let mut o = Outbox::new(settings(8200, 100_000), Instant::now());
+        for n in 0..100 {
+            let c = Carried { source: EventType::ProcessTerminate, drops: Drops { records: 1, hits: 2 } };
+            o.push(EventType::DroppedEventsStatistics, Priority::Low, 0, Some(c), event(n, 100));
+        }
+        let lost = o.statistics_lost;
+        assert!(lost > 0);
+        assert_eq!(o.take_drops(EventType::ProcessTerminate), Drops { records: lost, hits: 2 * lost });
+    }
+
+    #[test]
+    fn unacknowledged_messages_are_sent_again_in_order() {
+        let mut o = Outbox::new(settings(1 << 20, 9000), Instant::now());
+        for n in 0..300 {
+            push(&mut o, EventType::ProcessCreate, Priority::High, n, 100);
+        }
+        o.flush_all();
+        let a = o.next_message(frame).unwrap();
+        let b = o.next_message(frame).unwrap();
+        assert!(o.ack(a.id));
+        let bytes_before = o.bytes();
+        o.requeue_inflight();
+        assert_eq!(o.bytes(), bytes_before, "requeued, not dropped");
+        assert!(!o.ack(b.id), "b is no longer in flight");
+        let msgs = drain(&mut o);
+        let first: u64 = msgs[0]["events"][0]["n"].as_u64().unwrap();
+        let b_first: u64 =
+            serde_json::from_slice::<serde_json::Value>(&b.payload).unwrap()["events"][0]["n"].as_u64().unwrap();
+        assert_eq!(first, b_first);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn in_flight_events_are_not_dropped() {
+        let mut o = Outbox::new(settings(9000, 9000), Instant::now());
+        for n in 0..80 {
+            push(&mut o, EventType::ProcessCreate, Priority::High, n, 100);
+        }
+        o.flush_all();
+        let m = o.next_message(frame).unwrap();
+        for n in 80..200 {
+            push(&mut o, EventType::ProcessCreate, Priority::High, n, 100);
+        }
+        // Still in flight, so still acknowledgeable.
+        assert!(o.ack(m.id));
+        let d = o.take_drops(EventType::ProcessCreate);
+        assert_eq!(d.records as usize + o.len() + m.events, 200, "every event sent, held or counted");
+    }
+
+    #[test]
+    fn oversized_event_is_dropped_and_counted() {
+        let mut o = Outbox::new(settings(1 << 20, 9000), Instant::now());
+        push(&mut o, EventType::ProcessCreate, Priority::High, 0, 9500);
+        push(&mut o, EventType::ProcessCreate, Priority::High, 1, 100);
+        o.flush_all();
+        let msgs = drain(&mut o);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(o.take_drops(EventType::ProcessCreate).records, 1);
+    }
+}
