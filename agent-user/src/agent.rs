@@ -46,7 +46,7 @@ pub fn control_flags(c: &Config) -> u32 {
             f |= FLAG_EXIT_PER_EVENT;
         }
     }
-    if c.connection_create.priority.enabled() {
+    if c.collects(EventType::ConnectionCreate) {
         f |= FLAG_NET;
         if !c.connection_create.aggregate {
             f |= FLAG_NET_PER_EVENT;
@@ -460,7 +460,7 @@ mod tests {
         assert_eq!(control_flags(&c), 0);
         c = Config::default();
         c.process_collector_enabled = false;
-        assert_eq!(control_flags(&c), 0);
+        assert_eq!(control_flags(&c), FLAG_NET, "the process switch leaves the network collector on");
     }
 
     #[test]
