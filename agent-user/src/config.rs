@@ -114,6 +114,7 @@ impl EventType {
             self,
             EventType::ProcessCreate
                 | EventType::ProcessTerminate
+                | EventType::ConnectionCreate
                 | EventType::DroppedEventsStatistics
                 | EventType::ConfigurationError
         )
