@@ -85,6 +85,25 @@ struct Counts {
 }
 
 /// Returns None when skipped for lack of root (and that is allowed).
+/// The real peers the privileged tests talk to: a mosquitto broker (MQTT
+/// tests) and ping (ICMP test). Installed here rather than by the tests so
+/// that stale package lists on a fresh machine get one `apt-get update`.
+fn peer_packages() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("/usr/sbin/mosquitto", "mosquitto"),
+        ("/usr/bin/mosquitto_passwd", "mosquitto-clients"),
+        ("/usr/bin/ping", "iputils-ping"),
+    ]
+    .into_iter()
+    .filter(|(path, _)| !Path::new(path).exists())
+    .map(|(_, package)| package)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    setup::apt_install(&missing)
+}
+
 fn privileged_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<Option<Counts>> {
     if !cmd::is_root() {
         println!("privileged tier skipped: not root");
@@ -94,6 +113,7 @@ fn privileged_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<Opti
         return Ok(None);
     }
 
+    peer_packages()?;
     let image = container_image(artifacts)?;
     println!("privileged tier: running");
     let skip_log = cmd::fresh_temp_file("hitcount-skip-log")?;
