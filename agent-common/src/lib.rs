@@ -63,6 +63,8 @@ pub mod programs {
     pub const SKB_INGRESS: &str = "skb_ingress";
     pub const SKB_EGRESS: &str = "skb_egress";
     pub const SOCK_CREATE: &str = "sock_create";
+    pub const TCP_SEND: &str = "sock_send_length";
+    pub const TCP_RECV: &str = "sock_recv_length";
 }
 
 /// Name of the read-only global holding [`KernelOffsets`].
@@ -89,6 +91,11 @@ pub const FLAG_NET: u32 = 1 << 5;
 pub const FLAG_NET_PER_EVENT: u32 = 1 << 6;
 /// Zero the local port of outbound connection records (aggregateEphemeralPorts).
 pub const FLAG_NET_AGG_EPHEMERAL: u32 = 1 << 7;
+/// TCP bytes come from the sock_send_length / sock_recv_length tracepoints
+/// (one event per send or receive call); the cgroup_skb programs then only
+/// keep the first payload bytes and DNS of TCP packets. Without it they
+/// count TCP bytes per packet.
+pub const FLAG_NET_TCP_BYTES_BY_CALL: u32 = 1 << 8;
 
 /// Entries of the network bookkeeping maps. LRU maps: when one is full the
 /// least recently used entry goes, which costs an owner (reported as pid 0)
@@ -161,14 +168,18 @@ pub enum Counter {
     ConnSeen = 7,
     ConnMapFull = 8,
     ConnRaceLost = 9,
-    /// Packets whose bytes found the traffic map full: their bytes are in no record.
+    /// Packets or send/receive calls whose bytes found the traffic map full:
+    /// their bytes are in no record.
     TrafficMapFull = 10,
     /// DNS answers not copied because the ring buffer was full.
     DnsRingFull = 11,
     /// A kernel structure could not be read (netns); the record has netns 0.
     NetReadFailed = 12,
+    /// A TCP send/receive call whose socket could not be read: its bytes
+    /// are in no record.
+    TcpBytesUnread = 13,
 }
-pub const COUNTER_COUNT: u32 = 13;
+pub const COUNTER_COUNT: u32 = 14;
 
 /// Identity of an aggregated process create record: command line + uid + type
 /// (seed 001: "identical when the command line and userid are identical").
@@ -388,8 +399,32 @@ pub struct KernelOffsets {
     pub tp_daddr: u32,
     pub tp_saddr_v6: u32,
     pub tp_daddr_v6: u32,
+    /// `sock_common` addresses and ports: the connection of a socket seen
+    /// by the send/receive length tracepoints. The IPv6 ones are u32::MAX
+    /// on kernels built without IPv6 (a read there fails, nothing is counted).
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    /// `inet_sock.inet_sport`: unlike `skc_num` it survives the socket
+    /// reaching TIME_WAIT while the application still reads queued data.
+    pub inet_sport: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `tcp_sock.bytes_sent` / `bytes_received`: tell a connection's first
+    /// payload packet from the rest without a map lookup.
+    pub tcp_bytes_sent: u32,
+    pub tcp_bytes_received: u32,
+    /// Fields of sock/sock_send_length and sock/sock_recv_length (one
+    /// layout for both; 0 when the kernel lacks them, before 6.3).
+    pub tp_len_sk: u32,
+    pub tp_len_family: u32,
+    pub tp_len_protocol: u32,
+    pub tp_len_ret: u32,
+    pub tp_len_flags: u32,
+    /// 1 when the kernel has both length tracepoints with the fields above.
+    pub has_sock_length: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 104);
+const _: () = assert!(size_of::<KernelOffsets>() == 104 + 14 * 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -459,6 +494,20 @@ impl KernelOffsets {
             tp_daddr: 0,
             tp_saddr_v6: 0,
             tp_daddr_v6: 0,
+            skc_daddr: 0,
+            skc_rcv_saddr: 0,
+            skc_dport: 0,
+            inet_sport: 0,
+            skc_v6_daddr: 0,
+            skc_v6_rcv_saddr: 0,
+            tcp_bytes_sent: 0,
+            tcp_bytes_received: 0,
+            tp_len_sk: 0,
+            tp_len_family: 0,
+            tp_len_protocol: 0,
+            tp_len_ret: 0,
+            tp_len_flags: 0,
+            has_sock_length: 0,
         }
     }
 }

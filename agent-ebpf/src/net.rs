@@ -17,14 +17,21 @@
 //!   DNS answers. They always return 1 (allow).
 //! - `cgroup/sock_create` runs in the socket() caller: owners of UDP, ICMP
 //!   and raw sockets, keyed by socket cookie for the cgroup_skb programs.
+//! - `tracepoint/sock/sock_send_length` and `sock_recv_length` (6.3+; fired
+//!   by `sock_sendmsg_nosec` / `sock_recvmsg_nosec`, include/trace/events/sock.h)
+//!   when [`FLAG_NET_TCP_BYTES_BY_CALL`] is set: TCP payload bytes once per
+//!   send or receive call instead of once per packet, which is what keeps a
+//!   bulk transfer cheap. The cgroup_skb programs then only take the first
+//!   payload bytes of a TCP connection (recognised from the socket's own
+//!   byte counters, without a map lookup) and DNS over TCP.
 // Map calls take `impl Borrow<K>`: passing references keeps 544-byte owners
 // and 56-byte keys where they are instead of copying them onto the 512-byte stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use agent_common::{
     ConnKey, Control, Counter, DnsEvent, ListenKey, Owner, TrafficValue, AF_INET, AF_INET6, CMDLINE_CAP, DIR_IN,
-    DIR_OUT, DNS_CAP, FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT, FLOW_IDLE_NS, HEAD_LEN, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    DIR_OUT, DNS_CAP, FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT, FLAG_NET_TCP_BYTES_BY_CALL, FLOW_IDLE_NS,
+    HEAD_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -49,6 +56,8 @@ const TCP_LISTEN: i32 = 10;
 const SOCK_DGRAM: u32 = 2;
 const SOCK_RAW: u32 = 3;
 const DNS_PORT: u16 = 53;
+/// include/linux/socket.h: a peeking receive leaves the bytes to be read again.
+const MSG_PEEK: i32 = 2;
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -72,6 +81,18 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
 pub fn sock_create(ctx: SockContext) -> i32 {
     let _ = try_sock_create(&ctx);
     1 // allow
+}
+
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_bytes(&ctx, true);
+    0
+}
+
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_bytes(&ctx, false);
+    0
 }
 
 #[inline(always)]
@@ -187,7 +208,7 @@ fn record_conn(ctl: &Control, key: &mut ConnKey, direction: u8) -> Result<(), i6
             v.first_seen_ns = boot_ns();
             v.direction = direction;
             v._pad = [0; 7];
-            v.owner = unsafe { *owner };
+            copy(&mut v.owner, unsafe { &*owner });
             Some(value as *const agent_common::ConnValue)
         },
         Counter::ConnMapFull,
@@ -275,6 +296,71 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
     record_conn(&ctl, &mut key, direction)
 }
 
+/// The payload bytes of one TCP send or receive call, added to the traffic
+/// record of the socket's connection. The tracepoint runs for every socket
+/// family; everything but TCP leaves after one read.
+fn try_tcp_bytes(ctx: &TracePointContext, send: bool) -> Result<(), i64> {
+    let ctl = enabled().ok_or(0)?;
+    if ctl.flags & FLAG_NET_TCP_BYTES_BY_CALL == 0 {
+        return Ok(());
+    }
+    let off = offsets();
+    let rd = |o: u32| o as usize;
+    let protocol: u16 = unsafe { ctx.read_at(rd(off.tp_len_protocol)).map_err(|e| e as i64)? };
+    if protocol != IPPROTO_TCP as u16 {
+        return Ok(());
+    }
+    let ret: i32 = unsafe { ctx.read_at(rd(off.tp_len_ret)).map_err(|e| e as i64)? };
+    if ret <= 0 {
+        return Ok(()); // an error or nothing moved
+    }
+    if !send {
+        let flags: i32 = unsafe { ctx.read_at(rd(off.tp_len_flags)).map_err(|e| e as i64)? };
+        if flags & MSG_PEEK != 0 {
+            return Ok(());
+        }
+    }
+    let family: u16 = unsafe { ctx.read_at(rd(off.tp_len_family)).map_err(|e| e as i64)? };
+    let sk: u64 = unsafe { ctx.read_at(rd(off.tp_len_sk)).map_err(|e| e as i64)? };
+    let mut key = ConnKey::zeroed();
+    if sock_conn_key(sk, family, &mut key).is_err() {
+        count(&ctl, Counter::TcpBytesUnread);
+        return Ok(());
+    }
+    key.netns = sock_netns(&ctl, sk);
+    normalize(&mut key);
+    let (bytes_in, bytes_out) = if send { (0, ret as u64) } else { (ret as u64, 0) };
+    add_traffic(&ctl, &key, bytes_in, bytes_out, false, false, |_| {});
+    Ok(())
+}
+
+/// A connected TCP socket's 4-tuple from its `sock_common`, oriented from
+/// the socket as packet keys are: local is the bound address and port.
+#[inline(always)]
+fn sock_conn_key(sk: u64, family: u16, key: &mut ConnKey) -> Result<(), i64> {
+    let off = offsets();
+    let base = sk as *const u8;
+    key.proto = IPPROTO_TCP;
+    // Both in network order. Not skc_num: a socket that reached TIME_WAIT
+    // with data still queued for reading has given its port back (0).
+    key.lport = u16::from_be(unsafe { read_field::<u16>(base, off.inet_sport)? });
+    key.rport = u16::from_be(unsafe { read_field::<u16>(base, off.skc_dport)? });
+    if family == AF_INET as u16 {
+        key.family = AF_INET;
+        let l: [u8; 4] = unsafe { read_field(base, off.skc_rcv_saddr)? };
+        let r: [u8; 4] = unsafe { read_field(base, off.skc_daddr)? };
+        key.laddr[..4].copy_from_slice(&l);
+        key.raddr[..4].copy_from_slice(&r);
+    } else if family == AF_INET6 as u16 {
+        key.family = AF_INET6;
+        key.laddr = unsafe { read_field(base, off.skc_v6_rcv_saddr)? };
+        key.raddr = unsafe { read_field(base, off.skc_v6_daddr)? };
+    } else {
+        return Err(0);
+    }
+    Ok(())
+}
+
 fn try_sock_create(ctx: &SockContext) -> Result<(), i64> {
     let ctl = enabled().ok_or(0)?;
     let ty = unsafe { (*ctx.sock).type_ };
@@ -306,32 +392,57 @@ fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Result<[u8; N], i64
 /// bpf_probe_read_kernel turns it into a plain number that can be offset and
 /// read like any kernel address (allowed to CAP_PERFMON loaders).
 #[inline(always)]
-fn skb_netns(ctl: &Control, ctx: &SkBuffContext) -> u32 {
+fn skb_sock(ctl: &Control, ctx: &SkBuffContext) -> Option<u64> {
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return 0;
+        return None;
     }
     let slot = sk;
-    let raw: u64 = match unsafe { bpf_probe_read_kernel(&slot as *const _ as *const u64) } {
-        Ok(v) => v,
+    match unsafe { bpf_probe_read_kernel(&slot as *const _ as *const u64) } {
+        Ok(v) => Some(v),
         Err(_) => {
             count(ctl, Counter::NetReadFailed);
-            return 0;
+            None
         }
+    }
+}
+
+#[inline(always)]
+fn skb_netns(ctl: &Control, sk: Option<u64>) -> u32 {
+    match sk {
+        Some(sk) => sock_netns(ctl, sk),
+        None => 0,
+    }
+}
+
+/// Whether this TCP packet carries its connection's first payload in its
+/// direction, from the socket's RFC 4898 byte counters: `bytes_sent` has
+/// already been advanced by this packet when it reaches the egress hook
+/// (`__tcp_transmit_skb` counts before `queue_xmit`); `bytes_received` is
+/// advanced only after the ingress hook (`tcp_filter` runs first). A
+/// retransmitted first segment does not match again; its head was kept the
+/// first time.
+#[inline(always)]
+fn first_tcp_payload(sk: Option<u64>, egress: bool, payload: u32) -> bool {
+    let Some(sk) = sk else {
+        return false;
     };
-    sock_netns(ctl, raw)
+    let off = offsets();
+    let (offset, first) = if egress { (off.tcp_bytes_sent, payload as u64) } else { (off.tcp_bytes_received, 0) };
+    let counter = unsafe { read_field::<u64>(sk as *const u8, offset) };
+    counter == Ok(first)
 }
 
 fn try_skb(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
     let ctl = enabled().ok_or(0)?;
     let len = ctx.len();
-    let first: [u8; 1] = load(ctx, 0)?;
+    // 20 bytes: a whole IPv4 header, or the first half of an IPv6 one.
+    let h: [u8; 20] = load(ctx, 0)?;
     let mut key = ConnKey::zeroed();
     let (mut l4, mut proto);
     let (src, dst);
-    match first[0] >> 4 {
+    match h[0] >> 4 {
         4 => {
-            let h: [u8; 20] = load(ctx, 0)?;
             // A non-first fragment has no L4 header. Egress runs before
             // fragmentation and ingress after reassembly, so these are rare.
             if (u16::from_be_bytes([h[6], h[7]]) & 0x1fff) != 0 {
@@ -347,14 +458,15 @@ fn try_skb(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
             (src, dst) = (s, d);
         }
         6 => {
-            let h: [u8; 40] = load(ctx, 0)?;
+            let rest: [u8; 20] = load(ctx, 20)?;
             l4 = 40;
             proto = h[6];
             key.family = AF_INET6;
             let mut s = [0u8; 16];
             let mut d = [0u8; 16];
-            s.copy_from_slice(&h[8..24]);
-            d.copy_from_slice(&h[24..40]);
+            s[..12].copy_from_slice(&h[8..20]);
+            s[12..].copy_from_slice(&rest[..4]);
+            d.copy_from_slice(&rest[4..20]);
             (src, dst) = (s, d);
             // Skip a few extension headers (hop-by-hop 0, routing 43, destination options 60).
             for _ in 0..3 {
@@ -406,13 +518,32 @@ fn try_skb(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
     } else {
         (key.laddr, key.raddr, key.lport, key.rport) = (dst, src, dport, sport);
     }
-    let remote_port = key.rport;
+    let dns = key.rport == DNS_PORT;
     key.proto = proto;
-    key.netns = skb_netns(&ctl, ctx);
+    let sk = skb_sock(&ctl, ctx);
 
-    add_traffic(ctx, &ctl, &key, egress, payload, payload_off, remote_port == DNS_PORT)?;
+    // With TCP bytes counted per call, a TCP packet matters only for the
+    // connection's first payload or for DNS: most leave here, before any
+    // map is touched.
+    let tcp_by_call = proto == IPPROTO_TCP && ctl.flags & FLAG_NET_TCP_BYTES_BY_CALL != 0;
+    let (counted, want_head) = if tcp_by_call {
+        if payload == 0 {
+            return Ok(());
+        }
+        let first = first_tcp_payload(sk, egress, payload);
+        if !first && !dns {
+            return Ok(());
+        }
+        (0, first)
+    } else {
+        (payload as u64, payload > 0)
+    };
+    key.netns = skb_netns(&ctl, sk);
+    let (bytes_in, bytes_out) = if egress { (0, counted) } else { (counted, 0) };
+    let dns_query = egress && dns && payload > 0;
+    add_traffic(&ctl, &key, bytes_in, bytes_out, dns_query, want_head, |v| fill_head(ctx, v, payload_off, payload));
 
-    if !egress && remote_port == DNS_PORT && payload > 0 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) {
+    if !egress && dns && payload > 0 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) {
         copy_dns(ctx, &ctl, key.netns, proto, payload_off, payload);
     }
     if proto != IPPROTO_TCP {
@@ -421,66 +552,72 @@ fn try_skb(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
     Ok(())
 }
 
-/// Adds a packet's payload bytes to its traffic record.
+/// Adds bytes (and a DNS query) to a traffic record, creating it when new.
+/// `fill_head` keeps the first payload bytes when `want_head` and the
+/// record has none yet.
 #[inline(always)]
 fn add_traffic(
-    ctx: &SkBuffContext,
     ctl: &Control,
     key: &ConnKey,
-    egress: bool,
-    payload: u32,
-    payload_off: u32,
-    to_dns: bool,
-) -> Result<(), i64> {
+    bytes_in: u64,
+    bytes_out: u64,
+    dns_query: bool,
+    want_head: bool,
+    fill_head: impl Fn(&mut TrafficValue),
+) {
     let map = if ctl.generation & 1 == 0 { &TRAF_0 } else { &TRAF_1 };
-    let query = (egress && to_dns && payload > 0) as u64;
     let v = match map.get_ptr_mut(key) {
         Some(v) => v,
         None => {
-            let mut init = TrafficValue::default();
-            if egress {
-                init.bytes_out = payload as u64;
-            } else {
-                init.bytes_in = payload as u64;
+            let mut init = TrafficValue {
+                bytes_in,
+                bytes_out,
+                dns_queries: dns_query as u64,
+                first_seen_ns: boot_ns(),
+                ..Default::default()
+            };
+            if want_head {
+                fill_head(&mut init);
             }
-            init.dns_queries = query;
-            init.first_seen_ns = boot_ns();
-            fill_head(ctx, &mut init, payload_off, payload);
             match map.insert(key, &init, BPF_NOEXIST as u64) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return,
                 // Another CPU inserted it since our lookup: add to theirs.
                 Err(-17) => match map.get_ptr_mut(key) {
                     Some(v) => v,
-                    None => {
-                        count(ctl, Counter::TrafficMapFull);
-                        return Ok(());
-                    }
+                    None => return lost(ctl, bytes_in | bytes_out, dns_query),
                 },
-                Err(_) => {
-                    count(ctl, Counter::TrafficMapFull);
-                    return Ok(());
-                }
+                Err(_) => return lost(ctl, bytes_in | bytes_out, dns_query),
             }
         }
     };
     let v = unsafe { &mut *v };
-    if egress {
-        atomic_add(&mut v.bytes_out, payload as u64);
-    } else {
-        atomic_add(&mut v.bytes_in, payload as u64);
+    if bytes_out != 0 {
+        atomic_add(&mut v.bytes_out, bytes_out);
     }
-    if query != 0 {
+    if bytes_in != 0 {
+        atomic_add(&mut v.bytes_in, bytes_in);
+    }
+    if dns_query {
         atomic_add(&mut v.dns_queries, 1);
     }
-    if v.head_len == 0 && payload > 0 {
+    if want_head && v.head_len == 0 {
         // Two CPUs may both write the head of their first payload; either
         // one is a first payload of this record.
         let mut tmp = TrafficValue::default();
-        fill_head(ctx, &mut tmp, payload_off, payload);
+        fill_head(&mut tmp);
         v.head = tmp.head;
         v.head_len = tmp.head_len;
     }
-    Ok(())
+}
+
+/// A traffic update found the map full. Only lost bytes and queries are
+/// counted: a packet that brought only a head costs the application
+/// protocol guess its payload evidence, not a figure.
+#[inline(always)]
+fn lost(ctl: &Control, bytes: u64, dns_query: bool) {
+    if bytes != 0 || dns_query {
+        count(ctl, Counter::TrafficMapFull);
+    }
 }
 
 /// Copies the first bytes of the payload, for the application protocol guess.

@@ -67,9 +67,12 @@ pub fn program_wanted(c: &Config, program: &str) -> bool {
     match program {
         programs::PROCESS_EXEC | programs::PROCESS_FORK => create || terminate,
         programs::PROCESS_EXIT => terminate,
-        programs::TCP_STATE | programs::SKB_INGRESS | programs::SKB_EGRESS | programs::SOCK_CREATE => {
-            c.collects(EventType::ConnectionCreate)
-        }
+        programs::TCP_STATE
+        | programs::SKB_INGRESS
+        | programs::SKB_EGRESS
+        | programs::SOCK_CREATE
+        | programs::TCP_SEND
+        | programs::TCP_RECV => c.collects(EventType::ConnectionCreate),
         _ => true,
     }
 }
@@ -177,7 +180,7 @@ impl<S: Sink> Agent<S> {
         mut sink: S,
         users: UserNames,
     ) -> anyhow::Result<Self> {
-        drainer.set_control(control_flags(&config), config.cmdline_max)?;
+        drainer.set_control(control_flags(&config) | programs.kernel_flags(), config.cmdline_max)?;
         programs.set_attached(|p| program_wanted(&config, p))?;
         sink.configure(&config);
         sink.report_config(&config.to_raw());
@@ -269,7 +272,7 @@ impl<S: Sink> Agent<S> {
     fn apply(&mut self, new: Config) -> anyhow::Result<()> {
         self.shutdown()?;
         self.sink.flush_now();
-        self.drainer.set_control(control_flags(&new), new.cmdline_max)?;
+        self.drainer.set_control(control_flags(&new) | self.programs.kernel_flags(), new.cmdline_max)?;
         self.programs.set_attached(|p| program_wanted(&new, p))?;
         self.processes.reconfigure(new.process_create);
         self.terminations.reconfigure(new.process_terminate);

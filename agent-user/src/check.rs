@@ -1,6 +1,8 @@
 //! `hitcount check`: what will and will not work on this kernel, and the fix.
 use std::fmt;
 
+use agent_common::programs;
+
 use crate::{btf::Btf, drain::Quiesce, ebpf, tracefs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +87,10 @@ pub fn run_checks() -> Vec<Check> {
             ebpf::Hook::RawTracepoint { name } => (format!("raw tracepoint {name}"), "sched", name),
             ebpf::Hook::CgroupSkb { .. } | ebpf::Hook::CgroupSockCreate => continue,
         };
+        let optional = matches!(probe.program, programs::TCP_SEND | programs::TCP_RECV);
         out.push(match tracefs::format(cat, name) {
             Ok(_) => check(Status::Ok, what, format!("for {}", probe.program)),
+            Err(e) if optional => check(Status::Warn, what, format!("{e}; TCP bytes are counted per packet")),
             Err(e) => check(Status::Fail, what, e.to_string()),
         });
     }
@@ -131,20 +135,31 @@ pub fn run_checks() -> Vec<Check> {
     out.push(match &cgroup {
         Some(p) => check(
             Status::Ok,
-            "network bytes: cgroup_skb",
+            "network packets: cgroup_skb",
             format!(
-                "cgroup v2 root {}: cgroup_skb ingress/egress count L4 payload bytes of every socket, \
-                 new UDP/ICMP flows and DNS answers; cgroup/sock_create names UDP/ICMP socket owners",
+                "cgroup v2 root {}: cgroup_skb ingress/egress see new UDP/ICMP flows and their bytes, DNS \
+                 answers and first payload bytes; cgroup/sock_create names UDP/ICMP socket owners",
                 p.display()
             ),
         ),
         None => check(
             Status::Warn,
-            "network bytes: cgroup_skb",
-            "no cgroup v2 mount: falling back to the TCP state tracepoint alone (TCP connection counts and \
-             direction; no bytes, UDP, ICMP or DNS); mount one: mount -t cgroup2 none /sys/fs/cgroup/unified",
+            "network packets: cgroup_skb",
+            "no cgroup v2 mount: no UDP, ICMP, DNS or application protocol from payload; mount one: \
+             mount -t cgroup2 none /sys/fs/cgroup/unified",
         ),
     });
+    if let Some(Ok(o)) = &offsets {
+        let tcp = ebpf::TcpBytes::select(ebpf::TcpBytesChoice::Auto, o.has_sock_length != 0, cgroup.is_some());
+        out.push(match tcp {
+            Ok(t @ ebpf::TcpBytes::Calls) => check(Status::Ok, "TCP bytes", t.describe()),
+            Ok(t @ ebpf::TcpBytes::Packets) => {
+                check(Status::Ok, "TCP bytes", format!("{} (no sock/sock_send_length: Linux < 6.3)", t.describe()))
+            }
+            Ok(t) => check(Status::Warn, "TCP bytes", t.describe()),
+            Err(e) => check(Status::Fail, "TCP bytes", e),
+        });
+    }
     out.push(match Quiesce::detect() {
         Quiesce::Membarrier => check(Status::Ok, "lossless drain", "membarrier(MEMBARRIER_CMD_GLOBAL)"),
         Quiesce::Sleep(d) => check(
@@ -167,7 +182,7 @@ pub fn run_checks() -> Vec<Check> {
 fn load_and_attach(o: &agent_common::KernelOffsets) -> Result<usize, ebpf::LoadError> {
     let e = ebpf::load(o, ebpf::MapSizes { process_create: 16, process_terminate: 16, connection_create: 16 })?;
     // Programs start with a zeroed control block: attached, they record nothing.
-    let mut programs = ebpf::Programs::new(e)?;
+    let mut programs = ebpf::Programs::new(e, o, ebpf::TcpBytesChoice::Auto)?;
     programs.set_attached(|_| true)?;
     Ok(ebpf::PROBES.iter().filter(|p| programs.is_attached(p.program)).count())
     // Dropping `programs` detaches and unloads.

@@ -2,7 +2,7 @@
 //! table and the attach loop.
 use std::collections::HashMap;
 
-use agent_common::{maps, programs, KernelOffsets, OFFSETS_GLOBAL};
+use agent_common::{maps, programs, KernelOffsets, FLAG_NET_TCP_BYTES_BY_CALL, OFFSETS_GLOBAL};
 use std::path::{Path, PathBuf};
 
 use aya::{
@@ -35,6 +35,8 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    TcpBytes(String),
     #[error("program {program}: {action} failed: {source}")]
     Program {
         program: &'static str,
@@ -108,7 +110,75 @@ pub const PROBES: &[Probe] = &[
     Probe { program: programs::SKB_INGRESS, hook: Hook::CgroupSkb { egress: false }, family: Family::Net },
     Probe { program: programs::SKB_EGRESS, hook: Hook::CgroupSkb { egress: true }, family: Family::Net },
     Probe { program: programs::SOCK_CREATE, hook: Hook::CgroupSockCreate, family: Family::Net },
+    Probe {
+        program: programs::TCP_SEND,
+        hook: Hook::Tracepoint { category: "sock", name: "sock_send_length" },
+        family: Family::Net,
+    },
+    Probe {
+        program: programs::TCP_RECV,
+        hook: Hook::Tracepoint { category: "sock", name: "sock_recv_length" },
+        family: Family::Net,
+    },
 ];
+
+/// Where the network collector's TCP byte counts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpBytes {
+    /// sock/sock_send_length and sock_recv_length (kernel 6.3+): one event
+    /// per send or receive call, the payload the application moved;
+    /// retransmissions are not counted.
+    Calls,
+    /// cgroup_skb on the cgroup v2 root: one event per packet, L4 payload;
+    /// retransmitted segments count again.
+    Packets,
+    /// Neither hook: TCP connections are counted without bytes.
+    Unavailable,
+}
+
+/// The operator's choice (`hitcount run --tcp-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TcpBytesChoice {
+    /// Per call when the kernel has the tracepoints, else per packet.
+    #[default]
+    Auto,
+    Calls,
+    Packets,
+}
+
+impl TcpBytes {
+    /// Resolves the choice against what this kernel and mount table offer.
+    pub fn select(choice: TcpBytesChoice, has_calls: bool, has_cgroup: bool) -> Result<TcpBytes, String> {
+        match choice {
+            TcpBytesChoice::Auto if has_calls => Ok(TcpBytes::Calls),
+            TcpBytesChoice::Auto if has_cgroup => Ok(TcpBytes::Packets),
+            TcpBytesChoice::Auto => Ok(TcpBytes::Unavailable),
+            TcpBytesChoice::Calls if has_calls => Ok(TcpBytes::Calls),
+            TcpBytesChoice::Calls => Err("--tcp-bytes calls: this kernel has no sock/sock_send_length and \
+                                          sock/sock_recv_length tracepoints (they came in Linux 6.3)"
+                .to_string()),
+            TcpBytesChoice::Packets if has_cgroup => Ok(TcpBytes::Packets),
+            TcpBytesChoice::Packets => {
+                Err("--tcp-bytes packets: no cgroup v2 mount for the cgroup_skb programs; mount one: \
+                     mount -t cgroup2 none /sys/fs/cgroup/unified"
+                    .to_string())
+            }
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            TcpBytes::Calls => {
+                "per send/receive call (sock/sock_send_length, sock/sock_recv_length): the payload \
+                 applications moved, retransmissions not counted"
+            }
+            TcpBytes::Packets => {
+                "per packet (cgroup_skb ingress/egress): L4 payload, retransmitted segments counted again"
+            }
+            TcpBytes::Unavailable => "none: no length tracepoints (Linux < 6.3) and no cgroup v2 mount",
+        }
+    }
+}
 
 /// Map sizes chosen at load time: distinct records the kernel holds between
 /// two drains, per generation.
@@ -171,6 +241,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
     // to "the exiting thread is the group leader".
     let group_dead = exit.get("group_dead").map(|f| f.offset);
     let st = |name| field(&state, "sock/inet_sock_set_state", name);
+    let length = sock_length_fields();
+    let len_field = |i: usize| length.map_or(0, |f| f[i]);
+    // Kernels built without IPv6 have no skc_v6_* members; no socket there is AF_INET6.
+    let v6 = |m| btf.member_offset("sock_common", m).unwrap_or(u32::MAX);
     Ok(KernelOffsets {
         task_cred: task("cred")?,
         cred_uid: btf.member_offset("cred", "uid")?,
@@ -191,6 +265,20 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
         tp_daddr: st("daddr")?,
         tp_saddr_v6: st("saddr_v6")?,
         tp_daddr_v6: st("daddr_v6")?,
+        skc_daddr: btf.member_offset("sock_common", "skc_daddr")?,
+        skc_rcv_saddr: btf.member_offset("sock_common", "skc_rcv_saddr")?,
+        skc_dport: btf.member_offset("sock_common", "skc_dport")?,
+        inet_sport: btf.member_offset("inet_sock", "inet_sport")?,
+        skc_v6_daddr: v6("skc_v6_daddr"),
+        skc_v6_rcv_saddr: v6("skc_v6_rcv_saddr"),
+        tcp_bytes_sent: btf.member_offset("tcp_sock", "bytes_sent")?,
+        tcp_bytes_received: btf.member_offset("tcp_sock", "bytes_received")?,
+        tp_len_sk: len_field(0),
+        tp_len_family: len_field(1),
+        tp_len_protocol: len_field(2),
+        tp_len_ret: len_field(3),
+        tp_len_flags: len_field(4),
+        has_sock_length: length.is_some() as u32,
         task_mm: task("mm")?,
         task_real_parent: task("real_parent")?,
         task_tgid: task("tgid")?,
@@ -202,6 +290,19 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
         tp_exit_group_dead: group_dead.unwrap_or(0),
         has_group_dead: group_dead.is_some() as u32,
     })
+}
+
+/// Offsets of sk, family, protocol, ret and flags in sock/sock_send_length,
+/// when the kernel has it and sock_recv_length with the same layout (one
+/// offset set serves both programs).
+fn sock_length_fields() -> Option<[u32; 5]> {
+    let names = ["sk", "family", "protocol", "ret", "flags"];
+    let read = |name| {
+        let fields = tracefs::format("sock", name).ok()?;
+        names.iter().map(|n| fields.get(*n).map(|f| f.offset)).collect::<Option<Vec<u32>>>()
+    };
+    let send = read("sock_send_length")?;
+    (read("sock_recv_length")? == send).then(|| [send[0], send[1], send[2], send[3], send[4]])
 }
 
 /// Loads the object with this kernel's offsets and the configured map sizes.
@@ -294,15 +395,38 @@ pub struct Programs {
     /// cgroup v2 mount, when the network collector runs on the TCP
     /// tracepoint alone.
     cgroup: Option<std::fs::File>,
+    tcp_bytes: TcpBytes,
 }
 
 impl Programs {
-    pub fn new(ebpf: Ebpf) -> Result<Programs, LoadError> {
+    pub fn new(ebpf: Ebpf, offsets: &KernelOffsets, choice: TcpBytesChoice) -> Result<Programs, LoadError> {
         let cgroup = match cgroup2_root() {
             Some(path) => Some(open_cgroup(&path)?),
             None => None,
         };
-        Ok(Programs { ebpf, links: HashMap::new(), cgroup })
+        let tcp_bytes =
+            TcpBytes::select(choice, offsets.has_sock_length != 0, cgroup.is_some()).map_err(LoadError::TcpBytes)?;
+        Ok(Programs { ebpf, links: HashMap::new(), cgroup, tcp_bytes })
+    }
+
+    pub fn tcp_bytes(&self) -> TcpBytes {
+        self.tcp_bytes
+    }
+
+    /// Control flags that follow from the hooks in use rather than the configuration.
+    pub fn kernel_flags(&self) -> u32 {
+        match self.tcp_bytes {
+            TcpBytes::Calls => FLAG_NET_TCP_BYTES_BY_CALL,
+            TcpBytes::Packets | TcpBytes::Unavailable => 0,
+        }
+    }
+
+    /// The length tracepoints run only while they are the TCP byte source.
+    fn needed(&self, program: &str) -> bool {
+        match program {
+            programs::TCP_SEND | programs::TCP_RECV => self.tcp_bytes == TcpBytes::Calls,
+            _ => true,
+        }
     }
 
     pub fn is_attached(&self, program: &str) -> bool {
@@ -313,12 +437,13 @@ impl Programs {
     /// detaches the others; programs already in the right state are left alone.
     pub fn set_attached(&mut self, wanted: impl Fn(&str) -> bool) -> Result<(), LoadError> {
         for probe in PROBES {
-            let mut want = wanted(probe.program);
+            let mut want = wanted(probe.program) && self.needed(probe.program);
             if want && probe.hook.needs_cgroup() && self.cgroup.is_none() {
                 log::warn!(
-                    "no cgroup v2 mount: {} not attached; ConnectionCreate counts TCP connections only (no bytes, \
-                     UDP, ICMP or DNS); mount one: mount -t cgroup2 none /sys/fs/cgroup/unified",
-                    probe.program
+                    "no cgroup v2 mount: {} not attached; ConnectionCreate has no UDP, ICMP, DNS or application \
+                     protocol from payload, TCP bytes {}; mount one: mount -t cgroup2 none /sys/fs/cgroup/unified",
+                    probe.program,
+                    self.tcp_bytes.describe()
                 );
                 want = false;
             }
@@ -410,6 +535,18 @@ mod tests {
         assert_eq!(parse_cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(parse_cgroup2_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0"), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(parse_cgroup2_mount("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn tcp_bytes_prefer_calls_and_refuse_what_the_kernel_lacks() {
+        use TcpBytesChoice::*;
+        assert_eq!(TcpBytes::select(Auto, true, true), Ok(TcpBytes::Calls));
+        assert_eq!(TcpBytes::select(Auto, false, true), Ok(TcpBytes::Packets));
+        assert_eq!(TcpBytes::select(Auto, true, false), Ok(TcpBytes::Calls), "no cgroup v2: calls still count");
+        assert_eq!(TcpBytes::select(Auto, false, false), Ok(TcpBytes::Unavailable));
+        assert_eq!(TcpBytes::select(Packets, true, true), Ok(TcpBytes::Packets));
+        assert!(TcpBytes::select(Calls, false, true).unwrap_err().contains("6.3"));
+        assert!(TcpBytes::select(Packets, true, false).unwrap_err().contains("cgroup v2"));
     }
 
     #[test]

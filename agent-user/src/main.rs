@@ -74,6 +74,11 @@ struct RunArgs {
     /// Keep unsent MQTT messages here across restarts of the agent.
     #[arg(long, value_name = "DIR", requires = "mqtt_url")]
     spool_dir: Option<PathBuf>,
+    /// Where TCP byte counts come from: `calls` (sock_send_length and
+    /// sock_recv_length, Linux 6.3+), `packets` (cgroup_skb), or `auto`
+    /// (calls when the kernel has them).
+    #[arg(long, value_name = "SOURCE", value_enum, default_value_t)]
+    tcp_bytes: ebpf::TcpBytesChoice,
 }
 
 /// Environment variable read for the MQTT password when no file is given.
@@ -202,7 +207,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             None => (Box::new(sinks::stdout::StdoutSink::stdout()), None, None),
         };
-        let agent = agent::Agent::new(local, config.clone(), drainer, ebpf::Programs::new(bpf)?, sink, users)?;
+        let programs = ebpf::Programs::new(bpf, &offsets, args.tcp_bytes)?;
+        log::info!("TCP bytes: {}", programs.tcp_bytes().describe());
+        let agent = agent::Agent::new(local, config.clone(), drainer, programs, sink, users)?;
         let result = agent::run(agent, desired).await;
         if let Some(t) = transport {
             t.shutdown().await;

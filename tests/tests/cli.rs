@@ -81,6 +81,11 @@ fn check_reports_this_kernel() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("load and attach programs"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
+    // Which TCP byte source this kernel gets, as tracefs shows it.
+    let has_calls = std::path::Path::new("/sys/kernel/tracing/events/sock/sock_send_length").exists();
+    let tcp = out.lines().find(|l| l.contains("TCP bytes")).expect("a TCP bytes line");
+    let expected = if has_calls { "per send/receive call" } else { "per packet" };
+    assert!(tcp.contains(expected), "{tcp}");
 }
 
 #[test]

@@ -43,11 +43,15 @@ fn sum(recs: &[&Value], field: &str) -> u64 {
 
 /// Connects, sends `chunks` writes of `chunk` bytes, half-closes, reads the reply to EOF.
 fn tcp_exchange(to: SocketAddr, chunks: usize, chunk: usize) -> usize {
+    tcp_send(to, &vec![b'x'; chunk], chunks)
+}
+
+/// Connects, writes `data` `times` times, half-closes, reads the reply to EOF.
+fn tcp_send(to: SocketAddr, data: &[u8], times: usize) -> usize {
     let mut c = TcpStream::connect(to).unwrap();
     c.set_nodelay(true).unwrap();
-    let buf = vec![b'x'; chunk];
-    for _ in 0..chunks {
-        c.write_all(&buf).unwrap();
+    for _ in 0..times {
+        c.write_all(data).unwrap();
     }
     c.shutdown(Shutdown::Write).unwrap();
     let mut reply = Vec::new();
@@ -70,14 +74,18 @@ fn serve(l: TcpListener, n: usize, reply: usize) -> std::thread::JoinHandle<u64>
     })
 }
 
-/// The shared TCP scenario, over IPv4 or IPv6: 5 small exchanges and one
-/// bulk transfer out, 3 connections in, every count and byte exact.
-fn tcp_scenario(v6: bool, index: u8) {
+const HTTP_REQUEST: &[u8] = b"GET /status HTTP/1.1\r\nHost: peer\r\n\r\n";
+
+/// The shared TCP scenario, over IPv4 or IPv6, with TCP bytes counted per
+/// call or per packet (`--tcp-bytes`): 5 small exchanges, one bulk transfer
+/// and an HTTP request out, 3 connections in, every count and byte exact.
+fn tcp_scenario(v6: bool, index: u8, tcp_bytes: &str) {
     let mut ns = NetNs::new(index).unwrap();
     let (host, peer) = if v6 { (ns.host_v6(), ns.peer_v6()) } else { (ns.host_v4(), ns.peer_v4()) };
     ns.spawn(&["tcp-server", &peer, "7001", "1000"]).unwrap();
     ns.spawn(&["tcp-server", &peer, "7003", &(3 << 20).to_string()]).unwrap();
-    let agent = Agent::start(&["--interval", "PT2S", "--cache-size", "1024"]).unwrap();
+    ns.spawn(&["tcp-server", &peer, "7004", "100"]).unwrap();
+    let agent = Agent::start(&["--interval", "PT2S", "--cache-size", "1024", "--tcp-bytes", tcp_bytes]).unwrap();
     // After the agent: a listener opened before it started has no known owner.
     let listener = TcpListener::bind((host.parse::<std::net::IpAddr>().unwrap(), 7002)).unwrap();
 
@@ -87,6 +95,8 @@ fn tcp_scenario(v6: bool, index: u8) {
     }
     let bulk: SocketAddr = SocketAddr::new(peer.parse().unwrap(), 7003);
     assert_eq!(tcp_exchange(bulk, 128, 64 << 10), 3 << 20);
+    // Port 7004 means nothing: only the first payload bytes say HTTP.
+    assert_eq!(tcp_send(SocketAddr::new(peer.parse().unwrap(), 7004), HTTP_REQUEST, 1), 100);
     let server = serve(listener, 3, 20);
     ns.run(&["tcp-client", &host, "7002", "3", "500"]).unwrap();
     assert_eq!(server.join().unwrap(), 1500);
@@ -100,7 +110,7 @@ fn tcp_scenario(v6: bool, index: u8) {
     let mut ports: Vec<_> = out.iter().map(|p| p["local_port"].as_u64().unwrap()).collect();
     ports.sort();
     ports.dedup();
-    assert_eq!(ports.len(), 5, "one record per 5-tuple");
+    assert_eq!(ports.len(), 5, "one record per 5-tuple: {out:#?}");
     let first = out.iter().find(|p| p["hit_count"] == 1).unwrap();
     assert_eq!(first["process_id"], std::process::id());
     assert!(first["commandline"].as_str().unwrap().contains("net-"), "{first}");
@@ -109,6 +119,16 @@ fn tcp_scenario(v6: bool, index: u8) {
     let bulk_rec = matching(&events, me, "TCP", &peer, Some(7003));
     assert_eq!(sum(&bulk_rec, "hit_count"), 1);
     assert_eq!((sum(&bulk_rec, "bytes_out"), sum(&bulk_rec, "bytes_in")), (8 << 20, 3 << 20));
+
+    // The request's first bytes: sent from here (egress), received there (ingress).
+    let http_out = matching(&events, me, "TCP", &peer, Some(7004));
+    assert_eq!(sum(&http_out, "hit_count"), 1);
+    assert_eq!((sum(&http_out, "bytes_out"), sum(&http_out, "bytes_in")), (HTTP_REQUEST.len() as u64, 100));
+    assert!(http_out.iter().all(|p| p["application_protocol"] == "HTTP"), "{http_out:#?}");
+    let http_in: Vec<_> =
+        matching(&events, ns.inode(), "TCP", &host, None).into_iter().filter(|p| p["local_port"] == 7004).collect();
+    assert_eq!(sum(&http_in, "hit_count"), 1);
+    assert!(http_in.iter().all(|p| p["direction"] == "in" && p["application_protocol"] == "HTTP"), "{http_in:#?}");
 
     let inbound: Vec<_> =
         matching(&events, me, "TCP", &peer, None).into_iter().filter(|p| p["local_port"] == 7002).collect();
@@ -138,7 +158,15 @@ fn tcp_ipv4_connections_direction_and_exact_bytes() {
     if !privileged("tcp_ipv4_connections_direction_and_exact_bytes") {
         return;
     }
-    tcp_scenario(false, 11);
+    tcp_scenario(false, 11, "calls");
+}
+
+#[test]
+fn tcp_bytes_per_packet_fallback_is_exact_too() {
+    if !privileged("tcp_bytes_per_packet_fallback_is_exact_too") {
+        return;
+    }
+    tcp_scenario(false, 21, "packets");
 }
 
 #[test]
@@ -146,7 +174,7 @@ fn tcp_ipv6_connections_direction_and_exact_bytes() {
     if !privileged("tcp_ipv6_connections_direction_and_exact_bytes") {
         return;
     }
-    tcp_scenario(true, 12);
+    tcp_scenario(true, 12, "calls");
 }
 
 #[test]
