@@ -219,6 +219,11 @@ impl<S: Sink> Agent<S> {
 
     /// Final drain; every open window is reported, however short.
     pub fn shutdown(&mut self) -> anyhow::Result<()> {
+        self.close_all_windows()
+    }
+
+    /// Drains, then reports every open window however short, and opens new ones.
+    fn close_all_windows(&mut self) -> anyhow::Result<()> {
         self.drain()?;
         self.close_processes()?;
         self.close_terminations()?;
@@ -267,8 +272,10 @@ impl<S: Sink> Agent<S> {
     }
 
     fn apply(&mut self, new: Config) -> anyhow::Result<()> {
-        self.shutdown()?;
+        // The current data first, under the current configuration...
+        self.close_all_windows()?;
         self.sink.flush_now();
+        // ...then the new one.
         self.drainer.set_control(control_flags(&new), new.cmdline_max)?;
         self.programs.set_attached(|p| program_wanted(&new, p))?;
         self.processes.reconfigure(new.process_create);

@@ -630,3 +630,40 @@ fn the_last_will_marks_a_vanished_agent_offline() {
     late.wait_until("the retained will", WAIT, |m| last_status(m) == b"offline").unwrap();
     assert!(late.on("status")[0].retain);
 }
+
+#[test]
+fn while_connected_a_window_larger_than_the_cache_is_not_dropped() {
+    if !ready("while_connected_a_window_larger_than_the_cache_is_not_dropped") {
+        return;
+    }
+    let broker = Broker::start(Auth::Plain, None).unwrap();
+    let device = marker("dev");
+    let sub = Subscriber::connect(&broker, &device).unwrap();
+    // One window of ~150 KB of distinct records against a 16 KB cache.
+    let cfg = temp_file(
+        "cfg",
+        r#"{"eventPriorityProcessCreate":"High","eventPriorityDroppedEventsStatistics":"High",
+            "highPriorityMessageFrequency":"PT1S","maxLocalCacheSizeInBytes":16384,"maxMessageSizeInBytes":8193,
+            "cacheSizeProcessCreate":4096,"aggregationIntervalProcessCreate":"PT1H"}"#,
+    );
+    let mut args = mqtt_args(&broker, &device, Some(&cfg));
+    args.drain(0..2);
+    let agent = start(&args);
+    sub.wait_until("status online", WAIT, |m| m.iter().any(|x| x.topic.ends_with("/status"))).unwrap();
+    let markers: Vec<String> = (0..300).map(|i| format!("{}-{}", marker("big"), "q".repeat(i % 50))).collect();
+    for m in &markers {
+        exec_true(m, 1);
+    }
+    agent.stop().unwrap();
+    sub.wait_until("every marker", WAIT, |_| {
+        let ev = sub.events();
+        markers.iter().all(|m| marker_hits(&ev, m) == 1)
+    })
+    .unwrap();
+    let events = sub.events();
+    assert_windows_account_for_every_event(&events, "ProcessCreate");
+    for p in payloads(&events, "DroppedEventsStatistics") {
+        assert_eq!(p["transport_cache_full"], 0, "{p}");
+    }
+    std::fs::remove_file(cfg).unwrap();
+}
