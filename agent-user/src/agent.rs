@@ -222,6 +222,11 @@ impl<S: Sink> Agent<S> {
 
     /// Final drain; every open window is reported, however short.
     pub fn shutdown(&mut self) -> anyhow::Result<()> {
+        self.close_all_windows()
+    }
+
+    /// Drains, then reports every open window however short, and opens new ones.
+    fn close_all_windows(&mut self) -> anyhow::Result<()> {
         self.drain()?;
         self.close_processes()?;
         self.close_terminations()?;
@@ -270,8 +275,10 @@ impl<S: Sink> Agent<S> {
     }
 
     fn apply(&mut self, new: Config) -> anyhow::Result<()> {
-        self.shutdown()?;
+        // The current data first, under the current configuration...
+        self.close_all_windows()?;
         self.sink.flush_now();
+        // ...then the new one.
         self.drainer.set_control(control_flags(&new) | self.programs.kernel_flags(), new.cmdline_max)?;
         self.programs.set_attached(|p| program_wanted(&new, p))?;
         self.processes.reconfigure(new.process_create);
@@ -296,41 +303,22 @@ impl<S: Sink> Agent<S> {
 
     fn close_processes(&mut self) -> anyhow::Result<()> {
         let closed = self.processes.close();
-        if !self.config.collects(EventType::ProcessCreate) && closed.records.is_empty() {
-            return Ok(());
-        }
-        let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
-        let mut events: Vec<Event> = closed
-            .records
-            .iter()
-            .map(|r| closed.window.event(Payload::ProcessCreate(report::process_create(r, &mut enrich))))
-            .collect();
-        events.extend(self.dropped(
-            &closed,
-            "ProcessCreate",
+        self.publish_window(
+            closed,
+            EventType::ProcessCreate,
             [Counter::ProcSeen, Counter::ProcMapFull, Counter::ProcRaceLost],
-        ));
-        self.sink.publish(&events)?;
-        Ok(())
+            |r, enrich| Payload::ProcessCreate(report::process_create(r, enrich)),
+        )
     }
 
     fn close_terminations(&mut self) -> anyhow::Result<()> {
         let closed = self.terminations.close();
-        if !self.config.collects(EventType::ProcessTerminate) && closed.records.is_empty() {
-            return Ok(());
-        }
-        let mut events: Vec<Event> = closed
-            .records
-            .iter()
-            .map(|r| closed.window.event(Payload::ProcessTerminate(report::process_terminate(r, self.clock))))
-            .collect();
-        events.extend(self.dropped(
-            &closed,
-            "ProcessTerminate",
+        self.publish_window(
+            closed,
+            EventType::ProcessTerminate,
             [Counter::ExitSeen, Counter::ExitMapFull, Counter::ExitRaceLost],
-        ));
-        self.sink.publish(&events)?;
-        Ok(())
+            |r, enrich| Payload::ProcessTerminate(report::process_terminate(r, enrich.clock)),
+        )
     }
 
     fn close_connections(&mut self) -> anyhow::Result<()> {
@@ -352,19 +340,33 @@ impl<S: Sink> Agent<S> {
                 log::warn!("ConnectionCreate: {n} {what}");
             }
         }
-        if !self.config.connection_create.priority.enabled() && closed.records.is_empty() {
+        self.publish_window(
+            closed,
+            EventType::ConnectionCreate,
+            [Counter::ConnSeen, Counter::ConnMapFull, Counter::ConnRaceLost],
+            |r, enrich| Payload::ConnectionCreate(report::connection_create(r, enrich.clock)),
+        )
+    }
+
+    /// Publishes a closed window: one event per record (made by `payload`),
+    /// then its DroppedEventsStatistics from `counters`. Shared by every
+    /// event type, so the rules of what a window sends are written once.
+    fn publish_window<R>(
+        &mut self,
+        closed: Closed<R>,
+        event_type: EventType,
+        counters: [Counter; 3],
+        payload: impl Fn(&R, &mut Enrichment<'_>) -> Payload,
+    ) -> anyhow::Result<()> {
+        // A type switched off sends nothing, not even zero statistics,
+        // unless records reached its window anyway.
+        if !self.config.collects(event_type) && closed.records.is_empty() {
             return Ok(());
         }
-        let mut events: Vec<Event> = closed
-            .records
-            .iter()
-            .map(|r| closed.window.event(Payload::ConnectionCreate(report::connection_create(r, self.clock))))
-            .collect();
-        events.extend(self.dropped(
-            &closed,
-            "ConnectionCreate",
-            [Counter::ConnSeen, Counter::ConnMapFull, Counter::ConnRaceLost],
-        ));
+        let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
+        let mut events: Vec<Event> =
+            closed.records.iter().map(|r| closed.window.event(payload(r, &mut enrich))).collect();
+        events.extend(self.dropped(&closed, event_type, counters));
         self.sink.publish(&events)?;
         Ok(())
     }
@@ -374,10 +376,10 @@ impl<S: Sink> Agent<S> {
     fn dropped<R>(
         &mut self,
         closed: &Closed<R>,
-        source: &'static str,
+        source_type: EventType,
         [seen, full, race]: [Counter; 3],
     ) -> Option<Event> {
-        let source_type = EventType::from_name(source).expect("a known event type");
+        let source = source_type.name();
         let transport = self.sink.take_transport_drops(source_type);
         if !self.config.collects(EventType::DroppedEventsStatistics) {
             return None;

@@ -44,6 +44,15 @@ fn temp_file(tag: &str, content: &str) -> PathBuf {
     p
 }
 
+/// A private broker (stopped on Drop), a device id of its own, and a
+/// subscriber to that device's topics: how the tests here start.
+fn broker_with_subscriber(auth: Auth, pki: Option<&Pki>) -> (Broker, String, Subscriber) {
+    let broker = Broker::start(auth, pki).unwrap();
+    let device = marker("dev");
+    let sub = Subscriber::connect(&broker, &device).unwrap();
+    (broker, device, sub)
+}
+
 /// The flags that point the agent at `broker` as `device`.
 fn mqtt_args(broker: &Broker, device: &str, config: Option<&PathBuf>) -> Vec<String> {
     let mut a = vec![
@@ -99,9 +108,7 @@ fn envelopes_arrive_under_the_size_bound_with_status_and_reported() {
     if !ready("envelopes_arrive_under_the_size_bound_with_status_and_reported") {
         return;
     }
-    let broker = Broker::start(Auth::Plain, None).unwrap();
-    let device = marker("dev");
-    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     let cfg = temp_file("cfg", FAST);
     let agent = start(&mqtt_args(&broker, &device, Some(&cfg)));
     sub.wait_until("status online", WAIT, |m| m.iter().any(|x| x.topic.ends_with("/status") && x.payload == b"online"))
@@ -160,9 +167,7 @@ fn a_large_batch_is_split_and_no_event_is_cut() {
     if !ready("a_large_batch_is_split_and_no_event_is_cut") {
         return;
     }
-    let broker = Broker::start(Auth::Plain, None).unwrap();
-    let device = marker("dev");
-    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     let cfg = temp_file(
         "cfg",
         r#"{"eventPriorityProcessCreate":"High","highPriorityMessageFrequency":"PT1H","maxMessageSizeInBytes":8193,
@@ -208,9 +213,7 @@ fn priorities_go_out_at_their_frequencies() {
     if !ready("priorities_go_out_at_their_frequencies") {
         return;
     }
-    let broker = Broker::start(Auth::Plain, None).unwrap();
-    let device = marker("dev");
-    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     // High every 1 s, Medium every 2 s, Low only once an hour: Low events
     // can only arrive with the final flush at SIGTERM.
     let cfg = temp_file(
@@ -260,9 +263,7 @@ fn broker_outage_loses_nothing_within_the_cache_bound() {
     if !ready("broker_outage_loses_nothing_within_the_cache_bound") {
         return;
     }
-    let mut broker = Broker::start(Auth::Plain, None).unwrap();
-    let device = marker("dev");
-    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let (mut broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     let cfg = temp_file("cfg", FAST);
     let agent = start(&mqtt_args(&broker, &device, Some(&cfg)));
     let before = marker("before");
@@ -301,9 +302,7 @@ fn past_the_cache_bound_the_exact_dropped_count_is_reported() {
     if !ready("past_the_cache_bound_the_exact_dropped_count_is_reported") {
         return;
     }
-    let mut broker = Broker::start(Auth::Plain, None).unwrap();
-    let device = marker("dev");
-    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let (mut broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     broker.stop();
     // 16 KB of cache against ~100 KB of distinct records.
     let cfg = temp_file(
@@ -360,9 +359,7 @@ fn with_a_spool_dir_an_agent_restart_loses_nothing() {
     if !ready("with_a_spool_dir_an_agent_restart_loses_nothing") {
         return;
     }
-    let mut broker = Broker::start(Auth::Plain, None).unwrap();
-    let device = marker("dev");
-    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let (mut broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     broker.stop();
     let spool = std::env::temp_dir().join(marker("spool"));
     let cfg = temp_file("cfg", FAST);
@@ -391,9 +388,7 @@ fn desired_config_changes_behaviour_and_the_reported_config() {
     if !ready("desired_config_changes_behaviour_and_the_reported_config") {
         return;
     }
-    let broker = Broker::start(Auth::Plain, None).unwrap();
-    let device = marker("dev");
-    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     // Defaults: ProcessCreate is Medium, sent once an hour; windows of an hour.
     let mut args = mqtt_args(&broker, &device, None);
     args.drain(0..2);
@@ -455,9 +450,7 @@ fn invalid_desired_config_changes_nothing_and_yields_configuration_error() {
     if !ready("invalid_desired_config_changes_nothing_and_yields_configuration_error") {
         return;
     }
-    let broker = Broker::start(Auth::Plain, None).unwrap();
-    let device = marker("dev");
-    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     let cfg = temp_file("cfg", r#"{"eventPriorityConfigurationError":"High","highPriorityMessageFrequency":"PT1S"}"#);
     let agent = start(&mqtt_args(&broker, &device, Some(&cfg)));
     sub.wait_until("the initial reported config", WAIT, |_| sub.reported().is_some()).unwrap();
@@ -550,9 +543,7 @@ fn tls_with_password_and_mutual_tls_deliver_events() {
         ),
     ];
     for (auth, extra) in cases {
-        let broker = Broker::start(auth, Some(&pki)).unwrap();
-        let device = marker("dev");
-        let sub = Subscriber::connect(&broker, &device).unwrap();
+        let (broker, device, sub) = broker_with_subscriber(auth, Some(&pki));
         let agent = start(&tls_args(&broker, &device, &cfg, &extra));
         let m = marker("tls");
         exec_true(&m, 3);
@@ -615,9 +606,7 @@ fn the_last_will_marks_a_vanished_agent_offline() {
     if !ready("the_last_will_marks_a_vanished_agent_offline") {
         return;
     }
-    let broker = Broker::start(Auth::Plain, None).unwrap();
-    let device = marker("dev");
-    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     let agent = start(&mqtt_args(&broker, &device, None));
     let last_status = |msgs: &[mosquitto::Msg]| {
         msgs.iter().rfind(|x| x.topic.ends_with("/status")).map(|x| x.payload.clone()).unwrap_or_default()
@@ -629,4 +618,39 @@ fn the_last_will_marks_a_vanished_agent_offline() {
     let late = Subscriber::connect(&broker, &device).unwrap();
     late.wait_until("the retained will", WAIT, |m| last_status(m) == b"offline").unwrap();
     assert!(late.on("status")[0].retain);
+}
+
+#[test]
+fn while_connected_a_window_larger_than_the_cache_is_not_dropped() {
+    if !ready("while_connected_a_window_larger_than_the_cache_is_not_dropped") {
+        return;
+    }
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
+    // One window of ~150 KB of distinct records against a 16 KB cache.
+    let cfg = temp_file(
+        "cfg",
+        r#"{"eventPriorityProcessCreate":"High","eventPriorityDroppedEventsStatistics":"High",
+            "highPriorityMessageFrequency":"PT1S","maxLocalCacheSizeInBytes":16384,"maxMessageSizeInBytes":8193,
+            "cacheSizeProcessCreate":4096,"aggregationIntervalProcessCreate":"PT1H"}"#,
+    );
+    let mut args = mqtt_args(&broker, &device, Some(&cfg));
+    args.drain(0..2);
+    let agent = start(&args);
+    sub.wait_until("status online", WAIT, |m| m.iter().any(|x| x.topic.ends_with("/status"))).unwrap();
+    let markers: Vec<String> = (0..300).map(|i| format!("{}-{}", marker("big"), "q".repeat(i % 50))).collect();
+    for m in &markers {
+        exec_true(m, 1);
+    }
+    agent.stop().unwrap();
+    sub.wait_until("every marker", WAIT, |_| {
+        let ev = sub.events();
+        markers.iter().all(|m| marker_hits(&ev, m) == 1)
+    })
+    .unwrap();
+    let events = sub.events();
+    assert_windows_account_for_every_event(&events, "ProcessCreate");
+    for p in payloads(&events, "DroppedEventsStatistics") {
+        assert_eq!(p["transport_cache_full"], 0, "{p}");
+    }
+    std::fs::remove_file(cfg).unwrap();
 }

@@ -114,7 +114,7 @@ impl Sink for MqttSink {
                 Payload::ConfigurationError(_) => (0, None),
             };
             let bytes = serde_json::to_vec(e).map_err(std::io::Error::from)?;
-            outbox.push(t, priority, hits, carried, bytes);
+            outbox.stage(t, priority, hits, carried, bytes);
         }
         drop(outbox);
         self.shared.wake.notify_one();
@@ -192,8 +192,14 @@ mod tests {
     fn flush_now_makes_everything_ready() {
         let mut s = sink(Config::default());
         s.publish(&[stats(0, 0)]).unwrap();
+        s.shared.outbox.lock().unwrap().admit(true);
         assert!(!s.shared.outbox.lock().unwrap().has_ready(), "Low waits five hours");
         s.flush_now();
         assert!(s.shared.outbox.lock().unwrap().has_ready());
+        // Staged when the flush came: ready as soon as it is admitted.
+        s.publish(&[stats(0, 0)]).unwrap();
+        s.flush_now();
+        s.shared.outbox.lock().unwrap().admit(true);
+        assert_eq!(s.shared.outbox.lock().unwrap().all_items().len(), 2);
     }
 }

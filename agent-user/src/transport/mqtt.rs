@@ -334,21 +334,21 @@ impl Connection {
 
     /// Hands ready messages to the client, up to the in-flight limit.
     fn pump(&mut self) {
+        let shared = self.shared.clone();
+        let mut outbox = shared.outbox.lock().expect("outbox lock");
+        outbox.admit(self.connected);
         if !self.connected {
             return;
         }
-        let shared = self.shared.clone();
-        let mut outbox = shared.outbox.lock().expect("outbox lock");
         while outbox.inflight_messages() < MAX_INFLIGHT {
             let Some(m) = outbox.next_message(|p| self.frame(p)) else { break };
             match self.client.try_publish(&self.topics.events, QoS::AtLeastOnce, false, m.payload) {
                 Ok(()) => self.sent.push_back(Sent::Message(m.id)),
                 Err(e) => {
-                    // Only a full or closed request channel; the message goes back.
+                    // The request channel is full (it holds far more than the
+                    // in-flight limit, so this is not expected): try later.
                     log::debug!("publish deferred: {e}");
-                    outbox.requeue_inflight();
-                    self.sent.retain(|s| !matches!(s, Sent::Message(_)));
-                    self.pkids.clear();
+                    outbox.unsend(m.id);
                     break;
                 }
             }
@@ -509,6 +509,8 @@ async fn shutdown(
     }
     let mut outbox = c.shared.outbox.lock().expect("outbox lock");
     outbox.requeue_inflight();
+    // What is spooled obeys the bound too.
+    outbox.admit(false);
     let left = outbox.len();
     match &settings.spool_dir {
         Some(dir) => match spool::write(dir, &outbox) {

@@ -83,6 +83,14 @@ pub struct Outbox {
     settings: TransportSettings,
     pending: [VecDeque<Item>; 3],
     pending_bytes: [usize; 3],
+    /// Events of a closed window that found no room while the broker was
+    /// reachable: they wait here for acknowledgements to make room instead
+    /// of pushing older events out. Outside the bound (they are the window
+    /// just closed, in memory anyway); admitted all at once, with drops,
+    /// when the broker is unreachable.
+    staged: VecDeque<Item>,
+    /// Set by flush_all: what is admitted from `staged` is ready at once.
+    flush_staged: bool,
     last_flush: [Instant; 3],
     ready: VecDeque<Item>,
     inflight: BTreeMap<u64, Vec<Item>>,
@@ -100,6 +108,8 @@ impl Outbox {
             settings,
             pending: Default::default(),
             pending_bytes: [0; 3],
+            staged: VecDeque::new(),
+            flush_staged: false,
             last_flush: [now; 3],
             ready: VecDeque::new(),
             inflight: BTreeMap::new(),
@@ -126,9 +136,10 @@ impl Outbox {
         self.bytes
     }
 
-    /// Events held, in flight included.
+    /// Events held, staged and in flight included.
     pub fn len(&self) -> usize {
-        self.pending.iter().map(VecDeque::len).sum::<usize>()
+        self.staged.len()
+            + self.pending.iter().map(VecDeque::len).sum::<usize>()
             + self.ready.len()
             + self.inflight.values().map(Vec::len).sum::<usize>()
     }
@@ -146,8 +157,9 @@ impl Outbox {
         !self.ready.is_empty()
     }
 
-    /// Adds one serialized event. When a priority has a full message's worth
-    /// waiting it is made ready at once: waiting longer saves nothing.
+    /// Adds one serialized event to the cache. When a priority has a full
+    /// message's worth waiting it is made ready at once: waiting longer saves
+    /// nothing.
     pub fn push(
         &mut self,
         event_type: EventType,
@@ -156,12 +168,64 @@ impl Outbox {
         carried: Option<Carried>,
         bytes: Vec<u8>,
     ) {
-        let s = slot(priority);
+        let item = self.new_item(event_type, priority, hits, carried, bytes);
+        self.add_pending(item);
+    }
+
+    /// Hands over one serialized event; [`Outbox::admit`] moves it into the cache.
+    pub fn stage(
+        &mut self,
+        event_type: EventType,
+        priority: Priority,
+        hits: u64,
+        carried: Option<Carried>,
+        bytes: Vec<u8>,
+    ) {
+        let item = self.new_item(event_type, priority, hits, carried, bytes);
+        self.staged.push_back(item);
+    }
+
+    /// Moves staged events into the cache: while `connected`, only as many
+    /// as fit (at least one into an empty cache); otherwise all of them, the
+    /// oldest events past the bound being dropped and counted.
+    pub fn admit(&mut self, connected: bool) {
+        while let Some(front) = self.staged.front() {
+            let fits = self.bytes == 0 || self.bytes + front.bytes.len() as u64 <= self.settings.max_cache_bytes;
+            if connected && !fits {
+                break;
+            }
+            let item = self.staged.pop_front().expect("front exists");
+            if self.flush_staged {
+                self.bytes += item.bytes.len() as u64;
+                self.ready.push_back(item);
+                self.enforce_limit();
+            } else {
+                self.add_pending(item);
+            }
+        }
+        if self.staged.is_empty() {
+            self.flush_staged = false;
+        }
+    }
+
+    fn new_item(
+        &mut self,
+        event_type: EventType,
+        priority: Priority,
+        hits: u64,
+        carried: Option<Carried>,
+        bytes: Vec<u8>,
+    ) -> Item {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.bytes += bytes.len() as u64;
-        self.pending_bytes[s] += bytes.len() + 1;
-        self.pending[s].push_back(Item { seq, event_type, priority, hits, carried, bytes });
+        Item { seq, event_type, priority, hits, carried, bytes }
+    }
+
+    fn add_pending(&mut self, item: Item) {
+        let s = slot(item.priority);
+        self.bytes += item.bytes.len() as u64;
+        self.pending_bytes[s] += item.bytes.len() + 1;
+        self.pending[s].push_back(item);
         let max = self.settings.max_message_bytes as usize;
         if self.pending_bytes[s] + HEADER_RESERVE > max {
             self.make_ready_one_message(s, max - HEADER_RESERVE);
@@ -215,11 +279,13 @@ impl Outbox {
         next
     }
 
-    /// Everything pending becomes ready now (configuration change, shutdown).
+    /// Everything pending becomes ready now (configuration change, shutdown),
+    /// and so does everything staged as it is admitted.
     pub fn flush_all(&mut self) {
         for s in 0..3 {
             self.flush(s);
         }
+        self.flush_staged = !self.staged.is_empty();
     }
 
     /// Forms the next message from the front of the ready queue: consecutive
@@ -259,6 +325,16 @@ impl Outbox {
                 true
             }
             None => false,
+        }
+    }
+
+    /// A message the client could not take: its events go back to the front
+    /// of the ready queue, in order.
+    pub fn unsend(&mut self, id: u64) {
+        if let Some(items) = self.inflight.remove(&id) {
+            for item in items.into_iter().rev() {
+                self.ready.push_front(item);
+            }
         }
     }
 
@@ -332,8 +408,13 @@ impl Outbox {
 
     /// Every event held, in flight included, oldest first (for the spool).
     pub fn all_items(&self) -> Vec<&Item> {
-        let mut v: Vec<&Item> =
-            self.pending.iter().flatten().chain(self.ready.iter()).chain(self.inflight.values().flatten()).collect();
+        let mut v: Vec<&Item> = self
+            .staged
+            .iter()
+            .chain(self.pending.iter().flatten())
+            .chain(self.ready.iter())
+            .chain(self.inflight.values().flatten())
+            .collect();
         v.sort_by_key(|i| i.seq);
         v
     }
@@ -506,6 +587,56 @@ mod tests {
             serde_json::from_slice::<serde_json::Value>(&b.payload).unwrap()["events"][0]["n"].as_u64().unwrap();
         assert_eq!(first, b_first);
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn while_connected_a_window_larger_than_the_cache_waits_instead_of_dropping() {
+        let mut o = Outbox::new(settings(10_000, 9000), Instant::now());
+        for n in 0..200 {
+            o.stage(EventType::ProcessCreate, Priority::High, 1, None, event(n, 100));
+        }
+        o.admit(true);
+        assert!(o.bytes() <= 10_000);
+        assert_eq!(o.len(), 200, "staged events are held, not dropped");
+        o.flush_all();
+        let mut ns = Vec::new();
+        for _ in 0..100 {
+            o.admit(true);
+            let Some(m) = o.next_message(frame) else { break };
+            assert!(o.bytes() <= 10_000);
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            ns.extend(v["events"].as_array().unwrap().iter().map(|e| e["n"].as_u64().unwrap()));
+            o.ack(m.id);
+        }
+        assert_eq!(ns, (0..200).collect::<Vec<_>>(), "all sent, in order, none waiting for a frequency");
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops::default());
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn while_disconnected_staged_events_enter_and_the_oldest_are_dropped() {
+        let mut o = Outbox::new(settings(10_000, 100_000), Instant::now());
+        for n in 0..200 {
+            o.stage(EventType::ProcessCreate, Priority::Low, 2, None, event(n, 100));
+        }
+        o.admit(false);
+        assert_eq!(o.len(), 100);
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops { records: 100, hits: 200 });
+        assert_eq!(o.all_items()[0].bytes, event(100, 100), "the oldest went");
+    }
+
+    #[test]
+    fn an_unsent_message_is_formed_again_identically() {
+        let mut o = Outbox::new(settings(1 << 20, 9000), Instant::now());
+        for n in 0..10 {
+            push(&mut o, EventType::ProcessCreate, Priority::High, n, 100);
+        }
+        o.flush_all();
+        let a = o.next_message(frame).unwrap();
+        o.unsend(a.id);
+        assert_eq!(o.inflight_messages(), 0);
+        let b = o.next_message(frame).unwrap();
+        assert_eq!((a.payload, a.events), (b.payload, b.events));
     }
 
     #[test]

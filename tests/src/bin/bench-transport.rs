@@ -136,9 +136,8 @@ fn main() -> Result<()> {
     }
     mosquitto::ensure_installed().map_err(anyhow::Error::msg)?;
     let workload = Workload { execs, distinct: 20 };
-    // Every event High, sent each second. The local cache is large enough
-    // for a whole per-event window: the agent queues a closed window at once,
-    // and a smaller cache would drop its oldest records even while connected.
+    // Every event High, sent each second; a local cache that a per-event
+    // window does not fill, so the figures are about the wire alone.
     let config = |cache_bytes: u64| {
         write_config(&format!(
             r#"{{"eventPriorityProcessCreate":"High","eventPriorityProcessTerminate":"High",
@@ -148,6 +147,7 @@ fn main() -> Result<()> {
         ))
     };
     let cfg = config(256 << 20)?;
+
     let interval = format!("PT{window}S");
     println!("workload: {execs} execs of 20 distinct command lines; aggregation window {interval}");
 
