@@ -17,7 +17,8 @@ use crate::{
     enrich::{BootClock, UserNames},
     net::{ConnRecord, NetState},
     report::{
-        self, ConfigurationError, ConfigurationFieldError, DroppedEventsStatistics, Enrichment, Event, Payload, Window,
+        self, ConfigurationError, ConfigurationFieldError, DroppedEventsStatistics, Enrichment, Event, NetworkLosses,
+        Payload, Window,
     },
     sinks::Sink,
 };
@@ -307,6 +308,7 @@ impl<S: Sink> Agent<S> {
             closed,
             EventType::ProcessCreate,
             [Counter::ProcSeen, Counter::ProcMapFull, Counter::ProcRaceLost],
+            None,
             |r, enrich| Payload::ProcessCreate(report::process_create(r, enrich)),
         )
     }
@@ -317,6 +319,7 @@ impl<S: Sink> Agent<S> {
             closed,
             EventType::ProcessTerminate,
             [Counter::ExitSeen, Counter::ExitMapFull, Counter::ExitRaceLost],
+            None,
             |r, enrich| Payload::ProcessTerminate(report::process_terminate(r, enrich.clock)),
         )
     }
@@ -324,26 +327,22 @@ impl<S: Sink> Agent<S> {
     fn close_connections(&mut self) -> anyhow::Result<()> {
         let closed = self.connections.close();
         let (dns_evicted, dns_unparsed) = self.net.take_dns_losses();
-        if dns_evicted > 0 {
-            log::warn!("ConnectionCreate: DNS name cache full; dropped {dns_evicted} names; raise dnsCacheSizeConnectionCreate");
-        }
         if dns_unparsed > 0 {
             log::debug!("ConnectionCreate: {dns_unparsed} DNS answers did not parse");
         }
-        for (counter, what) in [
-            (Counter::TrafficMapFull, "packets found the kernel traffic map full; their bytes are in no record"),
-            (Counter::DnsRingFull, "DNS answers found the ring buffer full; their names are unknown"),
-            (Counter::NetReadFailed, "socket namespace reads failed; those records have netns 0"),
-        ] {
-            let n = closed.counters.get(counter);
-            if n > 0 {
-                log::warn!("ConnectionCreate: {n} {what}");
-            }
-        }
+        let losses = NetworkLosses {
+            traffic_map_full: closed.counters.get(Counter::TrafficMapFull),
+            tcp_socket_unreadable: closed.counters.get(Counter::TcpBytesUnread),
+            dns_ring_full: closed.counters.get(Counter::DnsRingFull),
+            dns_cache_full: dns_evicted,
+            netns_unreadable: closed.counters.get(Counter::NetReadFailed),
+        };
+        warn_network_losses(&losses);
         self.publish_window(
             closed,
             EventType::ConnectionCreate,
             [Counter::ConnSeen, Counter::ConnMapFull, Counter::ConnRaceLost],
+            Some(losses),
             |r, enrich| Payload::ConnectionCreate(report::connection_create(r, enrich.clock)),
         )
     }
@@ -356,6 +355,7 @@ impl<S: Sink> Agent<S> {
         closed: Closed<R>,
         event_type: EventType,
         counters: [Counter; 3],
+        network: Option<NetworkLosses>,
         payload: impl Fn(&R, &mut Enrichment<'_>) -> Payload,
     ) -> anyhow::Result<()> {
         // A type switched off sends nothing, not even zero statistics,
@@ -366,7 +366,7 @@ impl<S: Sink> Agent<S> {
         let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
         let mut events: Vec<Event> =
             closed.records.iter().map(|r| closed.window.event(payload(r, &mut enrich))).collect();
-        events.extend(self.dropped(&closed, event_type, counters));
+        events.extend(self.dropped(&closed, event_type, counters, network));
         self.sink.publish(&events)?;
         Ok(())
     }
@@ -378,6 +378,7 @@ impl<S: Sink> Agent<S> {
         closed: &Closed<R>,
         source_type: EventType,
         [seen, full, race]: [Counter; 3],
+        network: Option<NetworkLosses>,
     ) -> Option<Event> {
         let source = source_type.name();
         let transport = self.sink.take_transport_drops(source_type);
@@ -399,7 +400,23 @@ impl<S: Sink> Agent<S> {
         );
         stats.transport_cache_full = transport.records;
         stats.transport_cache_full_hits = transport.hits;
+        stats.network = network;
         Some(closed.window.event(Payload::DroppedEventsStatistics(stats)))
+    }
+}
+
+/// One warning per kind of network loss in a window, naming what to raise.
+fn warn_network_losses(l: &NetworkLosses) {
+    for (n, what) in [
+        (l.traffic_map_full, "packets or TCP calls found the kernel traffic map full; their bytes are in no record"),
+        (l.tcp_socket_unreadable, "TCP send/receive calls had an unreadable socket; their bytes are in no record"),
+        (l.dns_ring_full, "DNS answers found the ring buffer full; their names are unknown"),
+        (l.dns_cache_full, "DNS names were pushed out of the full name cache; raise dnsCacheSizeConnectionCreate"),
+        (l.netns_unreadable, "socket namespace reads failed; those records have netns 0"),
+    ] {
+        if n > 0 {
+            log::warn!("ConnectionCreate: {n} {what}");
+        }
     }
 }
 

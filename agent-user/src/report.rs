@@ -124,6 +124,27 @@ pub struct DroppedEventsStatistics {
     pub transport_cache_full: u64,
     /// The hit counts those dropped records carried.
     pub transport_cache_full_hits: u64,
+    /// ConnectionCreate only: what was lost that is not an event.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkLosses>,
+}
+
+/// Losses of the network collector that are not connection events, so
+/// not part of `events_seen`: bytes, names and namespaces. Counted in the
+/// window like the events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NetworkLosses {
+    /// Packets (UDP, ICMP; TCP per packet) or TCP send/receive calls whose
+    /// bytes found the kernel traffic map full: those bytes are in no record.
+    pub traffic_map_full: u64,
+    /// TCP send/receive calls whose socket could not be read: bytes in no record.
+    pub tcp_socket_unreadable: u64,
+    /// Received DNS answers not copied because the ring buffer was full: their names are unknown.
+    pub dns_ring_full: u64,
+    /// Names pushed out of the full DNS name cache (dnsCacheSizeConnectionCreate).
+    pub dns_cache_full: u64,
+    /// Records whose network namespace could not be read (reported as netns 0).
+    pub netns_unreadable: u64,
 }
 
 /// A desired configuration that was refused (seed 004: "Agent failed to
@@ -160,6 +181,7 @@ impl DroppedEventsStatistics {
             records_evicted: evicted.records,
             transport_cache_full: 0,
             transport_cache_full_hits: 0,
+            network: None,
         }
     }
 }
@@ -385,5 +407,16 @@ mod tests {
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["source_event_type"], "ProcessCreate");
         assert_eq!(v["records_evicted"], 2);
+        assert!(v.get("traffic_map_full").is_none(), "no network fields outside ConnectionCreate");
+    }
+
+    #[test]
+    fn network_losses_are_flat_fields_outside_the_event_identity() {
+        let mut d = DroppedEventsStatistics::new("ConnectionCreate", 4, Evictions::default(), 0, 0);
+        d.network = Some(NetworkLosses { traffic_map_full: 7, dns_cache_full: 2, ..Default::default() });
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!((v["traffic_map_full"].as_u64(), v["dns_cache_full"].as_u64()), (Some(7), Some(2)));
+        assert_eq!(v["dns_ring_full"], 0);
+        assert_eq!(v["dropped_events"], 0, "bytes and names are not events");
     }
 }

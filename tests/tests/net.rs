@@ -327,6 +327,40 @@ fn full_connection_cache_counts_every_lost_event() {
 }
 
 #[test]
+fn full_traffic_map_counts_the_lost_bytes() {
+    if !privileged("full_traffic_map_counts_the_lost_bytes") {
+        return;
+    }
+    let ns = NetNs::new(22).unwrap();
+    let peer: std::net::IpAddr = ns.peer_v4().parse().unwrap();
+    // --cache-size 16: 128 staging records, so the smallest traffic map (4096 5-tuples per drain).
+    let agent = Agent::start(&["--interval", "PT2S", "--cache-size", "16"]).unwrap();
+    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    const DATAGRAMS: u16 = 20_000;
+    for port in 10_000..10_000 + DATAGRAMS {
+        s.send_to(b"x", (peer, port)).unwrap();
+    }
+    let events = agent.stop().unwrap();
+    let stats: Vec<_> = payloads(&events, "DroppedEventsStatistics")
+        .into_iter()
+        .filter(|p| p["source_event_type"] == CC)
+        .collect();
+    let field = |name: &str| stats.iter().map(|p| p[name].as_u64().unwrap_or_else(|| panic!("{name}: {p}"))).sum();
+    let lost: u64 = field("traffic_map_full");
+    // Sent within a second or two: at most three drains' maps of 4096 held them.
+    assert!(lost >= DATAGRAMS as u64 - 3 * 4096, "traffic_map_full {lost}: {stats:#?}");
+    for name in ["tcp_socket_unreadable", "dns_ring_full", "dns_cache_full", "netns_unreadable"] {
+        let _: u64 = field(name); // present in every window
+    }
+    let process_stats = payloads(&events, "DroppedEventsStatistics")
+        .into_iter()
+        .find(|p| p["source_event_type"] == "ProcessCreate")
+        .expect("ProcessCreate statistics");
+    assert!(process_stats.get("traffic_map_full").is_none(), "network fields are ConnectionCreate's only");
+    assert_windows_account_for_every_event(&events, CC);
+}
+
+#[test]
 fn connect_storm_is_counted_exactly_across_windows() {
     if !privileged("connect_storm_is_counted_exactly_across_windows") {
         return;
