@@ -2,7 +2,7 @@
 //! offsets found at load time, counters, and the insert-or-add pattern.
 use core::mem::size_of;
 
-use agent_common::{Control, Counter, KernelOffsets, COUNTER_COUNT};
+use agent_common::{Control, Counter, KernelOffsets, CMDLINE_CAP, COUNTER_COUNT};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_probe_read_kernel, generated as gen},
@@ -146,4 +146,24 @@ pub fn zero<T>(dst: &mut T) {
 #[inline(always)]
 pub fn copy<T>(dst: &mut T, src: &T) {
     unsafe { gen::bpf_probe_read_kernel(dst as *mut T as *mut _, size_of::<T>() as u32, src as *const T as *const _) };
+}
+
+/// Copies argv, the user memory `start..end` of the current process
+/// (`mm->arg_start..arg_end`, NUL-separated as the process laid it out),
+/// into `dst`, at most `max` bytes (and never more than [`CMDLINE_CAP`]).
+/// Returns the bytes copied and whether argv was longer.
+#[inline(always)]
+pub fn read_argv(dst: &mut [u8; CMDLINE_CAP], start: u64, end: u64, max: u32) -> Result<(u32, bool), i64> {
+    let len = end.saturating_sub(start);
+    let max = if max as usize > CMDLINE_CAP { CMDLINE_CAP as u64 } else { max as u64 };
+    let mut n = if len > max { max } else { len };
+    // Tell the verifier the bound it cannot infer through the branches above.
+    if n > CMDLINE_CAP as u64 {
+        n = CMDLINE_CAP as u64;
+    }
+    let ret = unsafe { gen::bpf_probe_read_user(dst.as_mut_ptr() as *mut _, n as u32, start as *const _) };
+    if ret < 0 {
+        return Err(ret);
+    }
+    Ok((n as u32, len > max))
 }

@@ -29,9 +29,9 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use agent_common::{
-    ConnKey, Control, Counter, DnsEvent, ListenKey, Owner, TrafficValue, AF_INET, AF_INET6, CMDLINE_CAP, DIR_IN,
-    DIR_OUT, DNS_CAP, FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT, FLAG_NET_TCP_BYTES_BY_CALL, FLOW_IDLE_NS,
-    HEAD_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    ConnKey, Control, Counter, DnsEvent, ListenKey, Owner, TrafficValue, AF_INET, AF_INET6, DIR_IN, DIR_OUT, DNS_CAP,
+    FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT, FLAG_NET_TCP_BYTES_BY_CALL, FLOW_IDLE_NS, HEAD_LEN,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -42,7 +42,9 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{add_hit, atomic_add, atomic_swap, boot_ns, control, copy, count, current_task, offsets, read_field},
+    kernel::{
+        add_hit, atomic_add, atomic_swap, boot_ns, control, copy, count, current_task, offsets, read_argv, read_field,
+    },
     maps::{CONN_0, CONN_1, DNS_EVENTS, FLOWS, LISTENERS, NET_SCRATCH, PENDING, SOCK_OWNER, TRAF_0, TRAF_1},
 };
 
@@ -143,15 +145,8 @@ fn current_owner(o: &mut Owner, cmdline_max: u32) {
     else {
         return;
     };
-    let len = end.saturating_sub(start);
-    let max = if cmdline_max as usize > CMDLINE_CAP { CMDLINE_CAP as u64 } else { cmdline_max as u64 };
-    let mut n = if len > max { max } else { len };
-    if n > CMDLINE_CAP as u64 {
-        n = CMDLINE_CAP as u64;
-    }
-    let ret = unsafe { gen::bpf_probe_read_user(o.cmdline.as_mut_ptr() as *mut _, n as u32, start as *const _) };
-    if ret == 0 {
-        o.cmdline_len = n as u32;
+    if let Ok((n, _)) = read_argv(&mut o.cmdline, start, end, cmdline_max) {
+        o.cmdline_len = n;
     }
 }
 

@@ -10,8 +10,8 @@
 //!   `exit_mm()` (kernel/exit.c), so argv is gone but `exit_code` is set;
 //!   `group_dead` marks the last thread of the process.
 use agent_common::{
-    Control, Counter, ExitValue, ProcKey, ProcValue, TaskExe, CMDLINE_CAP, EXE_CAP, FLAG_EXEC, FLAG_EXIT,
-    FLAG_EXIT_PER_EVENT, FLAG_FORK, FLAG_PROC_PER_EVENT, PROC_KIND_EXEC, PROC_KIND_FORK,
+    Control, Counter, ExitValue, ProcKey, ProcValue, TaskExe, EXE_CAP, FLAG_EXEC, FLAG_EXIT, FLAG_EXIT_PER_EVENT,
+    FLAG_FORK, FLAG_PROC_PER_EVENT, PROC_KIND_EXEC, PROC_KIND_FORK,
 };
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -154,20 +154,10 @@ fn read_argv(task: *const u8, key: &mut ProcKey, max: u32) -> Result<(), i64> {
     }
     let start: u64 = unsafe { load(mm, off.mm_arg_start) };
     let end: u64 = unsafe { load(mm, off.mm_arg_end) };
-    let len = end.saturating_sub(start);
-    let max = if max as usize > CMDLINE_CAP { CMDLINE_CAP as u64 } else { max as u64 };
-    let mut n = if len > max { max } else { len };
-    // Tell the verifier the bound it cannot infer through the branches above.
-    if n > CMDLINE_CAP as u64 {
-        n = CMDLINE_CAP as u64;
-    }
-    key.truncated = (len > max) as u8;
-    key.cmdline_len = n as u32;
-    let ret = unsafe { gen::bpf_probe_read_user(key.cmdline.as_mut_ptr() as *mut _, n as u32, start as *const _) };
-    if ret < 0 {
-        key.cmdline_len = 0;
-        return Err(ret);
-    }
+    key.cmdline_len = 0;
+    let (n, truncated) = crate::kernel::read_argv(&mut key.cmdline, start, end, max)?;
+    key.cmdline_len = n;
+    key.truncated = truncated as u8;
     Ok(())
 }
 

@@ -341,10 +341,8 @@ fn full_traffic_map_counts_the_lost_bytes() {
         s.send_to(b"x", (peer, port)).unwrap();
     }
     let events = agent.stop().unwrap();
-    let stats: Vec<_> = payloads(&events, "DroppedEventsStatistics")
-        .into_iter()
-        .filter(|p| p["source_event_type"] == CC)
-        .collect();
+    let stats: Vec<_> =
+        payloads(&events, "DroppedEventsStatistics").into_iter().filter(|p| p["source_event_type"] == CC).collect();
     let field = |name: &str| stats.iter().map(|p| p[name].as_u64().unwrap_or_else(|| panic!("{name}: {p}"))).sum();
     let lost: u64 = field("traffic_map_full");
     // Sent within a second or two: at most three drains' maps of 4096 held them.
