@@ -15,11 +15,15 @@ use crate::maps::{CONTROL, COUNTERS, ZEROES, ZEROES_WORDS};
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 
+/// The offsets, read field by field where they are used. The value is
+/// patched into .rodata at load time, after the compiler saw only zeros, so
+/// the compiler must not see where this points: the pointer itself is read
+/// volatile. (A volatile read of the whole struct would copy all of its
+/// fields onto the stack at every call, in every program.)
 #[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    // Volatile: the value is patched into .rodata at load time, after the
-    // compiler saw only zeros.
-    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+pub fn offsets() -> &'static KernelOffsets {
+    let p: *const KernelOffsets = &KERNEL_OFFSETS;
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
 #[inline(always)]
