@@ -310,8 +310,11 @@ pub struct TrafficValue {
 const _: () = assert!(size_of::<TrafficValue>() == 48);
 
 /// A listening socket, to attribute accepted connections to its owner.
+/// `family` is the socket's (the tracepoint's `family`): a dual-stack
+/// listener on `[::]` is AF_INET6, and so are the IPv4 connections it accepts.
+/// `port` is in host byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ListenKey {
     pub netns: u32,
     pub family: u16,
@@ -440,6 +443,8 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnValue {}
+    unsafe impl aya::Pod for ListenKey {}
+    unsafe impl aya::Pod for Owner {}
     unsafe impl aya::Pod for TrafficValue {}
     unsafe impl aya::Pod for DnsEvent {}
 }

@@ -8,7 +8,9 @@
 //!   the source port is chosen, so the owner is parked in PENDING and the
 //!   outbound connection is counted when the socket leaves SYN_SENT (to
 //!   ESTABLISHED, or CLOSE when refused), with the full 4-tuple.
-//!   ->LISTEN runs in the listen() caller: its owner is kept in LISTENERS.
+//!   ->LISTEN runs in the listen() caller: its owner is kept in LISTENERS
+//!   (listeners older than the agent are written there by the agent, from
+//!   /proc: `Programs::seed_listeners` in agent-user/src/ebpf.rs).
 //!   SYN_RECV->ESTABLISHED of an accepted child runs in softirq: counted as
 //!   inbound and attributed to the listener's owner.
 //! - `cgroup_skb/ingress` and `cgroup_skb/egress` on the cgroup v2 root see

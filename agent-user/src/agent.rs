@@ -78,6 +78,37 @@ pub fn program_wanted(c: &Config, program: &str) -> bool {
     }
 }
 
+/// Attaches and detaches programs as `c` says. When the TCP state program
+/// goes from detached to attached (at start, or when ConnectionCreate is
+/// switched back on) the listeners already open are seeded from /proc, after
+/// attaching, so that none opened in between is missed (see
+/// `Programs::seed_listeners`). A failed seed costs owners, not the agent.
+fn attach(programs: &mut Programs, c: &Config) -> anyhow::Result<()> {
+    let tcp = programs::TCP_STATE;
+    let seed = program_wanted(c, tcp) && !programs.is_attached(tcp);
+    if seed {
+        if let Err(e) = programs.clear_listeners() {
+            log::warn!(
+                "{e}; a listener closed while ConnectionCreate was off may lend its owner to the next on its port"
+            );
+        }
+    }
+    programs.set_attached(|p| program_wanted(c, p))?;
+    if seed && programs.is_attached(tcp) {
+        match programs.seed_listeners(c.cmdline_max) {
+            // Kernel sockets and other PID namespaces have no owner to find;
+            // unreadable fd tables are a missing privilege.
+            Ok(r) if r.denied > 0 => log::warn!(
+                "{r} (reading another process's fd links takes ptrace read access, normally CAP_SYS_PTRACE); \
+                 connections accepted by listeners with no owner found report owner unknown"
+            ),
+            Ok(r) => log::info!("{r}"),
+            Err(e) => log::warn!("{e}; connections accepted by listeners opened before now report owner unknown"),
+        }
+    }
+    Ok(())
+}
+
 /// The open window of one event type.
 struct EventWindow<R: Aggregate> {
     name: &'static str,
@@ -182,7 +213,7 @@ impl<S: Sink> Agent<S> {
         users: UserNames,
     ) -> anyhow::Result<Self> {
         drainer.set_control(control_flags(&config) | programs.kernel_flags(), config.cmdline_max)?;
-        programs.set_attached(|p| program_wanted(&config, p))?;
+        attach(&mut programs, &config)?;
         sink.configure(&config);
         sink.report_config(&config.to_raw());
         Ok(Agent {
@@ -281,7 +312,7 @@ impl<S: Sink> Agent<S> {
         self.sink.flush_now();
         // ...then the new one.
         self.drainer.set_control(control_flags(&new) | self.programs.kernel_flags(), new.cmdline_max)?;
-        self.programs.set_attached(|p| program_wanted(&new, p))?;
+        attach(&mut self.programs, &new)?;
         self.processes.reconfigure(new.process_create);
         self.terminations.reconfigure(new.process_terminate);
         // The DNS name cache keeps its start-up size (README, Configuration).

@@ -1,11 +1,19 @@
 //! Loading the kernel programs: offsets for this kernel, map sizes, the probe
 //! table and the attach loop.
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    io::Read,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    path::{Path, PathBuf},
+};
 
-use agent_common::{maps, programs, KernelOffsets, FLAG_NET_TCP_BYTES_BY_CALL, OFFSETS_GLOBAL};
-use std::path::{Path, PathBuf};
+use agent_common::{
+    maps, programs, KernelOffsets, ListenKey, Owner, AF_INET, AF_INET6, FLAG_NET_TCP_BYTES_BY_CALL, LISTENERS_ENTRIES,
+    OFFSETS_GLOBAL,
+};
 
 use aya::{
+    maps::MapError,
     programs::{
         cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId, raw_trace_point::RawTracePointLinkId,
         trace_point::TracePointLinkId, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, RawTracePoint,
@@ -14,7 +22,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use crate::{btf::Btf, tracefs};
+use crate::{
+    btf::Btf,
+    listeners::{self, SeedReport},
+    tracefs,
+};
 
 /// The compiled kernel object, embedded at build time by `cargo xtask build`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("HITCOUNT_EBPF_OBJECT_PATH"));
@@ -43,6 +55,14 @@ pub enum LoadError {
         action: &'static str,
         #[source]
         source: aya::programs::ProgramError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
     },
 }
 
@@ -501,6 +521,184 @@ impl Programs {
         }
         Ok(())
     }
+
+    fn listeners_map(&mut self) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, ListenKey, Owner>, LoadError> {
+        let map = self.ebpf.map_mut(maps::LISTENERS).ok_or(LoadError::MissingMap(maps::LISTENERS))?;
+        aya::maps::HashMap::try_from(map).map_err(|source| LoadError::Map { name: maps::LISTENERS, source })
+    }
+
+    /// Empties LISTENERS, before the TCP state program is attached again:
+    /// while it was detached nothing removed listeners that closed, so
+    /// their owners may be stale. Returns how many entries went.
+    pub fn clear_listeners(&mut self) -> Result<usize, LoadError> {
+        let mut map = self.listeners_map()?;
+        let keys: Vec<ListenKey> =
+            map.keys().collect::<Result<_, _>>().map_err(|source| LoadError::Map { name: maps::LISTENERS, source })?;
+        for k in &keys {
+            // An entry the LRU evicted since the walk is gone anyway.
+            let _ = map.remove(k);
+        }
+        Ok(keys.len())
+    }
+
+    /// Writes the owners of the TCP listeners that exist now into
+    /// LISTENERS, so that their accepted connections are attributed. Call it
+    /// after attaching the TCP state program: a listener opened during the
+    /// scan is then recorded by the kernel, and BPF_NOEXIST lets that entry
+    /// win over the scan's. A listener closed between the scan and its
+    /// insert leaves a stale entry, until a later listen() on its port
+    /// replaces it or the LRU map evicts it.
+    pub fn seed_listeners(&mut self, cmdline_max: u32) -> Result<SeedReport, LoadError> {
+        let Scan { mut found, namespaces, denied } = scan_listeners(Path::new("/proc"), cmdline_max);
+        let mut report = SeedReport { namespaces, listeners: found.len(), denied, ..SeedReport::default() };
+        // More than the map holds would evict entries the kernel just wrote.
+        let room = LISTENERS_ENTRIES as usize;
+        if found.len() > room {
+            log::warn!(
+                "{} TCP listeners; the {} map holds {room}: the rest are not seeded",
+                found.len(),
+                maps::LISTENERS
+            );
+            report.failed = found.len() - room;
+            found.truncate(room);
+        }
+        let mut map = self.listeners_map()?;
+        let mut first_error = None;
+        for (key, owner) in found {
+            let Some(owner) = owner else {
+                report.unattributed += 1;
+                continue;
+            };
+            match map.insert(key, owner, BPF_NOEXIST) {
+                Ok(()) => report.seeded += 1,
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => report.known += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    report.failed += 1;
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            log::warn!("map {}: cannot store listener owners: {e}", maps::LISTENERS);
+        }
+        Ok(report)
+    }
+}
+
+/// `BPF_NOEXIST` in include/uapi/linux/bpf.h: insert only a new key.
+const BPF_NOEXIST: u64 = 1;
+
+/// What [`scan_listeners`] found.
+struct Scan {
+    /// One entry per key, with the owner when one could be read.
+    found: Vec<(ListenKey, Option<Owner>)>,
+    /// Network namespaces whose tables were read.
+    namespaces: usize,
+    /// Processes whose file descriptors the agent may not read.
+    denied: usize,
+}
+
+/// Listening TCP sockets of every network namespace and their owners.
+/// /proc/<pid>/net/tcp and tcp6 list the sockets of <pid>'s namespace, so one
+/// process per namespace gives its tables; namespaces are told apart by the
+/// inode of /proc/<pid>/ns/net, which is the `ns.inum` the kernel program
+/// keys by. Owners come from the `socket:[INODE]` links of /proc/<pid>/fd.
+/// Whatever cannot be read (a process exiting mid-scan, an fd directory the
+/// agent may not read) is skipped, never an error.
+fn scan_listeners(proc: &Path, cmdline_max: u32) -> Scan {
+    let pids: Vec<u32> = match std::fs::read_dir(proc) {
+        Ok(d) => d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect(),
+        Err(e) => {
+            log::warn!("cannot list {}: {e}; listeners opened before the agent have no owner", proc.display());
+            return Scan { found: Vec::new(), namespaces: 0, denied: 0 };
+        }
+    };
+    let mut namespaces = HashSet::new();
+    let mut found: Vec<(ListenKey, u64)> = Vec::new();
+    for pid in &pids {
+        let dir = proc.join(pid.to_string());
+        // A zombie or an exited process: no namespace, try the next one.
+        let Ok(ns) = std::fs::metadata(dir.join("ns/net")) else { continue };
+        let netns = ns.ino() as u32;
+        if namespaces.contains(&netns) {
+            continue;
+        }
+        let Some(tables) = read_tcp_tables(&dir) else { continue };
+        namespaces.insert(netns);
+        for (family, table) in [(AF_INET, tables.0), (AF_INET6, tables.1)] {
+            for l in listeners::parse_tcp_table(&table) {
+                found.push((ListenKey { netns, family: family as u16, port: l.port }, l.inode));
+            }
+        }
+    }
+    let wanted: HashSet<u64> = found.iter().map(|&(_, inode)| inode).collect();
+    let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut denied = HashSet::new();
+    let is_denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
+    // Without listeners there is nothing to look for in the fd tables.
+    let holder_candidates = if wanted.is_empty() { &[][..] } else { &pids[..] };
+    for &pid in holder_candidates {
+        let fds = match std::fs::read_dir(proc.join(format!("{pid}/fd"))) {
+            Ok(fds) => fds,
+            Err(e) => {
+                if is_denied(&e) {
+                    log::debug!("listener owners: /proc/{pid}/fd: {e}");
+                    denied.insert(pid);
+                }
+                continue;
+            }
+        };
+        for fd in fds.flatten() {
+            match std::fs::read_link(fd.path()) {
+                Ok(link) => {
+                    let inode = listeners::socket_inode(link.as_os_str().as_bytes());
+                    if let Some(inode) = inode.filter(|i| wanted.contains(i)) {
+                        holders.entry(inode).or_default().push(pid);
+                    }
+                }
+                Err(e) if is_denied(&e) => {
+                    if denied.insert(pid) {
+                        log::debug!("listener owners: {}: {e}", fd.path().display());
+                    }
+                }
+                Err(_) => {} // closed meanwhile
+            }
+        }
+    }
+    let mut statuses: HashMap<u32, Option<listeners::Status>> = HashMap::new();
+    let mut status = |pid: u32| {
+        *statuses.entry(pid).or_insert_with(|| {
+            std::fs::read_to_string(proc.join(format!("{pid}/status"))).ok().and_then(|t| listeners::parse_status(&t))
+        })
+    };
+    let mut owned = Vec::with_capacity(found.len());
+    for (key, inode) in found {
+        let pids = holders.get(&inode).map(Vec::as_slice).unwrap_or_default();
+        let known: Vec<(u32, u32)> = pids.iter().filter_map(|&p| Some((p, status(p)?.ppid))).collect();
+        let owner = listeners::choose_owner(&known).and_then(|pid| read_owner(proc, pid, status(pid)?, cmdline_max));
+        owned.push((key, owner));
+    }
+    Scan { found: listeners::one_per_key(owned), namespaces: namespaces.len(), denied: denied.len() }
+}
+
+/// The tcp and tcp6 tables of a process's namespace; tcp6 is absent without IPv6.
+fn read_tcp_tables(dir: &Path) -> Option<(String, String)> {
+    let v4 = std::fs::read_to_string(dir.join("net/tcp")).ok()?;
+    let v6 = match std::fs::read_to_string(dir.join("net/tcp6")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(_) => return None,
+    };
+    Some((v4, v6))
+}
+
+/// `pid` as a socket owner; None when it exited meanwhile.
+fn read_owner(proc: &Path, pid: u32, status: listeners::Status, cmdline_max: u32) -> Option<Owner> {
+    let dir = proc.join(pid.to_string());
+    let comm = std::fs::read(dir.join("comm")).ok()?;
+    let mut argv = Vec::new();
+    std::fs::File::open(dir.join("cmdline")).ok()?.take(u64::from(cmdline_max)).read_to_end(&mut argv).ok()?;
+    Some(listeners::kernel_owner(pid, status, &comm, &argv, cmdline_max))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use

@@ -391,23 +391,25 @@ impl NetNs {
         std::fs::metadata(format!("/run/netns/{}", self.name)).map(|m| m.ino()).unwrap_or(0)
     }
 
-    /// Starts `net-peer ARGS` inside the namespace and waits for its `ready`.
-    pub fn spawn(&mut self, args: &[&str]) -> Result<()> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .arg(helper_bin("net-peer"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting net-peer")?;
-        let out = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(out).read_line(&mut line)?;
+    /// Starts `net-peer ARGS` inside the namespace, waits for its `ready`,
+    /// and returns its pid (`ip netns exec` execs the helper in place).
+    pub fn spawn(&mut self, args: &[&str]) -> Result<u32> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(helper_bin("net-peer")).args(args);
+        let child = start_ready(cmd, args)?;
+        let pid = child.id();
         self.children.push(child);
-        if line.trim() != "ready" {
-            bail!("net-peer {args:?} did not start: {line:?}");
+        Ok(pid)
+    }
+
+    /// Kills the helper `spawn` started as `pid`, and waits until it is
+    /// gone (its sockets closed).
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let mut c = self.children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
         }
-        Ok(())
     }
 
     /// Runs `net-peer ARGS` inside the namespace to completion.
@@ -429,6 +431,46 @@ impl Drop for NetNs {
         }
         let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
         let _ = run(Command::new("ip").args(["link", "del", &self.host_if]));
+    }
+}
+
+/// Starts `cmd` (a `net-peer`) and waits for its `ready` line; killed
+/// again when it says anything else.
+fn start_ready(mut cmd: Command, args: &[&str]) -> Result<Child> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().context("starting net-peer")?;
+    let out = child.stdout.take().unwrap();
+    let mut line = String::new();
+    let read = BufReader::new(out).read_line(&mut line);
+    if read.is_err() || line.trim() != "ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("net-peer {args:?} did not start: {line:?} {read:?}");
+    }
+    Ok(child)
+}
+
+/// A `net-peer` helper in this process's network namespace: a server that
+/// is already running when the agent starts. Dropping it kills it.
+pub struct Peer {
+    child: Child,
+}
+
+impl Peer {
+    pub fn spawn(args: &[&str]) -> Result<Peer> {
+        let mut cmd = Command::new(helper_bin("net-peer"));
+        cmd.args(args);
+        Ok(Peer { child: start_ready(cmd, args)? })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

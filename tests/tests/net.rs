@@ -10,7 +10,11 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{assert_windows_account_for_every_event, own_netns, payloads, privileged, Agent, NetNs};
+use tests::{
+    assert_windows_account_for_every_event, helper_bin, marker,
+    mosquitto::{self, Auth, Broker, Subscriber},
+    own_netns, payloads, privileged, Agent, NetNs, Peer,
+};
 
 const CC: &str = "ConnectionCreate";
 
@@ -420,4 +424,142 @@ fn disabled_network_collector_reports_nothing() {
     assert!(records(&events).is_empty());
     assert!(payloads(&events, "DroppedEventsStatistics").iter().all(|p| p["source_event_type"] != CC));
     assert!(!payloads(&events, "DroppedEventsStatistics").is_empty(), "other collectors still report");
+}
+
+/// Inbound TCP records of `netns` on `local_port` from `remote`.
+fn inbound<'a>(events: &'a [Value], netns: u64, remote: &str, local_port: u64) -> Vec<&'a Value> {
+    matching(events, netns, "TCP", remote, None).into_iter().filter(|p| p["local_port"] == local_port).collect()
+}
+
+/// `n` accepted connections, every record owned by `pid` running `commandline`.
+fn assert_owned(recs: &[&Value], n: u64, pid: u32, commandline: &str) {
+    assert_eq!(sum(recs, "hit_count"), n, "{recs:#?}");
+    for p in recs {
+        assert_eq!(p["direction"], "in", "{p}");
+        assert_eq!(p["process_id"], pid, "{p}");
+        assert_eq!(p["commandline"], commandline, "{p}");
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(p["uid"], unsafe { libc::geteuid() }, "{p}");
+    }
+}
+
+/// The command line `net-peer tcp-server ADDR PORT 20 TAG` reports.
+fn server_cmdline(addr: &str, port: u16, tag: &str) -> String {
+    format!("{} tcp-server {addr} {port} 20 {tag}", helper_bin("net-peer").display())
+}
+
+#[test]
+fn listeners_opened_before_the_agent_have_their_owner() {
+    if !privileged("listeners_opened_before_the_agent_have_their_owner") {
+        return;
+    }
+    let mut ns = NetNs::new(18).unwrap();
+    let (host, peer) = (ns.host_v4(), ns.peer_v4());
+    let tag = marker("listen");
+    // Both listen before the agent starts: only the startup scan knows them.
+    // Here an IPv4 listener; in the peer's namespace a dual-stack one on
+    // [::], which is AF_INET6 in the kernel's key also for IPv4 clients.
+    let here = Peer::spawn(&["tcp-server", &host, "7201", "20", &tag]).unwrap();
+    let there = ns.spawn(&["tcp-server", "::", "7202", "20", &tag]).unwrap();
+    let agent = Agent::start(&["--interval", "PT2S", "--cache-size", "1024"]).unwrap();
+    let seeded = agent.wait_for_log("TCP listeners open before", Duration::from_secs(1)).unwrap();
+    assert!(!seeded.contains(" 0 seeded"), "{seeded}");
+
+    ns.run(&["tcp-client", &host, "7201", "4", "100"]).unwrap();
+    for (to, n) in [(peer.as_str(), 2), (ns.peer_v6().as_str(), 3)] {
+        for _ in 0..n {
+            assert_eq!(tcp_exchange(SocketAddr::new(to.parse().unwrap(), 7202), 1, 10), 20);
+        }
+    }
+    let events = agent.stop().unwrap();
+
+    assert_owned(&inbound(&events, own_netns(), &peer, 7201), 4, here.pid(), &server_cmdline(&host, 7201, &tag));
+    let dual = server_cmdline("::", 7202, &tag);
+    assert_owned(&inbound(&events, ns.inode(), &host, 7202), 2, there, &dual);
+    assert_owned(&inbound(&events, ns.inode(), &ns.host_v6(), 7202), 3, there, &dual);
+    assert_windows_account_for_every_event(&events, CC);
+}
+
+/// The network collector switched off and on again at runtime (desired
+/// configuration over MQTT): a listener that replaced another on the same
+/// port while it was off gets its own owner, not the closed one's.
+#[test]
+fn listeners_are_seeded_again_when_the_network_collector_comes_back() {
+    let test = "listeners_are_seeded_again_when_the_network_collector_comes_back";
+    if !privileged(test) {
+        return;
+    }
+    if let Err(why) = mosquitto::ensure_installed() {
+        tests::skip(test, &why);
+        return;
+    }
+    let wait = Duration::from_secs(40);
+    let broker = Broker::start(Auth::Plain, None).unwrap();
+    let device = marker("dev");
+    let sub = Subscriber::connect(&broker, &device).unwrap();
+    let cfg = std::env::temp_dir().join(marker("listencfg"));
+    std::fs::write(
+        &cfg,
+        r#"{"eventPriorityConnectionCreate":"High","highPriorityMessageFrequency":"PT1S",
+            "eventPriorityDroppedEventsStatistics":"High",
+            "eventPriorityProcessCreate":"Off","eventPriorityProcessTerminate":"Off"}"#,
+    )
+    .unwrap();
+    let url = broker.url();
+    let agent = Agent::start(&[
+        "--interval",
+        "PT1S",
+        "--mqtt-url",
+        &url,
+        "--device-id",
+        &device,
+        "--config",
+        cfg.to_str().unwrap(),
+    ])
+    .unwrap();
+    let mut ns = NetNs::new(19).unwrap();
+    let tag = marker("relisten");
+    // Seen by the kernel, then closed while nothing watches.
+    let first = ns.spawn(&["tcp-server", &ns.peer_v4(), "7301", "20", &tag]).unwrap();
+    sub.publish_desired(r#"{"eventPriorityConnectionCreate":"Off"}"#).unwrap();
+    agent.wait_for_log("detached inet_sock_set_state", wait).unwrap();
+    ns.kill(first);
+    let second = ns.spawn(&["tcp-server", &ns.peer_v4(), "7301", "20", &tag]).unwrap();
+    sub.publish_desired("{}").unwrap();
+    let reattached = |a: &Agent| a.stderr().iter().filter(|l| l.contains("attached inet_sock_set_state to")).count();
+    let started = Instant::now();
+    while reattached(&agent) < 2 || agent.stderr().iter().filter(|l| l.contains("TCP listeners open")).count() < 2 {
+        assert!(started.elapsed() < wait, "not attached again: {:#?}", agent.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let to = SocketAddr::new(ns.peer_v4().parse().unwrap(), 7301);
+    for _ in 0..3 {
+        assert_eq!(tcp_exchange(to, 1, 10), 20);
+    }
+    let (netns, host) = (ns.inode(), ns.host_v4());
+    let accepted = |_: &[mosquitto::Msg]| sum(&inbound(&sub.events(), netns, &host, 7301), "hit_count") >= 3;
+    sub.wait_until("the accepted connections", wait, accepted).unwrap();
+    agent.stop().unwrap();
+    // Published after everything queued: every window's events are in.
+    sub.wait_until("status offline", wait, |m| {
+        m.iter().rfind(|x| x.topic.ends_with("/status")).is_some_and(|x| x.payload == b"offline")
+    })
+    .unwrap();
+    std::fs::remove_file(&cfg).unwrap();
+    let events = sub.events();
+    assert_owned(&inbound(&events, netns, &host, 7301), 3, second, &server_cmdline(&ns.peer_v4(), 7301, &tag));
+    // The identity is checked from the window of these connections on. The
+    // windows around the switches are not: connections made between a
+    // switch's last drain and its new flags are counted as seen in a window
+    // that closes while ConnectionCreate is Off, and the MQTT sink discards
+    // that window's records (a gap of the switch itself, not of listeners).
+    let from = events
+        .iter()
+        .filter(|e| e["event_type"] == CC && e["payload"]["local_port"] == 7301 && e["payload"]["netns"] == netns)
+        .map(|e| e["window_start"].as_str().unwrap().to_string())
+        .min()
+        .unwrap();
+    let later: Vec<Value> = events.into_iter().filter(|e| e["window_start"].as_str() >= Some(from.as_str())).collect();
+    let (seen, _) = assert_windows_account_for_every_event(&later, CC);
+    assert!(seen >= 3, "at least the accepted connections: {seen}");
 }

@@ -1,10 +1,12 @@
 //! Test helper: the "remote host" side of the network tests, run inside a
-//! network namespace with `ip netns exec`. Prints `ready` once listening.
+//! network namespace with `ip netns exec`, or in the tests' own as a server
+//! already running when the agent starts. Prints `ready` once listening.
 //!
-//! net-peer tcp-server ADDR PORT REPLY_BYTES   read each connection to EOF, reply REPLY_BYTES, close
-//! net-peer udp-server ADDR PORT               receive datagrams, answer nothing
-//! net-peer dns ADDR PORT NAME IPV4 TTL        answer A queries for NAME with IPV4 and TTL
-//! net-peer tcp-client ADDR PORT COUNT BYTES   COUNT connections, each sends BYTES, reads to EOF
+//! net-peer tcp-server ADDR PORT REPLY_BYTES [TAG]  read each connection to EOF, reply REPLY_BYTES, close;
+//!                                                  TAG is ignored: it marks the command line
+//! net-peer udp-server ADDR PORT                    receive datagrams, answer nothing
+//! net-peer dns ADDR PORT NAME IPV4 TTL             answer A queries for NAME with IPV4 and TTL
+//! net-peer tcp-client ADDR PORT COUNT BYTES        COUNT connections, each sends BYTES, reads to EOF
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},

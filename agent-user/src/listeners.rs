@@ -1,0 +1,256 @@
+//! Listening TCP sockets that were open before the network collector
+//! started, and their owners. The kernel program learns a listener's owner
+//! only when the socket goes to LISTEN; for older listeners the agent reads
+//! /proc once after attaching and seeds the `LISTENERS` map. This module is
+//! the pure half (parsing, choosing an owner); the /proc walk and the map
+//! insertion are `ebpf::Programs::seed_listeners`.
+use std::{collections::HashMap, fmt};
+
+use agent_common::{ListenKey, Owner, CMDLINE_CAP, COMM_LEN};
+
+/// `TCP_LISTEN` in include/net/tcp_states.h, as /proc/net/tcp prints it.
+const LISTEN_STATE: &str = "0A";
+
+/// A listening socket in one /proc/<pid>/net/tcp or tcp6 table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    /// Local port, host byte order.
+    pub port: u16,
+    /// Socket inode, as in the `socket:[INODE]` links of /proc/<pid>/fd.
+    pub inode: u64,
+}
+
+/// The listening sockets of a /proc/<pid>/net/tcp or tcp6 table. Line
+/// format: `get_tcp4_sock` in net/ipv4/tcp_ipv4.c (`get_tcp6_sock` in
+/// net/ipv6/tcp_ipv6.c, with 32-digit addresses): `sl: local rem st
+/// tx:rx tr:when retrnsmt uid timeout inode ...`, the port in hex after the
+/// address. The header and malformed lines are skipped.
+pub fn parse_tcp_table(text: &str) -> Vec<Listener> {
+    text.lines().filter_map(parse_tcp_line).collect()
+}
+
+fn parse_tcp_line(line: &str) -> Option<Listener> {
+    let f: Vec<&str> = line.split_whitespace().take(10).collect();
+    if f.len() < 10 || !f[0].ends_with(':') || f[3] != LISTEN_STATE {
+        return None;
+    }
+    let (_, port) = f[1].rsplit_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let inode = f[9].parse().ok()?;
+    // Inode 0: no socket file (never a live listener); nobody can hold it.
+    (inode != 0).then_some(Listener { port, inode })
+}
+
+/// The inode of a /proc/<pid>/fd link that is a socket: `socket:[12345]`.
+pub fn socket_inode(link: &[u8]) -> Option<u64> {
+    let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// What the owner choice and the record need from /proc/<pid>/status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Real uid (first of `Uid:`), as the kernel program reads `cred->uid`.
+    pub uid: u32,
+    pub ppid: u32,
+}
+
+pub fn parse_status(text: &str) -> Option<Status> {
+    let field = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    Some(Status { uid: field("Uid:")?, ppid: field("PPid:")? })
+}
+
+/// The owner among the processes holding one listening socket: forked
+/// servers (a master and its workers) all hold it, and the one that called
+/// listen() is normally the ancestor. So: the holders whose parent does not
+/// hold it, and of those the lowest pid. Deterministic, whatever order /proc
+/// listed them in. `holders` is (pid, ppid).
+pub fn choose_owner(holders: &[(u32, u32)]) -> Option<u32> {
+    let holds = |pid: u32| holders.iter().any(|&(p, _)| p == pid);
+    let eldest = holders.iter().filter(|&&(_, ppid)| !holds(ppid)).map(|&(p, _)| p).min();
+    // A cycle of parents is impossible; the fallback only keeps this total.
+    eldest.or_else(|| holders.iter().map(|&(p, _)| p).min())
+}
+
+/// The owner as the kernel program records it (`current_owner` in
+/// agent-ebpf/src/net.rs): `comm` NUL-padded to 16 bytes (at most 15
+/// characters, as TASK_COMM_LEN allows), the raw argv bytes of
+/// /proc/<pid>/cmdline cut to `cmdline_max` (itself at most CMDLINE_CAP).
+pub fn kernel_owner(pid: u32, status: Status, comm: &[u8], cmdline: &[u8], cmdline_max: u32) -> Owner {
+    let mut o = Owner::zeroed();
+    o.pid = pid;
+    o.uid = status.uid;
+    let comm = comm.strip_suffix(b"\n").unwrap_or(comm);
+    let n = comm.len().min(COMM_LEN - 1);
+    o.comm[..n].copy_from_slice(&comm[..n]);
+    let n = cmdline.len().min(cmdline_max as usize).min(CMDLINE_CAP);
+    o.cmdline[..n].copy_from_slice(&cmdline[..n]);
+    o.cmdline_len = n as u32;
+    o
+}
+
+/// One entry per key. Listeners that share a key (SO_REUSEPORT groups, or
+/// one port on several addresses) share one kernel entry too; the first
+/// with a known owner is kept, else the first.
+pub fn one_per_key<T>(found: Vec<(ListenKey, Option<T>)>) -> Vec<(ListenKey, Option<T>)> {
+    let mut out: Vec<(ListenKey, Option<T>)> = Vec::with_capacity(found.len());
+    let mut at: HashMap<ListenKey, usize> = HashMap::new();
+    for (key, owner) in found {
+        match at.get(&key) {
+            Some(&i) => {
+                if out[i].1.is_none() {
+                    out[i].1 = owner;
+                }
+            }
+            None => {
+                at.insert(key, out.len());
+                out.push((key, owner));
+            }
+        }
+    }
+    out
+}
+
+/// What one seeding did, for its log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeedReport {
+    /// Network namespaces whose TCP tables were read.
+    pub namespaces: usize,
+    /// Distinct listeners (namespace, family, port) found.
+    pub listeners: usize,
+    /// Written to the map with their owner.
+    pub seeded: usize,
+    /// Already in the map: the kernel saw them listen after the programs
+    /// were attached, and its entry wins.
+    pub known: usize,
+    /// No owner found: a kernel socket (no file descriptor), every holder
+    /// exited during the scan, lives in another PID namespace, or has a
+    /// /proc/<pid>/fd the agent may not read.
+    pub unattributed: usize,
+    /// The map refused the entry (full, or another error).
+    pub failed: usize,
+    /// Processes whose /proc/<pid>/fd the agent was denied (without
+    /// CAP_SYS_PTRACE: other users' processes, or ones with capabilities
+    /// the agent lacks). Listeners they hold are among `unattributed`.
+    pub denied: usize,
+}
+
+impl fmt::Display for SeedReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} TCP listeners open before the network collector started, in {} network namespaces: {} seeded \
+             with their owner, {} already recorded by the kernel, {} with no owner found, {} not stored",
+            self.listeners, self.namespaces, self.seeded, self.known, self.unattributed, self.failed
+        )?;
+        if self.denied > 0 {
+            write!(f, "; /proc/PID/fd of {} processes was not readable", self.denied)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Lines as a 6.x kernel prints them (one LISTEN, one ESTABLISHED, one
+    // SYN_RECV request with inode 0).
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1588 1 0000000010001c6b 100 0 0 10 0
+   1: 0100007F:AE1F 0100007F:8AD6 06 00000000:00000000 03:000001F0 00000000     0        0 0 3 0000000013f1dd09
+   2: 0100007F:0016 0100007F:8AD8 01 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0000000010001c6b 20 4 30 10 -1
+   3: 0100007F:1F90 0100007F:8AD9 03 00000000:00000000 01:00000064 00000000     0        0 0 1 0000000000000000
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:1C21 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 99887766 1 00000000a1b2c3d4 100 0 0 10 0
+";
+
+    #[test]
+    fn only_listening_sockets_with_port_and_inode() {
+        assert_eq!(parse_tcp_table(TCP), vec![Listener { port: 2024, inode: 1588 }]);
+        assert_eq!(parse_tcp_table(TCP6), vec![Listener { port: 7201, inode: 99_887_766 }]);
+        assert!(parse_tcp_table("").is_empty());
+        // Cut short (a process that exited mid-read), or garbage: skipped.
+        assert!(parse_tcp_table("   0: 00000000:07E8 00000000:0000 0A 00000000:00000000").is_empty());
+        assert!(parse_tcp_table("   0: 00000000:ZZZZ 00000000:0000 0A 0:0 0:0 0 0 0 17 1").is_empty());
+        assert!(parse_tcp_table("   0: 00000000:0050 00000000:0000 0A 0:0 0:0 0 0 0 0 1").is_empty(), "inode 0");
+    }
+
+    #[test]
+    fn socket_links() {
+        assert_eq!(socket_inode(b"socket:[1588]"), Some(1588));
+        assert_eq!(socket_inode(b"pipe:[1588]"), None);
+        assert_eq!(socket_inode(b"/dev/null"), None);
+        assert_eq!(socket_inode(b"socket:[]"), None);
+        assert_eq!(socket_inode(b"socket:[12"), None);
+        assert_eq!(socket_inode(b"anon_inode:[eventpoll]"), None);
+    }
+
+    #[test]
+    fn status_gives_the_real_uid_and_the_parent() {
+        let s = "Name:\tnginx\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t812\nNgid:\t0\nPid:\t812\nPPid:\t1\n\
+                 TracerPid:\t0\nUid:\t33\t0\t0\t0\nGid:\t33\t33\t33\t33\n";
+        assert_eq!(parse_status(s), Some(Status { uid: 33, ppid: 1 }));
+        assert_eq!(parse_status("Name:\tx\nPPid:\t1\n"), None, "no Uid line");
+        assert_eq!(parse_status(""), None);
+    }
+
+    #[test]
+    fn the_eldest_holder_owns_the_listener() {
+        // A master (100, child of init) and its workers.
+        assert_eq!(choose_owner(&[(104, 100), (100, 1), (101, 100)]), Some(100));
+        // pids wrapped around: the master has the higher pid, still the owner.
+        assert_eq!(choose_owner(&[(5, 32000), (32000, 1), (6, 32000)]), Some(32000));
+        // Two unrelated processes (a socket passed over a unix socket): the lower pid.
+        assert_eq!(choose_owner(&[(300, 1), (200, 2)]), Some(200));
+        // Only some workers visible (the master exited mid-scan): the lowest.
+        assert_eq!(choose_owner(&[(105, 100), (103, 100)]), Some(103));
+        assert_eq!(choose_owner(&[]), None);
+        // Order does not matter.
+        assert_eq!(choose_owner(&[(101, 100), (100, 1)]), choose_owner(&[(100, 1), (101, 100)]));
+    }
+
+    #[test]
+    fn owner_matches_what_the_kernel_records() {
+        let st = Status { uid: 1000, ppid: 1 };
+        let o = kernel_owner(42, st, b"python3\n", b"python3\0-m\0http.server\0", 256);
+        assert_eq!((o.pid, o.uid, o.cmdline_len), (42, 1000, 23));
+        assert_eq!(&o.comm, b"python3\0\0\0\0\0\0\0\0\0");
+        assert_eq!(&o.cmdline[..23], b"python3\0-m\0http.server\0");
+        assert!(o.cmdline[23..].iter().all(|&b| b == 0));
+        // Cut to the configured maximum, raw bytes (NULs included).
+        let o = kernel_owner(42, st, b"x\n", b"python3\0-m\0http.server\0", 10);
+        assert_eq!(&o.cmdline[..o.cmdline_len as usize], b"python3\0-m");
+        // Never past CMDLINE_CAP; comm at most 15 bytes and NUL-terminated.
+        let long = vec![b'a'; 2 * CMDLINE_CAP];
+        let o = kernel_owner(1, st, b"abcdefghijklmnopqrstuvwxyz", &long, u32::MAX);
+        assert_eq!(o.cmdline_len as usize, CMDLINE_CAP);
+        assert_eq!(&o.comm, b"abcdefghijklmno\0");
+        // A kernel thread or a zombie: empty command line.
+        assert_eq!(kernel_owner(2, st, b"kthreadd\n", b"", 256).cmdline_len, 0);
+    }
+
+    #[test]
+    fn the_report_names_every_count() {
+        let r = SeedReport { namespaces: 2, listeners: 9, seeded: 5, known: 1, unattributed: 3, failed: 0, denied: 0 };
+        let line = r.to_string();
+        assert!(line.starts_with("9 TCP listeners open before the network collector started, in 2 network"), "{line}");
+        assert!(line.ends_with(
+            "5 seeded with their owner, 1 already recorded by the kernel, 3 with no owner found, 0 not stored"
+        ));
+        let r = SeedReport { denied: 4, ..r };
+        assert!(r.to_string().ends_with("; /proc/PID/fd of 4 processes was not readable"));
+    }
+
+    #[test]
+    fn one_entry_per_key_preferring_a_known_owner() {
+        let k = |port| ListenKey { netns: 1, family: 10, port };
+        let v4 = ListenKey { netns: 1, family: 2, port: 80 };
+        let other_ns = ListenKey { netns: 2, family: 10, port: 80 };
+        let found = vec![(k(80), None), (v4, Some("a")), (k(80), Some("b")), (k(80), Some("c")), (other_ns, None)];
+        assert_eq!(one_per_key(found), vec![(k(80), Some("b")), (v4, Some("a")), (other_ns, None)]);
+    }
+}
