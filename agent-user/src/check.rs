@@ -36,6 +36,7 @@ fn check(status: Status, what: impl Into<String>, detail: impl Into<String>) -> 
     Check { status, what: what.into(), detail: detail.into() }
 }
 
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -53,12 +54,13 @@ pub fn effective_caps() -> u64 {
 /// `None` when the agent may load programs; otherwise what is missing.
 pub fn missing_capabilities(caps: u64) -> Option<String> {
     let has = |c: u32| caps & (1 << c) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    // CAP_NET_ADMIN: the kernel refuses to load cgroup (network) programs without it.
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON) && has(CAP_NET_ADMIN)) {
         return None;
     }
     Some(
-        "hitcount needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8); \
-         run it with sudo, or grant them: setcap cap_bpf,cap_perfmon+ep hitcount"
+        "hitcount needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (CAP_SYS_ADMIN on kernels \
+         before 5.8); run it with sudo, or grant them: setcap cap_bpf,cap_perfmon,cap_net_admin+ep hitcount"
             .to_string(),
     )
 }
@@ -197,8 +199,9 @@ mod tests {
         assert!(missing_capabilities(0).is_some());
         assert!(missing_capabilities(1 << CAP_SYS_ADMIN).is_none());
         assert!(missing_capabilities(1 << CAP_BPF).is_some());
-        assert!(missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_none());
-        assert!(missing_capabilities(0).unwrap().contains("CAP_BPF and CAP_PERFMON"));
+        assert!(missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_some(), "cgroup programs need NET_ADMIN");
+        assert!(missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN)).is_none());
+        assert!(missing_capabilities(0).unwrap().contains("CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"));
     }
 
     #[test]

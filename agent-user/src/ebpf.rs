@@ -39,7 +39,7 @@ pub enum LoadError {
     Btf(#[from] crate::btf::BtfError),
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
-    #[error("loading the eBPF object failed: {0}; run as root, or with CAP_BPF and CAP_PERFMON")]
+    #[error("loading the eBPF object failed: {0}; run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")]
     Object(#[from] aya::EbpfError),
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup {
