@@ -257,7 +257,13 @@ impl<S: Sink> Agent<S> {
         self.close_all_windows()
     }
 
-    /// Drains, then reports every open window however short, and opens new ones.
+    /// Drains, then reports every open window however short, and opens new
+    /// ones. The window of a type that is off is not closed: it holds
+    /// nothing, unless a configuration change is switching the type on, when
+    /// it holds what the new flags recorded before their first drain; those
+    /// belong to the new configuration's first window. (Sent under the old
+    /// configuration they would be discarded by the sink while their
+    /// statistics counted them.)
     fn close_all_windows(&mut self) -> anyhow::Result<()> {
         self.drain()?;
         self.close_processes()?;
@@ -307,11 +313,15 @@ impl<S: Sink> Agent<S> {
     }
 
     fn apply(&mut self, new: Config) -> anyhow::Result<()> {
-        // The current data first, under the current configuration...
+        // The new flags first, so that the last drain under the current
+        // configuration takes every event recorded under the old ones: a
+        // type switched off records nothing after its window is sent, and
+        // nothing of it is counted in a window that no longer goes out.
+        self.drainer.set_control(control_flags(&new) | self.programs.kernel_flags(), new.cmdline_max)?;
+        // The current data, under the current configuration...
         self.close_all_windows()?;
         self.sink.flush_now();
         // ...then the new one.
-        self.drainer.set_control(control_flags(&new) | self.programs.kernel_flags(), new.cmdline_max)?;
         attach(&mut self.programs, &new)?;
         self.processes.reconfigure(new.process_create);
         self.terminations.reconfigure(new.process_terminate);
@@ -334,6 +344,9 @@ impl<S: Sink> Agent<S> {
     }
 
     fn close_processes(&mut self) -> anyhow::Result<()> {
+        if !self.config.collects(EventType::ProcessCreate) {
+            return Ok(()); // stays open: see close_all_windows
+        }
         let closed = self.processes.close();
         self.publish_window(
             closed,
@@ -345,6 +358,9 @@ impl<S: Sink> Agent<S> {
     }
 
     fn close_terminations(&mut self) -> anyhow::Result<()> {
+        if !self.config.collects(EventType::ProcessTerminate) {
+            return Ok(());
+        }
         let closed = self.terminations.close();
         self.publish_window(
             closed,
@@ -356,6 +372,9 @@ impl<S: Sink> Agent<S> {
     }
 
     fn close_connections(&mut self) -> anyhow::Result<()> {
+        if !self.config.collects(EventType::ConnectionCreate) {
+            return Ok(());
+        }
         let closed = self.connections.close();
         let (dns_evicted, dns_unparsed) = self.net.take_dns_losses();
         if dns_unparsed > 0 {
@@ -389,11 +408,6 @@ impl<S: Sink> Agent<S> {
         network: Option<NetworkLosses>,
         payload: impl Fn(&R, &mut Enrichment<'_>) -> Payload,
     ) -> anyhow::Result<()> {
-        // A type switched off sends nothing, not even zero statistics,
-        // unless records reached its window anyway.
-        if !self.config.collects(event_type) && closed.records.is_empty() {
-            return Ok(());
-        }
         let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
         let mut events: Vec<Event> =
             closed.records.iter().map(|r| closed.window.event(payload(r, &mut enrich))).collect();
