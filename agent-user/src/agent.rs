@@ -240,13 +240,17 @@ impl<S: Sink> Agent<S> {
     pub fn tick(&mut self) -> anyhow::Result<()> {
         self.drain()?;
         let now = Instant::now();
-        if self.processes.due(now) {
+        let due = [self.processes.due(now), self.terminations.due(now), self.connections.due(now)];
+        if due.contains(&true) {
+            self.sink.make_room();
+        }
+        if due[0] {
             self.close_processes()?;
         }
-        if self.terminations.due(now) {
+        if due[1] {
             self.close_terminations()?;
         }
-        if self.connections.due(now) {
+        if due[2] {
             self.close_connections()?;
         }
         Ok(())
@@ -266,6 +270,7 @@ impl<S: Sink> Agent<S> {
     /// statistics counted them.)
     fn close_all_windows(&mut self) -> anyhow::Result<()> {
         self.drain()?;
+        self.sink.make_room();
         self.close_processes()?;
         self.close_terminations()?;
         self.close_connections()?;

@@ -23,6 +23,10 @@ pub trait Sink {
         Drops::default()
     }
 
+    /// Windows are about to close: a sink holding a backlog bounds it now,
+    /// before their statistics take its drops, so that they count them.
+    fn make_room(&mut self) {}
+
     /// A new effective configuration (priorities, frequencies, sizes).
     fn configure(&mut self, _config: &Config) {}
 
@@ -39,6 +43,9 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     }
     fn take_transport_drops(&mut self, t: EventType) -> Drops {
         (**self).take_transport_drops(t)
+    }
+    fn make_room(&mut self) {
+        (**self).make_room()
     }
     fn configure(&mut self, config: &Config) {
         (**self).configure(config)

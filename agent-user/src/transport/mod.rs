@@ -40,6 +40,8 @@ pub struct MqttSink {
     shared: Arc<Shared>,
     control: mpsc::UnboundedSender<Control>,
     config: Config,
+    /// make_room dropped events (and warned) and nothing waited since.
+    overflowing: bool,
 }
 
 /// The desired configuration payloads received from the broker.
@@ -70,7 +72,7 @@ impl Transport {
         let (desired_tx, desired_rx) = mpsc::unbounded_channel();
         let options = settings.options()?;
         let task = tokio::spawn(mqtt::run(settings, options, shared.clone(), control_rx, desired_tx));
-        let sink = MqttSink { shared, control: control_tx.clone(), config: config.clone() };
+        let sink = MqttSink { shared, control: control_tx.clone(), config: config.clone(), overflowing: false };
         Ok((Transport { control: control_tx, task }, sink, desired_rx))
     }
 
@@ -125,6 +127,23 @@ impl Sink for MqttSink {
         self.shared.outbox.lock().expect("outbox lock").take_drops(t)
     }
 
+    fn make_room(&mut self) {
+        let mut outbox = self.shared.outbox.lock().expect("outbox lock");
+        let dropped = outbox.make_room();
+        // Once until the link has caught up: it would repeat at every window.
+        if dropped > 0 && !self.overflowing {
+            log::warn!(
+                "local cache: events arrive faster than they are sent; {dropped} dropped (counted in \
+                 transport_cache_full); raise maxLocalCacheSizeInBytes or shorten the message frequencies"
+            );
+            self.overflowing = true;
+        } else if dropped > 0 {
+            log::debug!("local cache: {dropped} more dropped to make room");
+        } else if outbox.staged_bytes() == 0 {
+            self.overflowing = false;
+        }
+    }
+
     fn configure(&mut self, config: &Config) {
         self.config = config.clone();
         self.shared.outbox.lock().expect("outbox lock").configure(config.transport);
@@ -154,7 +173,7 @@ mod tests {
         let (control, _) = mpsc::unbounded_channel();
         let shared =
             Arc::new(Shared { outbox: Mutex::new(Outbox::new(config.transport, Instant::now())), wake: Notify::new() });
-        MqttSink { shared, control, config }
+        MqttSink { shared, control, config, overflowing: false }
     }
 
     fn stats(transport_cache_full: u64, transport_cache_full_hits: u64) -> Event {

@@ -11,7 +11,7 @@ use std::{
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    TlsConfiguration, Transport,
+    TlsConfiguration, TlsError, Transport,
 };
 use tokio::sync::mpsc;
 
@@ -228,48 +228,125 @@ impl Settings {
     }
 }
 
-/// A broker error in words that say what to fix.
-fn describe(e: &ConnectionError, url: &BrokerUrl) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => {
+/// What kind of problem a connection error is. Warnings are given once per
+/// kind, not per text: one refused TLS handshake arrives as the broker's alert
+/// or as a reset or closed connection, whichever the timing gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    NoListener,
+    /// The broker answered CONNECT with this refusal.
+    Refused(ConnectReturnCode),
+    /// We do not trust the broker's certificate.
+    BrokerCertificate,
+    /// The broker ended the TLS connection before accepting us.
+    ClientCertificate,
+    Tls,
+    Io(std::io::ErrorKind),
+    Other,
+}
+
+/// A connection error: its kind, and words that say what to fix.
+struct Problem {
+    kind: Failure,
+    text: String,
+}
+
+/// Classifies `e`; `accepted`: the broker had accepted the connection.
+fn classify(e: &ConnectionError, url: &BrokerUrl, client_cert: bool, accepted: bool) -> Problem {
+    use rumqttc::tokio_rustls::rustls::{AlertDescription as A, Error as Rustls};
+    use std::io::ErrorKind as K;
+    let at = format!("{}:{}", url.host, url.port);
+    // TLS errors come inside I/O errors: from the handshake (Tls), or from
+    // the first read after it (Io), since a TLS 1.3 server checks our
+    // certificate only after the client has finished.
+    let io = match e {
+        ConnectionError::Io(io) | ConnectionError::Tls(TlsError::Io(io)) => Some(io),
+        _ => None,
+    };
+    let tls = match e {
+        ConnectionError::Tls(TlsError::TLS(t)) => Some(t),
+        _ => io.and_then(|io| io.get_ref()).and_then(|inner| inner.downcast_ref::<Rustls>()),
+    };
+    let handshake = url.tls && !accepted;
+    let kind = match (e, tls) {
+        (ConnectionError::ConnectionRefused(code), _) => Failure::Refused(*code),
+        (_, Some(Rustls::InvalidCertificate(_))) => Failure::BrokerCertificate,
+        (
+            _,
+            Some(Rustls::AlertReceived(
+                A::CertificateRequired
+                | A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA,
+            )),
+        ) if handshake => Failure::ClientCertificate,
+        _ if io.is_some_and(|io| io.kind() == K::ConnectionRefused) => Failure::NoListener,
+        _ if handshake
+            && io.is_some_and(|io| {
+                matches!(io.kind(), K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof)
+            }) =>
+        {
+            Failure::ClientCertificate
+        }
+        (ConnectionError::Tls(_), _) => Failure::Tls,
+        _ => io.map_or(Failure::Other, |io| Failure::Io(io.kind())),
+    };
+    let detail = io.map_or_else(|| e.to_string(), ToString::to_string);
+    let text = match kind {
+        Failure::Refused(ConnectReturnCode::BadUserNamePassword) => {
             "the broker refused the user name or password (check --mqtt-username and --mqtt-password-file or \
              HITCOUNT_MQTT_PASSWORD)"
                 .into()
         }
         // mosquitto answers a wrong password with "not authorized".
-        ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => {
+        Failure::Refused(ConnectReturnCode::NotAuthorized) => {
             "the broker refused this client as not authorized (check --mqtt-username and --mqtt-password-file or \
              HITCOUNT_MQTT_PASSWORD, and the broker's ACLs)"
                 .into()
         }
-        ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection: {code:?}"),
-        ConnectionError::Tls(t) => format!(
-            "TLS with {}:{} failed: {t} (check --mqtt-ca-file, and --mqtt-client-cert/--mqtt-client-key if the \
-             broker requires client certificates)",
-            url.host, url.port
-        ),
-        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            format!("no broker is listening at {}:{}", url.host, url.port)
+        Failure::Refused(code) => format!("the broker refused the connection: {code:?}"),
+        Failure::BrokerCertificate => {
+            format!(
+                "TLS with {at} failed: {detail} (check --mqtt-ca-file: the CA that signed the broker's certificate)"
+            )
         }
-        ConnectionError::Io(io) if url.tls => format!(
-            "connection to {}:{} failed: {io} (with TLS this often means the broker rejected our certificate: \
-             check --mqtt-client-cert/--mqtt-client-key)",
-            url.host, url.port
+        Failure::ClientCertificate if client_cert => format!(
+            "TLS with {at}: the broker closed the connection before accepting it ({detail}); it most likely \
+             rejected our client certificate: check --mqtt-client-cert/--mqtt-client-key and that the broker \
+             trusts the CA that signed it"
         ),
-        other => format!("connection to {}:{} failed: {other}", url.host, url.port),
-    }
+        Failure::ClientCertificate => format!(
+            "TLS with {at}: the broker closed the connection before accepting it ({detail}); it most likely \
+             requires a client certificate: pass --mqtt-client-cert and --mqtt-client-key"
+        ),
+        Failure::Tls => format!(
+            "TLS with {at} failed: {detail} (check --mqtt-ca-file, and --mqtt-client-cert/--mqtt-client-key if the \
+             broker requires client certificates)"
+        ),
+        Failure::NoListener => format!("no broker is listening at {at}"),
+        Failure::Io(_) | Failure::Other => format!("connection to {at} failed: {detail}"),
+    };
+    Problem { kind, text }
+}
+
+/// Whether a failure of `kind` is news: not the kind `last` recorded.
+fn news(last: &mut Option<Failure>, kind: Failure) -> bool {
+    last.replace(kind) != Some(kind)
 }
 
 enum Polled {
     Event(Event),
-    Error(String),
+    Error(ConnectionError),
 }
 
 /// Owns the event loop. After an error it waits for the connection task to
 /// take back what was in flight, then discards rumqttc's own copies of
 /// unacknowledged publishes (the outbox sends them again, so keeping them
 /// would send them twice) and reconnects after a backoff.
-async fn poll_loop(mut el: EventLoop, url: BrokerUrl, tx: mpsc::Sender<Polled>, mut resume: mpsc::Receiver<()>) {
+async fn poll_loop(mut el: EventLoop, tx: mpsc::Sender<Polled>, mut resume: mpsc::Receiver<()>) {
     let mut backoff = BACKOFF_FIRST;
     loop {
         match el.poll().await {
@@ -283,7 +360,7 @@ async fn poll_loop(mut el: EventLoop, url: BrokerUrl, tx: mpsc::Sender<Polled>, 
             }
             Err(ConnectionError::RequestsDone) => return,
             Err(e) => {
-                if tx.send(Polled::Error(describe(&e, &url))).await.is_err() || resume.recv().await.is_none() {
+                if tx.send(Polled::Error(e)).await.is_err() || resume.recv().await.is_none() {
                     return;
                 }
                 el.clean();
@@ -310,7 +387,10 @@ struct Connection {
     sent: VecDeque<Sent>,
     pkids: HashMap<u16, u64>,
     reported: Option<Vec<u8>>,
-    last_error: Option<String>,
+    url: BrokerUrl,
+    client_cert: bool,
+    /// The kind of the last error, warned about once.
+    last_failure: Option<Failure>,
     shared: Arc<Shared>,
 }
 
@@ -359,7 +439,7 @@ impl Connection {
         match ev {
             Event::Incoming(Incoming::ConnAck(ack)) => {
                 self.connected = true;
-                self.last_error = None;
+                self.last_failure = None;
                 log::info!("connected to the MQTT broker (session present: {})", ack.session_present);
                 if let Err(e) = self.client.try_subscribe(&self.topics.desired, QoS::AtLeastOnce) {
                     log::warn!("cannot subscribe to {}: {e}", self.topics.desired);
@@ -389,15 +469,16 @@ impl Connection {
         }
     }
 
-    fn on_error(&mut self, why: String) {
+    fn on_error(&mut self, e: ConnectionError) {
+        let Problem { kind, text } = classify(&e, &self.url, self.client_cert, self.connected);
+        let news = news(&mut self.last_failure, kind);
         if self.connected {
-            log::warn!("MQTT connection lost: {why}; events queue locally and are sent after reconnecting");
-        } else if self.last_error.as_deref() != Some(why.as_str()) {
-            log::warn!("MQTT: {why}; retrying");
+            log::warn!("MQTT connection lost: {text}; events queue locally and are sent after reconnecting");
+        } else if news {
+            log::warn!("MQTT: {text}; retrying");
         } else {
-            log::debug!("MQTT: {why}; retrying");
+            log::debug!("MQTT: {text}; retrying");
         }
-        self.last_error = Some(why);
         self.connected = false;
         self.sent.clear();
         self.pkids.clear();
@@ -416,7 +497,7 @@ pub async fn run(
     let (client, el) = AsyncClient::new(options, 64);
     let (ev_tx, mut ev_rx) = mpsc::channel(64);
     let (resume_tx, resume_rx) = mpsc::channel(1);
-    let poller = tokio::spawn(poll_loop(el, settings.url.clone(), ev_tx, resume_rx));
+    let poller = tokio::spawn(poll_loop(el, ev_tx, resume_rx));
     let mut c = Connection {
         client,
         topics: settings.topics(),
@@ -425,7 +506,9 @@ pub async fn run(
         sent: VecDeque::new(),
         pkids: HashMap::new(),
         reported: None,
-        last_error: None,
+        url: settings.url.clone(),
+        client_cert: settings.client_cert.is_some(),
+        last_failure: None,
         shared: shared.clone(),
     };
     let mut statistics_lost = 0;
@@ -434,8 +517,8 @@ pub async fn run(
         tokio::select! {
             polled = ev_rx.recv() => match polled {
                 Some(Polled::Event(ev)) => c.on_event(ev, &desired),
-                Some(Polled::Error(why)) => {
-                    c.on_error(why);
+                Some(Polled::Error(e)) => {
+                    c.on_error(e);
                     let _ = resume_tx.try_send(());
                 }
                 None => break None,
@@ -487,8 +570,8 @@ async fn shutdown(
         c.pump();
         match tokio::time::timeout_at(deadline, ev_rx.recv()).await {
             Ok(Some(Polled::Event(ev))) => c.on_event(ev, desired),
-            Ok(Some(Polled::Error(why))) => {
-                c.on_error(why);
+            Ok(Some(Polled::Error(e))) => {
+                c.on_error(e);
                 let _ = resume.try_send(());
             }
             Ok(None) | Err(_) => break,
@@ -574,6 +657,88 @@ mod tests {
         assert_eq!(t.desired, "hitcount/dev1/config/desired");
         assert_eq!(t.reported, "hitcount/dev1/config/reported");
         assert_eq!(t.status, "hitcount/dev1/status");
+    }
+
+    fn tls_url() -> BrokerUrl {
+        BrokerUrl::parse("mqtts://h:8883").unwrap()
+    }
+
+    fn io(kind: std::io::ErrorKind) -> std::io::Error {
+        std::io::Error::from(kind)
+    }
+
+    /// A rustls error as tokio-rustls hands it over.
+    fn rustls(e: rumqttc::tokio_rustls::rustls::Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn a_missing_client_certificate_is_one_kind_whatever_form_it_arrives_in() {
+        use rumqttc::tokio_rustls::rustls::{AlertDescription, Error};
+        use std::io::ErrorKind as K;
+        // mosquitto with require_certificate, and no client certificate: its
+        // alert or a reset seen in the end-to-end test, and what other
+        // timing can give (a closed connection or pipe, during the handshake).
+        let forms = [
+            ConnectionError::Io(rustls(Error::AlertReceived(AlertDescription::CertificateRequired))),
+            ConnectionError::Io(io(K::ConnectionReset)),
+            ConnectionError::Io(std::io::Error::new(K::ConnectionAborted, "connection closed by peer")),
+            ConnectionError::Tls(TlsError::Io(io(K::ConnectionReset))),
+            ConnectionError::Io(io(K::BrokenPipe)),
+        ];
+        let mut last = None;
+        let mut warnings = 0;
+        for e in forms.iter().chain(&forms) {
+            let p = classify(e, &tls_url(), false, false);
+            assert_eq!(p.kind, Failure::ClientCertificate, "{e}");
+            assert!(p.text.contains("pass --mqtt-client-cert and --mqtt-client-key"), "{}", p.text);
+            warnings += usize::from(news(&mut last, p.kind));
+        }
+        assert_eq!(warnings, 1, "one warning for one problem");
+        // With a certificate given, the words point at it.
+        let p = classify(&forms[0], &tls_url(), true, false);
+        assert!(p.text.contains("rejected our client certificate"), "{}", p.text);
+        // A reset once the broker had accepted us is no certificate problem,
+        // nor is one without TLS.
+        assert_eq!(classify(&forms[1], &tls_url(), false, true).kind, Failure::Io(K::ConnectionReset));
+        let plain = BrokerUrl::parse("mqtt://h").unwrap();
+        assert_eq!(classify(&forms[1], &plain, false, false).kind, Failure::Io(K::ConnectionReset));
+    }
+
+    #[test]
+    fn distinct_problems_are_distinct_kinds_that_name_their_fix() {
+        use rumqttc::tokio_rustls::rustls::{CertificateError, Error};
+        let cases = [
+            (
+                ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized),
+                "--mqtt-password-file",
+                Failure::Refused(ConnectReturnCode::NotAuthorized),
+            ),
+            (
+                ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword),
+                "--mqtt-password-file",
+                Failure::Refused(ConnectReturnCode::BadUserNamePassword),
+            ),
+            (
+                ConnectionError::Tls(TlsError::Io(rustls(Error::InvalidCertificate(CertificateError::UnknownIssuer)))),
+                "--mqtt-ca-file",
+                Failure::BrokerCertificate,
+            ),
+            (
+                ConnectionError::Io(io(std::io::ErrorKind::ConnectionRefused)),
+                "no broker is listening at h:8883",
+                Failure::NoListener,
+            ),
+            (ConnectionError::NetworkTimeout, "connection to h:8883 failed: Network timeout", Failure::Other),
+        ];
+        let mut last = None;
+        for (e, words, kind) in &cases {
+            let p = classify(e, &tls_url(), false, false);
+            assert_eq!(p.kind, *kind, "{e}");
+            assert!(p.text.contains(words), "{e}: {}", p.text);
+            assert!(news(&mut last, p.kind), "{e}: a new problem is warned about");
+        }
+        assert!(!news(&mut last, Failure::Other), "the same one again is not");
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! is the accounting of everything else, so it is dropped only when nothing
 //! else is left; its transport counts then return to the counters and are
 //! reported by the next one, so none is ever lost.
+//!
+//! Events waiting to enter (staged) have a bound of their own, the same
+//! number of bytes, enforced by [`Outbox::make_room`] before windows are
+//! handed over: at most twice `maxLocalCacheSizeInBytes` plus the windows
+//! last handed over are held in all.
 use std::{
     collections::{BTreeMap, VecDeque},
     time::{Duration, Instant},
@@ -85,10 +90,11 @@ pub struct Outbox {
     pending_bytes: [usize; 3],
     /// Events of a closed window that found no room while the broker was
     /// reachable: they wait here for acknowledgements to make room instead
-    /// of pushing older events out. Outside the bound (they are the window
-    /// just closed, in memory anyway); admitted all at once, with drops,
-    /// when the broker is unreachable.
+    /// of pushing older events out. Outside the cache's bound, within their
+    /// own (see make_room); admitted all at once, with drops, when the
+    /// broker is unreachable.
     staged: VecDeque<Item>,
+    staged_bytes: u64,
     /// Set by flush_all: what is admitted from `staged` is ready at once.
     flush_staged: bool,
     last_flush: [Instant; 3],
@@ -98,6 +104,8 @@ pub struct Outbox {
     next_seq: u64,
     next_message: u64,
     drops: BTreeMap<EventType, Drops>,
+    /// Events dropped since the start, statistics events included.
+    dropped: u64,
     /// Statistics events dropped because nothing else was left.
     pub statistics_lost: u64,
 }
@@ -109,6 +117,7 @@ impl Outbox {
             pending: Default::default(),
             pending_bytes: [0; 3],
             staged: VecDeque::new(),
+            staged_bytes: 0,
             flush_staged: false,
             last_flush: [now; 3],
             ready: VecDeque::new(),
@@ -117,6 +126,7 @@ impl Outbox {
             next_seq: 0,
             next_message: 0,
             drops: BTreeMap::new(),
+            dropped: 0,
             statistics_lost: 0,
         }
     }
@@ -131,9 +141,14 @@ impl Outbox {
         self.enforce_limit();
     }
 
-    /// Serialized bytes of every event held.
+    /// Serialized bytes of every event in the cache (staged ones excluded).
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Serialized bytes of the staged events.
+    pub fn staged_bytes(&self) -> u64 {
+        self.staged_bytes
     }
 
     /// Events held, staged and in flight included.
@@ -182,6 +197,7 @@ impl Outbox {
         bytes: Vec<u8>,
     ) {
         let item = self.new_item(event_type, priority, hits, carried, bytes);
+        self.staged_bytes += item.bytes.len() as u64;
         self.staged.push_back(item);
     }
 
@@ -194,14 +210,34 @@ impl Outbox {
             if connected && !fits {
                 break;
             }
-            let item = self.staged.pop_front().expect("front exists");
-            if self.flush_staged {
-                self.bytes += item.bytes.len() as u64;
-                self.ready.push_back(item);
-                self.enforce_limit();
-            } else {
-                self.add_pending(item);
-            }
+            self.admit_front();
+        }
+    }
+
+    /// Bounds the staged events to `maxLocalCacheSizeInBytes`: past it the
+    /// oldest enter the cache even while connected, and the cache's bound
+    /// drops (and counts) the oldest events. Without it, events arriving
+    /// faster than the link takes them would wait without limit. Called
+    /// before windows are handed over, so that the drops are counted in
+    /// their statistics and the windows themselves wait whole. Returns the
+    /// events dropped.
+    pub fn make_room(&mut self) -> u64 {
+        let before = self.dropped;
+        while self.staged_bytes > self.settings.max_cache_bytes {
+            self.admit_front();
+        }
+        self.dropped - before
+    }
+
+    fn admit_front(&mut self) {
+        let Some(item) = self.staged.pop_front() else { return };
+        self.staged_bytes -= item.bytes.len() as u64;
+        if self.flush_staged {
+            self.bytes += item.bytes.len() as u64;
+            self.ready.push_back(item);
+            self.enforce_limit();
+        } else {
+            self.add_pending(item);
         }
         if self.staged.is_empty() {
             self.flush_staged = false;
@@ -365,6 +401,7 @@ impl Outbox {
 
     fn drop_item(&mut self, item: Item) {
         self.bytes -= item.bytes.len() as u64;
+        self.dropped += 1;
         if let Some(c) = item.carried {
             self.add_drops(c.source, c.drops);
         }
@@ -609,6 +646,40 @@ mod tests {
             o.ack(m.id);
         }
         assert_eq!(ns, (0..200).collect::<Vec<_>>(), "all sent, in order, none waiting for a frequency");
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops::default());
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn while_connected_events_faster_than_the_link_stay_bounded_and_every_drop_is_counted() {
+        // A 10 KB cache; a window of 50 events of 100 bytes (5 KB) closes at
+        // every tick, 50 windows in all, and the link takes nothing.
+        let mut o = Outbox::new(settings(10_000, 9000), Instant::now());
+        let mut made_room = 0;
+        for w in 0..50 {
+            made_room += o.make_room();
+            for i in 0..50 {
+                o.stage(EventType::ProcessCreate, Priority::High, 3, None, event(w * 50 + i, 100));
+            }
+            o.admit(true);
+            assert!(o.bytes() <= 10_000);
+            assert!(o.staged_bytes() <= 10_000 + 5_000, "its own bound plus the window just handed over");
+        }
+        // The cache (100 events), the staged bound (100) and the last window (50).
+        assert_eq!(o.len(), 250);
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops { records: 2250, hits: 6750 });
+        assert_eq!(made_room, 2250);
+        // The link catches up: the newest 250 leave in order, nothing more is dropped.
+        o.flush_all();
+        let mut ns = Vec::new();
+        loop {
+            o.admit(true);
+            let Some(m) = o.next_message(frame) else { break };
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            ns.extend(v["events"].as_array().unwrap().iter().map(|e| e["n"].as_u64().unwrap()));
+            o.ack(m.id);
+        }
+        assert_eq!(ns, (2250..2500).collect::<Vec<_>>());
         assert_eq!(o.take_drops(EventType::ProcessCreate), Drops::default());
         assert!(o.is_empty());
     }
