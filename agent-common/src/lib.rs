@@ -67,6 +67,11 @@ pub mod programs {
     pub const TCP_RECV: &str = "sock_recv_length";
 }
 
+/// Bytes of a tracepoint record the network programs copy in one helper call
+/// (then read fields from the copy). The loader refuses a kernel whose
+/// sock/inet_sock_set_state or sock length records put a used field past it.
+pub const TP_RECORD_LEN: usize = 96;
+
 /// Name of the read-only global holding [`KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
 

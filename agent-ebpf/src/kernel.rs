@@ -2,14 +2,46 @@
 //! offsets found at load time, counters, and the insert-or-add pattern.
 use core::mem::size_of;
 
-use agent_common::{Control, Counter, KernelOffsets, CMDLINE_CAP, COUNTER_COUNT};
+use agent_common::{Control, Counter, KernelOffsets, CMDLINE_CAP, COUNTER_COUNT, TP_RECORD_LEN};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_probe_read_kernel, generated as gen},
     maps::HashMap,
+    programs::TracePointContext,
+    EbpfContext,
 };
 
 use crate::maps::{CONTROL, COUNTERS, ZEROES, ZEROES_WORDS};
+
+/// A tracepoint record copied onto the stack with one helper call. Its fields
+/// are then plain stack loads at load-time offsets (constants the verifier
+/// reads from the frozen .rodata and bounds-checks), instead of one
+/// bpf_probe_read_kernel per field: a context pointer cannot be offset by a
+/// register, a stack pointer can.
+#[repr(C, align(8))]
+pub struct TpRecord([u8; TP_RECORD_LEN]);
+
+impl TpRecord {
+    /// The record lies at the start of the per-CPU trace buffer (8 KiB), so
+    /// copying a fixed TP_RECORD_LEN never reads past that buffer.
+    #[inline(always)]
+    pub fn read(ctx: &TracePointContext) -> Result<TpRecord, i64> {
+        let mut rec = TpRecord([0; TP_RECORD_LEN]);
+        let ret = unsafe {
+            gen::bpf_probe_read_kernel(rec.0.as_mut_ptr() as *mut _, TP_RECORD_LEN as u32, ctx.as_ptr() as *const _)
+        };
+        if ret < 0 {
+            return Err(ret);
+        }
+        Ok(rec)
+    }
+
+    /// The field at `offset`; the loader checked that it lies within the record.
+    #[inline(always)]
+    pub fn get<T: Copy>(&self, offset: u32) -> T {
+        unsafe { core::ptr::read(self.0.as_ptr().add(offset as usize) as *const T) }
+    }
+}
 
 /// Filled in by the loader from `/sys/kernel/btf/vmlinux` and tracefs formats.
 #[unsafe(no_mangle)]

@@ -46,6 +46,7 @@ use aya_ebpf::{
 use crate::{
     kernel::{
         add_hit, atomic_add, atomic_swap, boot_ns, control, copy, count, current_task, offsets, read_argv, read_field,
+        TpRecord,
     },
     maps::{CONN_0, CONN_1, DNS_EVENTS, FLOWS, LISTENERS, NET_SCRATCH, PENDING, SOCK_OWNER, TRAF_0, TRAF_1},
 };
@@ -217,16 +218,16 @@ fn record_conn(ctl: &Control, key: &mut ConnKey, direction: u8) -> Result<(), i6
 fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
     let ctl = enabled().ok_or(0)?;
     let off = offsets();
-    let rd = |o: u32| o as usize;
-    let protocol: u16 = unsafe { ctx.read_at(rd(off.tp_protocol)).map_err(|e| e as i64)? };
+    let rec = TpRecord::read(ctx)?;
+    let protocol: u16 = rec.get(off.tp_protocol);
     if protocol != IPPROTO_TCP as u16 {
         return Ok(());
     }
-    let old: i32 = unsafe { ctx.read_at(rd(off.tp_oldstate)).map_err(|e| e as i64)? };
-    let new: i32 = unsafe { ctx.read_at(rd(off.tp_newstate)).map_err(|e| e as i64)? };
-    let sk: u64 = unsafe { ctx.read_at(rd(off.tp_skaddr)).map_err(|e| e as i64)? };
-    let family: u16 = unsafe { ctx.read_at(rd(off.tp_family)).map_err(|e| e as i64)? };
-    let sport: u16 = unsafe { ctx.read_at(rd(off.tp_sport)).map_err(|e| e as i64)? };
+    let old: i32 = rec.get(off.tp_oldstate);
+    let new: i32 = rec.get(off.tp_newstate);
+    let sk: u64 = rec.get(off.tp_skaddr);
+    let family: u16 = rec.get(off.tp_family);
+    let sport: u16 = rec.get(off.tp_sport);
     let scratch = unsafe { &mut *NET_SCRATCH.get_ptr_mut(0).ok_or(0)? };
 
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
@@ -260,17 +261,17 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
     key.netns = sock_netns(&ctl, sk);
     key.proto = IPPROTO_TCP;
     key.lport = sport;
-    key.rport = unsafe { ctx.read_at(rd(off.tp_dport)).map_err(|e| e as i64)? };
+    key.rport = rec.get(off.tp_dport);
     if family == AF_INET as u16 {
         key.family = AF_INET;
-        let s: [u8; 4] = unsafe { ctx.read_at(rd(off.tp_saddr)).map_err(|e| e as i64)? };
-        let d: [u8; 4] = unsafe { ctx.read_at(rd(off.tp_daddr)).map_err(|e| e as i64)? };
+        let s: [u8; 4] = rec.get(off.tp_saddr);
+        let d: [u8; 4] = rec.get(off.tp_daddr);
         key.laddr[..4].copy_from_slice(&s);
         key.raddr[..4].copy_from_slice(&d);
     } else if family == AF_INET6 as u16 {
         key.family = AF_INET6;
-        key.laddr = unsafe { ctx.read_at(rd(off.tp_saddr_v6)).map_err(|e| e as i64)? };
-        key.raddr = unsafe { ctx.read_at(rd(off.tp_daddr_v6)).map_err(|e| e as i64)? };
+        key.laddr = rec.get(off.tp_saddr_v6);
+        key.raddr = rec.get(off.tp_daddr_v6);
     } else {
         return Ok(());
     }
@@ -302,23 +303,23 @@ fn try_tcp_bytes(ctx: &TracePointContext, send: bool) -> Result<(), i64> {
         return Ok(());
     }
     let off = offsets();
-    let rd = |o: u32| o as usize;
-    let protocol: u16 = unsafe { ctx.read_at(rd(off.tp_len_protocol)).map_err(|e| e as i64)? };
+    let rec = TpRecord::read(ctx)?;
+    let protocol: u16 = rec.get(off.tp_len_protocol);
     if protocol != IPPROTO_TCP as u16 {
         return Ok(());
     }
-    let ret: i32 = unsafe { ctx.read_at(rd(off.tp_len_ret)).map_err(|e| e as i64)? };
+    let ret: i32 = rec.get(off.tp_len_ret);
     if ret <= 0 {
         return Ok(()); // an error or nothing moved
     }
     if !send {
-        let flags: i32 = unsafe { ctx.read_at(rd(off.tp_len_flags)).map_err(|e| e as i64)? };
+        let flags: i32 = rec.get(off.tp_len_flags);
         if flags & MSG_PEEK != 0 {
             return Ok(());
         }
     }
-    let family: u16 = unsafe { ctx.read_at(rd(off.tp_len_family)).map_err(|e| e as i64)? };
-    let sk: u64 = unsafe { ctx.read_at(rd(off.tp_len_sk)).map_err(|e| e as i64)? };
+    let family: u16 = rec.get(off.tp_len_family);
+    let sk: u64 = rec.get(off.tp_len_sk);
     let mut key = ConnKey::zeroed();
     if sock_conn_key(sk, family, &mut key).is_err() {
         count(&ctl, Counter::TcpBytesUnread);

@@ -9,7 +9,7 @@ use std::{
 
 use agent_common::{
     maps, programs, KernelOffsets, ListenKey, Owner, AF_INET, AF_INET6, FLAG_NET_TCP_BYTES_BY_CALL, LISTENERS_ENTRIES,
-    OFFSETS_GLOBAL,
+    OFFSETS_GLOBAL, TP_RECORD_LEN,
 };
 
 use aya::{
@@ -257,10 +257,26 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
             .map(|f| f.offset)
             .ok_or_else(|| tracefs::TracefsError::NoField { tracepoint: tp.to_string(), field: name.to_string() })
     };
+    // The network programs copy TP_RECORD_LEN bytes of these records and read fields from the copy.
+    let within_copy = |fields: &std::collections::HashMap<String, tracefs::Field>, tp: &str, name: &str| {
+        let f = fields
+            .get(name)
+            .ok_or_else(|| tracefs::TracefsError::NoField { tracepoint: tp.to_string(), field: name.to_string() })?;
+        let end = f.offset + f.size;
+        if end as usize > TP_RECORD_LEN {
+            return Err(tracefs::TracefsError::FieldPastRecord {
+                tracepoint: tp.to_string(),
+                field: name.to_string(),
+                end,
+                limit: TP_RECORD_LEN,
+            });
+        }
+        Ok(f.offset)
+    };
     // group_dead joined sched_process_exit in 6.15; older kernels fall back
     // to "the exiting thread is the group leader".
     let group_dead = exit.get("group_dead").map(|f| f.offset);
-    let st = |name| field(&state, "sock/inet_sock_set_state", name);
+    let st = |name| within_copy(&state, "sock/inet_sock_set_state", name);
     let length = sock_length_fields();
     let len_field = |i: usize| length.map_or(0, |f| f[i]);
     // Kernels built without IPv6 have no skc_v6_* members; no socket there is AF_INET6.
@@ -314,12 +330,16 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
 
 /// Offsets of sk, family, protocol, ret and flags in sock/sock_send_length,
 /// when the kernel has it and sock_recv_length with the same layout (one
-/// offset set serves both programs).
+/// offset set serves both programs), all within the TP_RECORD_LEN bytes the
+/// programs copy (else TCP bytes fall back to packets).
 fn sock_length_fields() -> Option<[u32; 5]> {
     let names = ["sk", "family", "protocol", "ret", "flags"];
     let read = |name| {
         let fields = tracefs::format("sock", name).ok()?;
-        names.iter().map(|n| fields.get(*n).map(|f| f.offset)).collect::<Option<Vec<u32>>>()
+        names
+            .iter()
+            .map(|n| fields.get(*n).filter(|f| (f.offset + f.size) as usize <= TP_RECORD_LEN).map(|f| f.offset))
+            .collect::<Option<Vec<u32>>>()
     };
     let send = read("sock_send_length")?;
     (read("sock_recv_length")? == send).then(|| [send[0], send[1], send[2], send[3], send[4]])

@@ -19,6 +19,11 @@ pub enum TracefsError {
     NoTracepoint(String, std::io::Error),
     #[error("tracepoint {tracepoint} has no field `{field}`")]
     NoField { tracepoint: String, field: String },
+    #[error(
+        "tracepoint {tracepoint}: field `{field}` ends at byte {end}, past the {limit} bytes the programs copy; \
+         this kernel's record layout is newer than this build knows"
+    )]
+    FieldPastRecord { tracepoint: String, field: String, end: u32, limit: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
