@@ -373,9 +373,22 @@ fn try_sock_create(ctx: &SockContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// Reads `N` bytes of the packet at `offset` (from the network header).
+/// Reads `N` bytes of the packet at `offset` (from the network header): in
+/// place when the linear data holds them (direct packet access, allowed to
+/// cgroup_skb since 5.2), which is where headers are, else copied with
+/// bpf_skb_load_bytes.
 #[inline(always)]
 fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Result<[u8; N], i64> {
+    // Bounded so that the verifier accepts it as a packet offset.
+    if offset < 0x4000 {
+        let skb = ctx.skb.skb;
+        let data = unsafe { (*skb).data } as usize;
+        let end = unsafe { (*skb).data_end } as usize;
+        let at = data + offset as usize;
+        if at + N <= end {
+            return Ok(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) });
+        }
+    }
     let mut buf = [0u8; N];
     let ret =
         unsafe { gen::bpf_skb_load_bytes(ctx.as_ptr() as *const _, offset, buf.as_mut_ptr() as *mut _, N as u32) };
@@ -518,16 +531,16 @@ fn try_skb(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
     }
     let dns = key.rport == DNS_PORT;
     key.proto = proto;
-    let sk = skb_sock(&ctl, ctx);
 
     // With TCP bytes counted per call, a TCP packet matters only for the
     // connection's first payload or for DNS: most leave here, before any
     // map is touched.
     let tcp_by_call = proto == IPPROTO_TCP && ctl.flags & FLAG_NET_TCP_BYTES_BY_CALL != 0;
+    if tcp_by_call && payload == 0 {
+        return Ok(());
+    }
+    let sk = skb_sock(&ctl, ctx);
     let (counted, want_head) = if tcp_by_call {
-        if payload == 0 {
-            return Ok(());
-        }
         let first = first_tcp_payload(sk, egress, payload);
         if !first && !dns {
             return Ok(());

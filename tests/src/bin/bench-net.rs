@@ -152,6 +152,26 @@ fn bulk(mib: usize) -> Result<Duration> {
     Ok(d)
 }
 
+/// CPU time (user + system) of this process so far, in seconds: both ends of
+/// every workload run in it, and the programs run in their threads'
+/// context (loopback receive processing included), so this is what the
+/// watching costs the workload, less sensitive than wall time to where a
+/// shared 2-vCPU VM schedules the two threads.
+fn cpu_seconds() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Runs `f`, returning its wall time and the CPU time it took.
+fn timed(f: impl FnOnce() -> Result<Duration>) -> Result<(f64, f64)> {
+    let cpu = cpu_seconds();
+    let wall = f()?.as_secs_f64();
+    Ok((wall, cpu_seconds() - cpu))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -187,14 +207,20 @@ fn main() -> Result<()> {
     let n = MODES.len();
     let mut storm_s: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut bulk_s: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut storm_cpu: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut bulk_cpu: Vec<Vec<f64>> = vec![Vec::new(); n];
     storm(connects / 4)?; // warm-up: page cache, port ranges
     for r in 0..rounds {
         for k in 0..n {
             let i = (r + k) % n; // rotate the order every round
             let obs = start(MODES[i])?;
             std::thread::sleep(Duration::from_millis(300));
-            storm_s[i].push(storm(connects)?.as_secs_f64());
-            bulk_s[i].push(bulk(mib)?.as_secs_f64());
+            let (wall, cpu) = timed(|| storm(connects))?;
+            storm_s[i].push(wall);
+            storm_cpu[i].push(cpu);
+            let (wall, cpu) = timed(|| bulk(mib))?;
+            bulk_s[i].push(wall);
+            bulk_cpu[i].push(cpu);
             drop(obs);
             // Let TIME_WAIT sockets of the storm drain out of the way.
             std::thread::sleep(Duration::from_millis(300));
@@ -203,6 +229,8 @@ fn main() -> Result<()> {
     }
     let s: Vec<f64> = storm_s.iter_mut().map(|v| median(v)).collect();
     let b: Vec<f64> = bulk_s.iter_mut().map(|v| median(v)).collect();
+    let sc: Vec<f64> = storm_cpu.iter_mut().map(|v| median(v)).collect();
+    let bc: Vec<f64> = bulk_cpu.iter_mut().map(|v| median(v)).collect();
     println!("network benchmark: {rounds} interleaved rounds, medians; ratios against no agent");
     println!("| workload | no agent | Hitcount | Hitcount, bytes per packet | bpftrace | Hitcount / none | per packet / none | bpftrace / none |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -227,6 +255,27 @@ fn main() -> Result<()> {
         gbps(b[1]) / gbps(b[0]),
         gbps(b[2]) / gbps(b[0]),
         gbps(b[3]) / gbps(b[0])
+    );
+    println!(
+        "| storm CPU (µs per connection, both ends) | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} |",
+        per(sc[0]),
+        per(sc[1]),
+        per(sc[2]),
+        per(sc[3]),
+        sc[1] / sc[0],
+        sc[2] / sc[0],
+        sc[3] / sc[0]
+    );
+    let ms_per_gib = |c: f64| c * 1e3 / (mib as f64 / 1024.0);
+    println!(
+        "| bulk CPU (ms per GiB, both ends) | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} |",
+        ms_per_gib(bc[0]),
+        ms_per_gib(bc[1]),
+        ms_per_gib(bc[2]),
+        ms_per_gib(bc[3]),
+        bc[1] / bc[0],
+        bc[2] / bc[0],
+        bc[3] / bc[0]
     );
 
     // Kernel cost per program run, in both byte modes.
