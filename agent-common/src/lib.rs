@@ -182,7 +182,7 @@ pub enum Counter {
     NetReadFailed = 12,
     /// A TCP send/receive call whose socket could not be read: its bytes
     /// are in no record.
-    TcpBytesUnread = 13,
+    TcpSocketUnreadable = 13,
 }
 pub const COUNTER_COUNT: u32 = 14;
 

@@ -322,7 +322,7 @@ fn try_tcp_bytes(ctx: &TracePointContext, send: bool) -> Result<(), i64> {
     let sk: u64 = rec.get(off.tp_len_sk);
     let mut key = ConnKey::zeroed();
     if sock_conn_key(sk, family, &mut key).is_err() {
-        count(&ctl, Counter::TcpBytesUnread);
+        count(&ctl, Counter::TcpSocketUnreadable);
         return Ok(());
     }
     key.netns = sock_netns(&ctl, sk);
@@ -523,18 +523,12 @@ fn try_skb(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
         }
         _ => return Ok(()),
     }
-    // Egress: the source is local. Ingress: the destination is.
-    if egress {
-        (key.laddr, key.raddr, key.lport, key.rport) = (src, dst, sport, dport);
-    } else {
-        (key.laddr, key.raddr, key.lport, key.rport) = (dst, src, dport, sport);
-    }
-    let dns = key.rport == DNS_PORT;
-    key.proto = proto;
+    let remote_port = if egress { dport } else { sport };
+    let dns = remote_port == DNS_PORT;
 
     // With TCP bytes counted per call, a TCP packet matters only for the
-    // connection's first payload or for DNS: most leave here, before any
-    // map is touched.
+    // connection's first payload or for DNS: most leave here, before the
+    // key is built or any map is touched.
     let tcp_by_call = proto == IPPROTO_TCP && ctl.flags & FLAG_NET_TCP_BYTES_BY_CALL != 0;
     if tcp_by_call && payload == 0 {
         return Ok(());
@@ -549,6 +543,13 @@ fn try_skb(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
     } else {
         (payload as u64, payload > 0)
     };
+    // Egress: the source is local. Ingress: the destination is.
+    if egress {
+        (key.laddr, key.raddr, key.lport, key.rport) = (src, dst, sport, dport);
+    } else {
+        (key.laddr, key.raddr, key.lport, key.rport) = (dst, src, dport, sport);
+    }
+    key.proto = proto;
     key.netns = skb_netns(&ctl, sk);
     let (bytes_in, bytes_out) = if egress { (0, counted) } else { (counted, 0) };
     let dns_query = egress && dns && payload > 0;

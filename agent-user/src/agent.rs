@@ -387,7 +387,7 @@ impl<S: Sink> Agent<S> {
         }
         let losses = NetworkLosses {
             traffic_map_full: closed.counters.get(Counter::TrafficMapFull),
-            tcp_socket_unreadable: closed.counters.get(Counter::TcpBytesUnread),
+            tcp_socket_unreadable: closed.counters.get(Counter::TcpSocketUnreadable),
             dns_ring_full: closed.counters.get(Counter::DnsRingFull),
             dns_cache_full: dns_evicted,
             netns_unreadable: closed.counters.get(Counter::NetReadFailed),

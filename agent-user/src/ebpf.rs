@@ -251,23 +251,21 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
     let exec = tracefs::format("sched", "sched_process_exec")?;
     let exit = tracefs::format("sched", "sched_process_exit")?;
     let state = tracefs::format("sock", "inet_sock_set_state")?;
-    let field = |fields: &std::collections::HashMap<String, tracefs::Field>, tp: &str, name: &str| {
+    let lookup = |fields: &std::collections::HashMap<String, tracefs::Field>, tp: &str, name: &str| {
         fields
             .get(name)
-            .map(|f| f.offset)
+            .copied()
             .ok_or_else(|| tracefs::TracefsError::NoField { tracepoint: tp.to_string(), field: name.to_string() })
     };
-    // The network programs copy TP_RECORD_LEN bytes of these records and read fields from the copy.
-    let within_copy = |fields: &std::collections::HashMap<String, tracefs::Field>, tp: &str, name: &str| {
-        let f = fields
-            .get(name)
-            .ok_or_else(|| tracefs::TracefsError::NoField { tracepoint: tp.to_string(), field: name.to_string() })?;
-        let end = f.offset + f.size;
-        if end as usize > TP_RECORD_LEN {
+    let field = |fields, tp, name| lookup(fields, tp, name).map(|f| f.offset);
+    let st = |name: &str| {
+        let tp = "sock/inet_sock_set_state";
+        let f = lookup(&state, tp, name)?;
+        if !within_copy(&f) {
             return Err(tracefs::TracefsError::FieldPastRecord {
                 tracepoint: tp.to_string(),
                 field: name.to_string(),
-                end,
+                end: f.offset + f.size,
                 limit: TP_RECORD_LEN,
             });
         }
@@ -276,7 +274,6 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
     // group_dead joined sched_process_exit in 6.15; older kernels fall back
     // to "the exiting thread is the group leader".
     let group_dead = exit.get("group_dead").map(|f| f.offset);
-    let st = |name| within_copy(&state, "sock/inet_sock_set_state", name);
     let length = sock_length_fields();
     let len_field = |i: usize| length.map_or(0, |f| f[i]);
     // Kernels built without IPv6 have no skc_v6_* members; no socket there is AF_INET6.
@@ -328,6 +325,12 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
     })
 }
 
+/// Whether a record field lies within the TP_RECORD_LEN bytes the network
+/// tracepoint programs copy and read their fields from.
+fn within_copy(f: &tracefs::Field) -> bool {
+    (f.offset + f.size) as usize <= TP_RECORD_LEN
+}
+
 /// Offsets of sk, family, protocol, ret and flags in sock/sock_send_length,
 /// when the kernel has it and sock_recv_length with the same layout (one
 /// offset set serves both programs), all within the TP_RECORD_LEN bytes the
@@ -336,10 +339,7 @@ fn sock_length_fields() -> Option<[u32; 5]> {
     let names = ["sk", "family", "protocol", "ret", "flags"];
     let read = |name| {
         let fields = tracefs::format("sock", name).ok()?;
-        names
-            .iter()
-            .map(|n| fields.get(*n).filter(|f| (f.offset + f.size) as usize <= TP_RECORD_LEN).map(|f| f.offset))
-            .collect::<Option<Vec<u32>>>()
+        names.iter().map(|n| fields.get(*n).filter(|f| within_copy(f)).map(|f| f.offset)).collect::<Option<Vec<u32>>>()
     };
     let send = read("sock_send_length")?;
     (read("sock_recv_length")? == send).then(|| [send[0], send[1], send[2], send[3], send[4]])

@@ -172,6 +172,26 @@ fn timed(f: impl FnOnce() -> Result<Duration>) -> Result<(f64, f64)> {
     Ok((wall, cpu_seconds() - cpu))
 }
 
+/// The median of each mode's samples (in `MODES` order), in the unit of the table.
+fn medians(samples: &mut [Vec<f64>], unit: impl Fn(f64) -> f64) -> [f64; MODES.len()] {
+    std::array::from_fn(|i| unit(median(&mut samples[i])))
+}
+
+/// One table row: each mode's figure, then each observer's over no agent's.
+fn row(label: &str, v: [f64; MODES.len()], decimals: usize) {
+    println!(
+        "| {label} | {:.d$} | {:.d$} | {:.d$} | {:.d$} | {:.3} | {:.3} | {:.3} |",
+        v[0],
+        v[1],
+        v[2],
+        v[3],
+        v[1] / v[0],
+        v[2] / v[0],
+        v[3] / v[0],
+        d = decimals
+    );
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -227,56 +247,16 @@ fn main() -> Result<()> {
         }
         eprintln!("round {}/{rounds} done", r + 1);
     }
-    let s: Vec<f64> = storm_s.iter_mut().map(|v| median(v)).collect();
-    let b: Vec<f64> = bulk_s.iter_mut().map(|v| median(v)).collect();
-    let sc: Vec<f64> = storm_cpu.iter_mut().map(|v| median(v)).collect();
-    let bc: Vec<f64> = bulk_cpu.iter_mut().map(|v| median(v)).collect();
     println!("network benchmark: {rounds} interleaved rounds, medians; ratios against no agent");
     println!("| workload | no agent | Hitcount | Hitcount, bytes per packet | bpftrace | Hitcount / none | per packet / none | bpftrace / none |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let per = |d: f64| d / connects as f64 * 1e6;
-    println!(
-        "| connect+close storm ({connects}, µs per connection) | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} |",
-        per(s[0]),
-        per(s[1]),
-        per(s[2]),
-        per(s[3]),
-        s[1] / s[0],
-        s[2] / s[0],
-        s[3] / s[0]
-    );
+    let per_connection = |d: f64| d / connects as f64 * 1e6;
     let gbps = |d: f64| (mib as f64 * 8.0 / 1024.0) / d;
-    println!(
-        "| bulk transfer ({mib} MiB, Gbit/s) | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} |",
-        gbps(b[0]),
-        gbps(b[1]),
-        gbps(b[2]),
-        gbps(b[3]),
-        gbps(b[1]) / gbps(b[0]),
-        gbps(b[2]) / gbps(b[0]),
-        gbps(b[3]) / gbps(b[0])
-    );
-    println!(
-        "| storm CPU (µs per connection, both ends) | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} |",
-        per(sc[0]),
-        per(sc[1]),
-        per(sc[2]),
-        per(sc[3]),
-        sc[1] / sc[0],
-        sc[2] / sc[0],
-        sc[3] / sc[0]
-    );
     let ms_per_gib = |c: f64| c * 1e3 / (mib as f64 / 1024.0);
-    println!(
-        "| bulk CPU (ms per GiB, both ends) | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} |",
-        ms_per_gib(bc[0]),
-        ms_per_gib(bc[1]),
-        ms_per_gib(bc[2]),
-        ms_per_gib(bc[3]),
-        bc[1] / bc[0],
-        bc[2] / bc[0],
-        bc[3] / bc[0]
-    );
+    row(&format!("connect+close storm ({connects}, µs per connection)"), medians(&mut storm_s, per_connection), 1);
+    row(&format!("bulk transfer ({mib} MiB, Gbit/s)"), medians(&mut bulk_s, gbps), 2);
+    row("storm CPU (µs per connection, both ends)", medians(&mut storm_cpu, per_connection), 1);
+    row("bulk CPU (ms per GiB, both ends)", medians(&mut bulk_cpu, ms_per_gib), 0);
 
     // Kernel cost per program run, in both byte modes.
     let stats = "/proc/sys/kernel/bpf_stats_enabled";
