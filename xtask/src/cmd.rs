@@ -125,3 +125,31 @@ pub fn fresh_temp_file(prefix: &str) -> Result<PathBuf> {
     std::fs::File::create_new(&path).with_context(|| format!("cannot create {}", path.display()))?;
     Ok(path)
 }
+
+/// Takes an exclusive lock on `path` (created if missing), waiting for
+/// whoever holds it; released when the returned file is dropped.
+pub fn exclusive_lock(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    // flock(2) through the util-linux tool would need a child that outlives
+    // us; the syscall is one line with libc.
+    loop {
+        // SAFETY: a valid open fd and a constant operation.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+        }
+        println!("waiting for {} (another privileged test run on this machine)", path.display());
+        // SAFETY: as above; this call blocks until the holder exits.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(file);
+        }
+    }
+}

@@ -58,8 +58,14 @@ enum Command {
     /// Build, then run the unit tier and (as root) the privileged tier.
     Test {
         /// Skip the privileged tier.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "privileged_only")]
         unit_only: bool,
+        /// Skip the unit tier.
+        #[arg(long)]
+        privileged_only: bool,
+        /// Run only this privileged suite (a file of tests/tests, without `.rs`); repeatable.
+        #[arg(long, value_name = "NAME")]
+        suite: Vec<String>,
         /// Extra `cargo test` arguments; after another `--`, test harness arguments.
         #[arg(last = true)]
         args: Vec<String>,
@@ -116,9 +122,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let artifacts = build::build(&setup, debug)?;
             return run::run_agent(&artifacts.binary, &args);
         }
-        Command::Test { unit_only, args } => {
+        Command::Test { unit_only, privileged_only, suite, args } => {
             let artifacts = build::build(&setup, false)?;
-            test::run(&artifacts, &test::Options { unit_only, extra_args: &args })?;
+            test::run(&artifacts, &test::Options { unit_only, privileged_only, suites: &suite, extra_args: &args })?;
         }
         Command::Bench { bench, args } => {
             let artifacts = build::build(&setup, false)?;

@@ -15,9 +15,14 @@ use crate::{cmd, setup};
 pub const BIN_VAR: &str = "HITCOUNT_BIN";
 /// Tests that cannot run on this kernel append one line each to this file.
 const SKIP_LOG_VAR: &str = "HITCOUNT_SKIP_LOG";
+/// Held while the privileged tier runs, by every checkout on this machine.
+const PRIVILEGED_LOCK: &str = "/tmp/hitcount-privileged.lock";
 
 pub struct Options<'a> {
     pub unit_only: bool,
+    pub privileged_only: bool,
+    /// Privileged suites to run (files of tests/tests); empty: all of them.
+    pub suites: &'a [String],
     /// Extra arguments for both `cargo test` invocations; anything after a
     /// `--` among them goes to the test binaries.
     pub extra_args: &'a [String],
@@ -41,7 +46,11 @@ impl<'a> ExtraArgs<'a> {
 
 pub fn run(artifacts: &Artifacts, options: &Options) -> Result<()> {
     let extra_args = ExtraArgs::split(options.extra_args);
-    unit_tier(artifacts, &extra_args)?;
+    if options.privileged_only {
+        println!("unit tier skipped: --privileged-only");
+    } else {
+        unit_tier(artifacts, &extra_args)?;
+    }
 
     if options.unit_only {
         println!("privileged tier skipped: --unit-only");
@@ -49,7 +58,7 @@ pub fn run(artifacts: &Artifacts, options: &Options) -> Result<()> {
         return Ok(());
     }
 
-    match privileged_tier(artifacts, &extra_args)? {
+    match privileged_tier(artifacts, options.suites, &extra_args)? {
         Some(counts) => println!(
             "test summary: unit tier passed; privileged tier passed ({} ran, {} skipped)",
             counts.ran, counts.skipped
@@ -104,7 +113,7 @@ fn peer_packages() -> Result<()> {
     setup::apt_install(&missing)
 }
 
-fn privileged_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<Option<Counts>> {
+fn privileged_tier(artifacts: &Artifacts, suites: &[String], extra_args: &ExtraArgs) -> Result<Option<Counts>> {
     if !cmd::is_root() {
         println!("privileged tier skipped: not root");
         if cmd::privileged_required() {
@@ -117,7 +126,11 @@ fn privileged_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<Opti
     let image = container_image(artifacts)?;
     println!("privileged tier: running");
     let skip_log = cmd::fresh_temp_file("hitcount-skip-log")?;
-    let result = run_privileged_tests(artifacts, image.as_deref(), extra_args, &skip_log);
+    // Privileged tests share kernel state (tracepoints, bpffs, namespaces):
+    // two runs on one machine, from two checkouts, would disturb each
+    // other's exact counts. The lock is held until this process exits.
+    let _lock = cmd::exclusive_lock(Path::new(PRIVILEGED_LOCK))?;
+    let result = run_privileged_tests(artifacts, image.as_deref(), suites, extra_args, &skip_log);
     // Read the log before judging the result so the skipped tests are listed
     // even when the run failed.
     let skipped = read_skip_log(&skip_log);
@@ -176,6 +189,7 @@ fn container_image(artifacts: &Artifacts) -> Result<Option<String>> {
 fn run_privileged_tests(
     artifacts: &Artifacts,
     image: Option<&str>,
+    suites: &[String],
     extra_args: &ExtraArgs,
     skip_log: &Path,
 ) -> Result<(bool, u64)> {
@@ -183,8 +197,14 @@ fn run_privileged_tests(
     if let Some(image) = image {
         cargo.env(IMAGE_VAR, image);
     }
+    cargo.args(["test", "--release", "-p", "tests"]);
+    if suites.is_empty() {
+        cargo.args(["--test", "*"]);
+    }
+    for suite in suites {
+        cargo.args(["--test", suite]);
+    }
     cargo
-        .args(["test", "--release", "-p", "tests", "--test", "*"])
         .args(extra_args.cargo)
         .args(["--", "--test-threads=1"])
         .args(extra_args.harness)
