@@ -10,17 +10,23 @@ use agent_common::{
 
 use crate::{
     aggregate::{Aggregate, Evictions, ProcessRecord, TerminateRecord, WindowCache},
+    collectors::{
+        snapshot::{Sent, Snapshots},
+        Context,
+    },
     config::{Config, EventSettings, EventType, RawConfig},
     drain::{Counters, Drainer},
     duration::Iso8601,
     ebpf::Programs,
     enrich::{BootClock, UserNames},
+    hostfs::HostFs,
     net::{ConnRecord, NetState},
     report::{
-        self, ConfigurationError, ConfigurationFieldError, DroppedEventsStatistics, Enrichment, Event, NetworkLosses,
-        Payload, Window,
+        self, ConfigurationError, ConfigurationFieldError, DroppedEventsStatistics, Enrichment, Event, Losses,
+        NetworkLosses, Payload, Window,
     },
     sinks::Sink,
+    transport::outbox::Drops,
 };
 
 /// Where a desired configuration comes from, as ConfigurationError names it.
@@ -196,6 +202,8 @@ pub struct Agent<S: Sink> {
     users: UserNames,
     clock: BootClock,
     sink: S,
+    host: HostFs,
+    snapshots: Snapshots,
     /// The last desired configuration refused: a retained one comes back at
     /// every reconnect, and one ConfigurationError per payload is enough.
     last_refused: Option<Vec<u8>>,
@@ -211,12 +219,14 @@ impl<S: Sink> Agent<S> {
         mut programs: Programs,
         mut sink: S,
         users: UserNames,
+        snapshots: Snapshots,
     ) -> anyhow::Result<Self> {
         drainer.set_control(control_flags(&config) | programs.kernel_flags(), config.cmdline_max)?;
         attach(&mut programs, &config)?;
         sink.configure(&config);
         sink.report_config(&config.to_raw());
         Ok(Agent {
+            host: HostFs::new(&config.host_root),
             processes: EventWindow::new("ProcessCreate", config.process_create),
             terminations: EventWindow::new("ProcessTerminate", config.process_terminate),
             connections: EventWindow::new("ConnectionCreate", config.connection_create),
@@ -228,6 +238,7 @@ impl<S: Sink> Agent<S> {
             users,
             clock: BootClock::now(),
             sink,
+            snapshots,
             last_refused: None,
         })
     }
@@ -253,7 +264,7 @@ impl<S: Sink> Agent<S> {
         if due[2] {
             self.close_connections()?;
         }
-        Ok(())
+        self.take_snapshots()
     }
 
     /// Final drain; every open window is reported, however short.
@@ -335,7 +346,10 @@ impl<S: Sink> Agent<S> {
         self.sink.configure(&new);
         self.sink.report_config(&new.to_raw());
         self.config = new;
-        Ok(())
+        // Seed 002: after a configuration change a snapshot collector sends
+        // the current data at once.
+        self.snapshots.request_all();
+        self.take_snapshots()
     }
 
     fn drain(&mut self) -> anyhow::Result<()> {
@@ -404,55 +418,75 @@ impl<S: Sink> Agent<S> {
 
     /// Publishes a closed window: one event per record (made by `payload`),
     /// then its DroppedEventsStatistics from `counters`. Shared by every
-    /// event type, so the rules of what a window sends are written once.
+    /// kernel event type.
     fn publish_window<R>(
         &mut self,
         closed: Closed<R>,
         event_type: EventType,
-        counters: [Counter; 3],
+        [seen, full, race]: [Counter; 3],
         network: Option<NetworkLosses>,
         payload: impl Fn(&R, &mut Enrichment<'_>) -> Payload,
     ) -> anyhow::Result<()> {
         let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
-        let mut events: Vec<Event> =
-            closed.records.iter().map(|r| closed.window.event(payload(r, &mut enrich))).collect();
-        events.extend(self.dropped(&closed, event_type, counters, network));
-        self.sink.publish(&events)?;
-        Ok(())
-    }
-
-    /// The window's DroppedEventsStatistics, sent every window (zeros
-    /// included) so that a reader can tell "nothing lost" from "not reported".
-    fn dropped<R>(
-        &mut self,
-        closed: &Closed<R>,
-        source_type: EventType,
-        [seen, full, race]: [Counter; 3],
-        network: Option<NetworkLosses>,
-    ) -> Option<Event> {
-        let source = source_type.name();
-        let transport = self.sink.take_transport_drops(source_type);
-        if !self.config.collects(EventType::DroppedEventsStatistics) {
-            return None;
-        }
+        let events: Vec<Event> = closed.records.iter().map(|r| closed.window.event(payload(r, &mut enrich))).collect();
         let map_full = closed.counters.get(full);
         if map_full > 0 {
+            let source = event_type.name();
             log::warn!(
                 "{source}: {map_full} events found the kernel map full between two drains; raise cacheSize{source}"
             );
         }
-        let mut stats = DroppedEventsStatistics::new(
-            source,
-            closed.counters.get(seen),
-            closed.evicted,
-            map_full,
-            closed.counters.get(race),
-        );
+        let losses = Losses {
+            seen: closed.counters.get(seen),
+            evicted: closed.evicted,
+            kernel_map_full: map_full,
+            kernel_insert_race: closed.counters.get(race),
+            sources_unreadable: 0,
+        };
+        let transport = self.sink.take_transport_drops(event_type);
+        let events = closed_events(&self.config, event_type, closed.window, events, losses, network, transport);
+        self.sink.publish(&events)?;
+        Ok(())
+    }
+
+    /// Takes the snapshots that are due and publishes each with its statistics.
+    fn take_snapshots(&mut self) -> anyhow::Result<()> {
+        let cx = Context { host: &self.host, config: &self.config };
+        for (t, sent) in self.snapshots.take_due(&cx, Instant::now()) {
+            let transport = self.sink.take_transport_drops(t);
+            let events = snapshot_window(&self.config, t, sent, transport);
+            self.sink.publish(&events)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a closed window (or a snapshot) of type `t` sends: its events, then
+/// its DroppedEventsStatistics, sent every time (zeros included) so that a
+/// reader can tell "nothing lost" from "not reported". The one rule for
+/// every event type, kernel-fed or not.
+pub fn closed_events(
+    config: &Config,
+    t: EventType,
+    window: Window,
+    mut events: Vec<Event>,
+    losses: Losses,
+    network: Option<NetworkLosses>,
+    transport: Drops,
+) -> Vec<Event> {
+    if config.collects(EventType::DroppedEventsStatistics) {
+        let mut stats = DroppedEventsStatistics::new(t, losses);
         stats.transport_cache_full = transport.records;
         stats.transport_cache_full_hits = transport.hits;
         stats.network = network;
-        Some(closed.window.event(Payload::DroppedEventsStatistics(stats)))
+        events.push(window.event(Payload::DroppedEventsStatistics(stats)));
     }
+    events
+}
+
+/// What a snapshot sends (see [`closed_events`]).
+pub fn snapshot_window(config: &Config, t: EventType, sent: Sent, transport: Drops) -> Vec<Event> {
+    closed_events(config, t, sent.window, sent.events, sent.losses, None, transport)
 }
 
 /// One warning per kind of network loss in a window, naming what to raise.
@@ -475,7 +509,19 @@ fn warn_network_losses(l: &NetworkLosses) {
 pub fn desired_config(local: &RawConfig, payload: &[u8]) -> Result<Config, crate::config::ConfigError> {
     let text = String::from_utf8_lossy(payload);
     let text = if text.trim().is_empty() { "{}" } else { &text };
-    crate::config::load_layer(text, DESIRED_SOURCE, local).map(|(_, c)| c)
+    let (layer, config) = crate::config::load_layer(text, DESIRED_SOURCE, local)?;
+    // Which host is read is the device's business: a remote configuration
+    // pointing it at another tree would report a fiction.
+    if layer.host_root.is_some() {
+        return Err(crate::config::ConfigError {
+            source_name: DESIRED_SOURCE.into(),
+            errors: vec![crate::config::FieldError {
+                field: "hostRoot".into(),
+                reason: "may only be set locally (--host-root or the configuration file)".into(),
+            }],
+        });
+    }
+    Ok(config)
 }
 
 /// Drives `agent` until SIGINT or SIGTERM, then flushes.

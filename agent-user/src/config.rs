@@ -38,102 +38,7 @@ impl Priority {
     }
 }
 
-/// Every security event type of seed 004's table, collected or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum EventType {
-    Diagnostic,
-    ConfigurationError,
-    DroppedEventsStatistics,
-    ConnectedHardware,
-    ListeningPorts,
-    ProcessCreate,
-    ProcessTerminate,
-    SystemInformation,
-    LocalUsers,
-    Login,
-    ConnectionCreate,
-    FirewallConfiguration,
-    OSBaseline,
-}
-
-impl EventType {
-    pub const ALL: [EventType; 13] = [
-        EventType::Diagnostic,
-        EventType::ConfigurationError,
-        EventType::DroppedEventsStatistics,
-        EventType::ConnectedHardware,
-        EventType::ListeningPorts,
-        EventType::ProcessCreate,
-        EventType::ProcessTerminate,
-        EventType::SystemInformation,
-        EventType::LocalUsers,
-        EventType::Login,
-        EventType::ConnectionCreate,
-        EventType::FirewallConfiguration,
-        EventType::OSBaseline,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            EventType::Diagnostic => "Diagnostic",
-            EventType::ConfigurationError => "ConfigurationError",
-            EventType::DroppedEventsStatistics => "DroppedEventsStatistics",
-            EventType::ConnectedHardware => "ConnectedHardware",
-            EventType::ListeningPorts => "ListeningPorts",
-            EventType::ProcessCreate => "ProcessCreate",
-            EventType::ProcessTerminate => "ProcessTerminate",
-            EventType::SystemInformation => "SystemInformation",
-            EventType::LocalUsers => "LocalUsers",
-            EventType::Login => "Login",
-            EventType::ConnectionCreate => "ConnectionCreate",
-            EventType::FirewallConfiguration => "FirewallConfiguration",
-            EventType::OSBaseline => "OSBaseline",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|t| t.name() == name)
-    }
-
-    /// Seed 004's defaults, except that the micro agent (seeds 001/002) makes
-    /// Medium the default of the event-based process and network collectors.
-    pub fn default_priority(self) -> Priority {
-        match self {
-            EventType::Diagnostic => Priority::Off,
-            EventType::ListeningPorts | EventType::LocalUsers | EventType::Login => Priority::High,
-            EventType::ProcessCreate | EventType::ConnectionCreate => Priority::Medium,
-            _ => Priority::Low,
-        }
-    }
-
-    /// Whether this agent produces the event type yet; the others are
-    /// accepted, validated and reported so that a configuration written for
-    /// the full table works unchanged.
-    pub fn has_collector(self) -> bool {
-        matches!(
-            self,
-            EventType::ProcessCreate
-                | EventType::ProcessTerminate
-                | EventType::ConnectionCreate
-                | EventType::DroppedEventsStatistics
-                | EventType::ConfigurationError
-        )
-    }
-
-    /// Seed 004's "Snapshot Event" column.
-    pub fn is_snapshot(self) -> bool {
-        matches!(
-            self,
-            EventType::DroppedEventsStatistics
-                | EventType::ConnectedHardware
-                | EventType::ListeningPorts
-                | EventType::SystemInformation
-                | EventType::LocalUsers
-                | EventType::FirewallConfiguration
-                | EventType::OSBaseline
-        )
-    }
-}
+pub use crate::events::EventType;
 
 /// An ISO 8601 duration in a config file (`"PT1H"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +121,10 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(rename = "eventPriorityOSBaseline")]
     pub event_priority_os_baseline: Option<Priority>,
+    /// Priority of SBoM snapshots (installed packages; no collector yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "eventPrioritySBoM")]
+    pub event_priority_sbom: Option<Priority>,
 
     /// Longest time a High priority event waits before it is sent (MQTT).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -226,9 +135,19 @@ pub struct RawConfig {
     /// Longest time a Low priority event waits before it is sent (MQTT).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub low_priority_message_frequency: Option<IsoDuration>,
-    /// Interval of device status snapshots (no snapshot collector yet).
+    /// Interval of the snapshot collectors (SystemInformation, LocalUsers, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_frequency: Option<IsoDuration>,
+    /// After the first full snapshot, send only the items added, removed or changed, plus a digest of the whole set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_deltas: Option<bool>,
+    /// With snapshotDeltas: every this many snapshots of a type, a full one again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub snapshot_full_every: Option<u32>,
+    /// Directory where the host's root file system is visible (`/host` in a container); every host file is read through it. Local only: a desired configuration may not set it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_root: Option<std::path::PathBuf>,
     /// Bytes of messages kept while the broker is unreachable; past it the oldest events are dropped and counted.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 8193, max = 1073741824))]
@@ -329,10 +248,29 @@ pub struct Config {
     pub dns_cache_size: u32,
     /// Priorities of the event types that have no EventSettings, indexed
     /// like [`EventType::ALL`] (the process, connection and statistics entries unused).
-    other_priorities: [Priority; 13],
+    other_priorities: [Priority; EventType::ALL.len()],
     pub process_collector_enabled: bool,
     pub transport: TransportSettings,
+    pub snapshots: SnapshotSettings,
+    /// Where host files are read (`/` on the host itself).
+    pub host_root: std::path::PathBuf,
 }
+
+/// How snapshot collectors send (seed 004's snapshotFrequency, and deltas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotSettings {
+    pub deltas: bool,
+    pub full_every: u32,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        // With PT13H snapshots, a full one about every four days.
+        SnapshotSettings { deltas: false, full_every: 8 }
+    }
+}
+
+pub const SNAPSHOT_FULL_EVERY_MAX: u32 = 1000;
 
 /// How events travel over MQTT (seed 004).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,6 +333,8 @@ impl Default for Config {
             other_priorities: EventType::ALL.map(EventType::default_priority),
             process_collector_enabled: true,
             transport: TransportSettings::default(),
+            snapshots: SnapshotSettings::default(),
+            host_root: std::path::PathBuf::from("/"),
         }
     }
 }
@@ -648,6 +588,27 @@ impl RawConfig {
             }
         }
         set(&mut c.process_collector_enabled, self.collector_enabled_process);
+        set(&mut c.snapshots.deltas, self.snapshot_deltas);
+        if let Some(n) = self.snapshot_full_every {
+            if (1..=SNAPSHOT_FULL_EVERY_MAX).contains(&n) {
+                c.snapshots.full_every = n;
+            } else {
+                errors.push(FieldError {
+                    field: "snapshotFullEvery".into(),
+                    reason: format!("must be between 1 and {SNAPSHOT_FULL_EVERY_MAX}, got {n}"),
+                });
+            }
+        }
+        if let Some(root) = &self.host_root {
+            if root.is_absolute() {
+                c.host_root = root.clone();
+            } else {
+                errors.push(FieldError {
+                    field: "hostRoot".into(),
+                    reason: format!("must be an absolute path, got {}", root.display()),
+                });
+            }
+        }
         set(&mut c.process_create.aggregate, self.aggregation_enabled_process_create);
         set(&mut c.process_terminate.aggregate, self.aggregation_enabled_process_terminate);
         if errors.is_empty() {
@@ -675,6 +636,7 @@ impl RawConfig {
             EventType::ConnectionCreate => self.event_priority_connection_create,
             EventType::FirewallConfiguration => self.event_priority_firewall_configuration,
             EventType::OSBaseline => self.event_priority_os_baseline,
+            EventType::SBoM => self.event_priority_sbom,
         }
     }
 
@@ -694,6 +656,7 @@ impl RawConfig {
             EventType::ConnectionCreate => &mut self.event_priority_connection_create,
             EventType::FirewallConfiguration => &mut self.event_priority_firewall_configuration,
             EventType::OSBaseline => &mut self.event_priority_os_baseline,
+            EventType::SBoM => &mut self.event_priority_sbom,
         }
     }
 }
@@ -752,6 +715,9 @@ impl Config {
             max_local_cache_size_in_bytes: Some(t.max_cache_bytes),
             max_message_size_in_bytes: Some(t.max_message_bytes),
             collector_enabled_process: Some(self.process_collector_enabled),
+            snapshot_deltas: Some(self.snapshots.deltas),
+            snapshot_full_every: Some(self.snapshots.full_every),
+            host_root: Some(self.host_root.clone()),
             ..RawConfig::default()
         };
         for e in EventType::ALL {
@@ -926,6 +892,7 @@ mod tests {
             "\"Hi\"",
             "\"none\"",
             "\"Disabled\"",
+            "\"low\"",
         ];
         let names: Vec<String> = EventType::ALL.iter().map(|t| format!("eventPriority{}", t.name())).collect();
         for (name, bad) in names.iter().zip(bad_priorities) {
@@ -1029,6 +996,7 @@ mod tests {
             ("ConnectionCreate", Priority::Medium),
             ("FirewallConfiguration", Priority::Low),
             ("OSBaseline", Priority::Low),
+            ("SBoM", Priority::Low),
         ];
         for (name, p) in expect {
             let t = EventType::from_name(name).unwrap();

@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use agent_user::{
-    agent, btf, check,
-    config::{self, Config, IsoDuration, RawConfig},
+    agent, btf, check, collectors,
+    config::{self, Config, EventType, IsoDuration, RawConfig},
     drain, duration, ebpf, enrich, sinks,
     transport::{self, mqtt},
 };
@@ -25,9 +25,24 @@ enum Command {
     Run(Box<RunArgs>),
     /// Probe this kernel for everything the agent needs, and print the fixes.
     Check,
+    /// Take one snapshot of the snapshot collectors now and print its events as JSON lines.
+    Snapshot(SnapshotArgs),
     /// Show, describe or validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(clap::Args)]
+struct SnapshotArgs {
+    /// Only these event types (comma-separated, e.g. LocalUsers,ListeningPorts).
+    #[arg(long, value_name = "TYPE,...", value_delimiter = ',')]
+    only: Vec<String>,
+    /// Configuration file (JSON object, see `hitcount config schema`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the host's root file system is (default /; /host in a container).
+    #[arg(long, value_name = "DIR")]
+    host_root: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -35,6 +50,9 @@ struct RunArgs {
     /// Configuration file (JSON object, see `hitcount config schema`).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Where the host's root file system is (default /; /host in a container).
+    #[arg(long, value_name = "DIR")]
+    host_root: Option<PathBuf>,
     /// Aggregation interval of every event type (ISO 8601, e.g. PT1H, PT10S).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     interval: Option<Duration>,
@@ -47,9 +65,9 @@ struct RunArgs {
     /// Bytes of argv kept as the command line (16..=512).
     #[arg(long, value_name = "N")]
     commandline_max_bytes: Option<u32>,
-    /// passwd file for user names (a container sees the host's at /host/etc/passwd).
-    #[arg(long, value_name = "FILE", default_value = "/etc/passwd")]
-    passwd: PathBuf,
+    /// passwd file for user names (default: /etc/passwd under --host-root).
+    #[arg(long, value_name = "FILE")]
+    passwd: Option<PathBuf>,
     /// Publish to this MQTT broker instead of stdout: mqtt://host[:1883] or mqtts://host[:8883].
     #[arg(long, value_name = "URL")]
     mqtt_url: Option<String>,
@@ -114,6 +132,7 @@ impl RunArgs {
             aggregation_interval_connection_create: interval,
             cache_size_connection_create: self.cache_size,
             aggregation_enabled_connection_create: aggregate,
+            host_root: self.host_root.clone(),
             ..RawConfig::default()
         }
     }
@@ -127,18 +146,51 @@ fn load_config_file(path: &std::path::Path) -> anyhow::Result<RawConfig> {
 }
 
 /// The local layers (file < command line) and the configuration they make.
-fn effective_config(args: &RunArgs) -> anyhow::Result<(RawConfig, Config)> {
+fn effective_config(file: Option<&std::path::Path>, flags: &RawConfig) -> anyhow::Result<(RawConfig, Config)> {
     let defaults = Config::default();
-    let file = match &args.config {
+    let layer = match file {
         Some(p) => load_config_file(p)?,
         None => RawConfig::default(),
     };
-    let file_name = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let file_name = file.map(|p| p.display().to_string()).unwrap_or_default();
     // Resolve the file alone first so its errors name the file.
-    file.resolve(&defaults, &file_name)?;
-    let local = file.overlay(&args.as_config());
+    layer.resolve(&defaults, &file_name)?;
+    let local = layer.overlay(flags);
     let config = local.resolve(&defaults, "command line")?;
     Ok((local, config))
+}
+
+/// `hitcount snapshot`: the snapshot collectors once, as `run` would send them.
+fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    let mut only = Vec::new();
+    for name in args.only.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        match EventType::from_name(name) {
+            Some(t) if t.is_snapshot() => only.push(t),
+            Some(t) => anyhow::bail!("--only: {t} is not a snapshot event type"),
+            None => anyhow::bail!(
+                "--only: unknown event type {name:?} (snapshot types: {})",
+                EventType::ALL.iter().filter(|t| t.is_snapshot()).map(|t| t.name()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    let flags = RawConfig { host_root: args.host_root.clone(), ..RawConfig::default() };
+    let (_, mut config) = effective_config(args.config.as_deref(), &flags)?;
+    // --only names what to take whatever the priorities say; without it,
+    // what the configuration collects.
+    for &t in &only {
+        if !config.collects(t) {
+            config.set_priority(t, t.default_priority());
+        }
+    }
+    let host = agent_user::hostfs::HostFs::new(&config.host_root);
+    let mut snapshots = collectors::snapshot::Snapshots::new(collectors::select(&only));
+    let cx = collectors::Context { host: &host, config: &config };
+    let mut sink = sinks::stdout::StdoutSink::stdout();
+    for (t, sent) in snapshots.take_due(&cx, std::time::Instant::now()) {
+        let events = agent::snapshot_window(&config, t, sent, Default::default());
+        sinks::Sink::publish(&mut sink, &events)?;
+    }
+    Ok(())
 }
 
 fn mqtt_settings(args: &RunArgs, url: &str) -> anyhow::Result<mqtt::Settings> {
@@ -166,7 +218,7 @@ fn mqtt_settings(args: &RunArgs, url: &str) -> anyhow::Result<mqtt::Settings> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (local, config) = effective_config(&args)?;
+    let (local, config) = effective_config(args.config.as_deref(), &args.as_config())?;
     let mqtt = args.mqtt_url.as_deref().map(|url| mqtt_settings(&args, url)).transpose()?;
     if let Some(why) = check::missing_capabilities(check::effective_caps()) {
         anyhow::bail!(why);
@@ -186,16 +238,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let drain::Quiesce::Sleep(d) = drainer.quiesce() {
         log::warn!("membarrier(MEMBARRIER_CMD_GLOBAL) unavailable: each drain sleeps {d:?} instead");
     }
+    let passwd = match &args.passwd {
+        Some(p) => p.clone(),
+        None => agent_user::hostfs::HostFs::new(&config.host_root)
+            .resolve("/etc/passwd")
+            .unwrap_or_else(|_| config.host_root.join("etc/passwd")),
+    };
     // Without it every user_name is null; that is easy to miss in a container,
     // whose image has no /etc/passwd of its own.
-    if let Err(e) = std::fs::File::open(&args.passwd) {
+    if let Err(e) = std::fs::File::open(&passwd) {
         log::warn!(
-            "cannot read {}: {e}; user_name will be null (in a container, mount the host's /etc/passwd \
-             and pass --passwd)",
-            args.passwd.display()
+            "cannot read {}: {e}; user_name will be null (in a container, mount the host's / at /host \
+             and pass --host-root /host)",
+            passwd.display()
         );
     }
-    let users = enrich::UserNames::new(args.passwd.clone());
+    let users = enrich::UserNames::new(passwd);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let (sink, transport, desired): (Box<dyn sinks::Sink>, _, _) = match mqtt {
@@ -209,7 +267,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let programs = ebpf::Programs::new(bpf, &offsets, args.tcp_bytes)?;
         log::info!("TCP bytes: {}", programs.tcp_bytes().describe());
-        let agent = agent::Agent::new(local, config.clone(), drainer, programs, sink, users)?;
+        let snapshots = collectors::snapshot::Snapshots::new(collectors::snapshot_collectors());
+        let agent = agent::Agent::new(local, config.clone(), drainer, programs, sink, users, snapshots)?;
         let result = agent::run(agent, desired).await;
         if let Some(t) = transport {
             t.shutdown().await;
@@ -229,6 +288,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(*args),
+        Command::Snapshot(args) => snapshot(args),
         Command::Check => {
             let checks = check::run_checks();
             for c in &checks {

@@ -7,16 +7,42 @@ use serde::Serialize;
 use crate::{
     aggregate::{Evictions, ProcessKind, ProcessRecord, TerminateRecord},
     enrich::{rfc3339, BootClock, UserNames},
+    events::EventType,
     net::{appproto, ConnRecord},
 };
 
 /// One event as printed on stdout (one JSON line) or carried in an envelope.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
-    pub event_type: &'static str,
+    pub event_type: EventType,
     pub window_start: String,
     pub window_end: String,
     pub payload: Payload,
+    /// Events of a snapshot say which snapshot they belong to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotInfo>,
+}
+
+/// Which snapshot an event belongs to, and what that snapshot held, so
+/// that an empty snapshot is not a missing one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    /// Counts the snapshots of this type since the agent started (1 is the first).
+    pub sequence: u64,
+    /// `full`: every item; `delta`: only what changed since the previous snapshot.
+    pub mode: &'static str,
+    /// Items in the whole set, whatever the mode.
+    pub items: u64,
+    /// Events this snapshot sent (at least one: an empty set or an
+    /// unchanged delta sends one event with a null payload).
+    pub events: u64,
+    /// SHA-256 of the whole set, see `collectors::snapshot::digest`.
+    pub digest: String,
+    /// In a delta: `added`, `removed` (with the last payload seen) or `changed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<&'static str>,
+    /// Sources that could not be read: the set may be incomplete.
+    pub failed_sources: Vec<crate::collectors::SourceFailure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -27,16 +53,32 @@ pub enum Payload {
     ConnectionCreate(ConnectionCreate),
     DroppedEventsStatistics(DroppedEventsStatistics),
     ConfigurationError(ConfigurationError),
+    /// The payload of a user-space collector (collectors/), made by its own
+    /// typed struct; null for an empty snapshot.
+    Collected(serde_json::Value),
 }
 
 impl Payload {
-    pub fn event_type(&self) -> &'static str {
+    /// The type of a payload that has only one; None for `Collected`.
+    pub fn event_type(&self) -> Option<EventType> {
+        Some(match self {
+            Payload::ProcessCreate(_) => EventType::ProcessCreate,
+            Payload::ProcessTerminate(_) => EventType::ProcessTerminate,
+            Payload::ConnectionCreate(_) => EventType::ConnectionCreate,
+            Payload::DroppedEventsStatistics(_) => EventType::DroppedEventsStatistics,
+            Payload::ConfigurationError(_) => EventType::ConfigurationError,
+            Payload::Collected(_) => return None,
+        })
+    }
+
+    /// The hit count an event carries, for drop accounting.
+    pub fn hits(&self) -> u64 {
         match self {
-            Payload::ProcessCreate(_) => "ProcessCreate",
-            Payload::ProcessTerminate(_) => "ProcessTerminate",
-            Payload::ConnectionCreate(_) => "ConnectionCreate",
-            Payload::DroppedEventsStatistics(_) => "DroppedEventsStatistics",
-            Payload::ConfigurationError(_) => "ConfigurationError",
+            Payload::ProcessCreate(p) => p.hit_count,
+            Payload::ProcessTerminate(p) => p.hit_count,
+            Payload::ConnectionCreate(p) => p.hit_count,
+            Payload::Collected(v) => v.get("hit_count").and_then(|h| h.as_u64()).unwrap_or(0),
+            Payload::DroppedEventsStatistics(_) | Payload::ConfigurationError(_) => 0,
         }
     }
 }
@@ -104,7 +146,7 @@ pub struct ConnectionCreate {
 /// Events that fired but are in no record, per source event type and window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DroppedEventsStatistics {
-    pub source_event_type: &'static str,
+    pub source_event_type: EventType,
     /// Events the kernel saw in this window: the window's hit counts plus
     /// `dropped_events` add up to exactly this.
     pub events_seen: u64,
@@ -118,6 +160,9 @@ pub struct DroppedEventsStatistics {
     pub kernel_insert_race: u64,
     /// Records pushed out of a full window cache.
     pub records_evicted: u64,
+    /// Snapshot types: sources that could not be read (named in the
+    /// snapshot's `failed_sources`). Not events: not in dropped_events.
+    pub sources_unreadable: u64,
     /// Not part of this window's identity: events of this type (records, of
     /// any earlier window) dropped from the full local MQTT cache since the
     /// previous DroppedEventsStatistics of this type.
@@ -163,22 +208,30 @@ pub struct ConfigurationFieldError {
     pub reason: String,
 }
 
+/// What one window (or one snapshot) of one event type lost, whatever
+/// collected it: the general record DroppedEventsStatistics is made from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// Events (or snapshot items) seen.
+    pub seen: u64,
+    /// Records pushed out of the full window cache, or items past a snapshot's bound.
+    pub evicted: Evictions,
+    pub kernel_map_full: u64,
+    pub kernel_insert_race: u64,
+    pub sources_unreadable: u64,
+}
+
 impl DroppedEventsStatistics {
-    pub fn new(
-        source: &'static str,
-        events_seen: u64,
-        evicted: Evictions,
-        kernel_map_full: u64,
-        kernel_insert_race: u64,
-    ) -> Self {
+    pub fn new(source: EventType, l: Losses) -> Self {
         DroppedEventsStatistics {
             source_event_type: source,
-            events_seen,
-            dropped_events: evicted.hits + kernel_map_full + kernel_insert_race,
-            cache_full: evicted.hits,
-            kernel_map_full,
-            kernel_insert_race,
-            records_evicted: evicted.records,
+            events_seen: l.seen,
+            dropped_events: l.evicted.hits.saturating_add(l.kernel_map_full).saturating_add(l.kernel_insert_race),
+            cache_full: l.evicted.hits,
+            kernel_map_full: l.kernel_map_full,
+            kernel_insert_race: l.kernel_insert_race,
+            records_evicted: l.evicted.records,
+            sources_unreadable: l.sources_unreadable,
             transport_cache_full: 0,
             transport_cache_full_hits: 0,
             network: None,
@@ -186,8 +239,15 @@ impl DroppedEventsStatistics {
     }
 }
 
+impl Default for EventType {
+    /// For `DroppedEventsStatistics::default()` in tests and struct updates.
+    fn default() -> Self {
+        EventType::DroppedEventsStatistics
+    }
+}
+
 /// The time window an event covers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     pub start: SystemTime,
     pub end: SystemTime,
@@ -200,13 +260,19 @@ pub struct Enrichment<'a> {
 }
 
 impl Window {
+    /// An event of a payload type that names its event type.
     pub fn event(&self, payload: Payload) -> Event {
-        Event {
-            event_type: payload.event_type(),
-            window_start: rfc3339(self.start),
-            window_end: rfc3339(self.end),
-            payload,
-        }
+        let t = payload.event_type().expect("Collected payloads go through Window::collected");
+        self.typed(t, payload)
+    }
+
+    /// An event of a user-space collector of type `t`.
+    pub fn collected(&self, t: EventType, payload: serde_json::Value) -> Event {
+        self.typed(t, Payload::Collected(payload))
+    }
+
+    fn typed(&self, event_type: EventType, payload: Payload) -> Event {
+        Event { event_type, window_start: rfc3339(self.start), window_end: rfc3339(self.end), payload, snapshot: None }
     }
 }
 
@@ -402,17 +468,25 @@ mod tests {
 
     #[test]
     fn dropped_statistics_sum() {
-        let d = DroppedEventsStatistics::new("ProcessCreate", 20, Evictions { records: 2, hits: 5 }, 3, 1);
+        let losses = Losses {
+            seen: 20,
+            evicted: Evictions { records: 2, hits: 5 },
+            kernel_map_full: 3,
+            kernel_insert_race: 1,
+            sources_unreadable: 4,
+        };
+        let d = DroppedEventsStatistics::new(EventType::ProcessCreate, losses);
         assert_eq!(d.dropped_events, 9);
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["source_event_type"], "ProcessCreate");
         assert_eq!(v["records_evicted"], 2);
+        assert_eq!(v["sources_unreadable"], 4, "a source is not an event: not in dropped_events");
         assert!(v.get("traffic_map_full").is_none(), "no network fields outside ConnectionCreate");
     }
 
     #[test]
     fn network_losses_are_flat_fields_outside_the_event_identity() {
-        let mut d = DroppedEventsStatistics::new("ConnectionCreate", 4, Evictions::default(), 0, 0);
+        let mut d = DroppedEventsStatistics::new(EventType::ConnectionCreate, Losses { seen: 4, ..Default::default() });
         d.network = Some(NetworkLosses { traffic_map_full: 7, dns_cache_full: 2, ..Default::default() });
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!((v["traffic_map_full"].as_u64(), v["dns_cache_full"].as_u64()), (Some(7), Some(2)));

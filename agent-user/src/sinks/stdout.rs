@@ -42,7 +42,7 @@ mod tests {
     fn one_json_object_per_line() {
         let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH };
         let e = w.event(Payload::DroppedEventsStatistics(DroppedEventsStatistics {
-            source_event_type: "ProcessCreate",
+            source_event_type: crate::events::EventType::ProcessCreate,
             ..Default::default()
         }));
         let mut buf = Vec::new();

@@ -97,24 +97,19 @@ impl Sink for MqttSink {
     fn publish(&mut self, events: &[Event]) -> Result<(), SinkError> {
         let mut outbox = self.shared.outbox.lock().expect("outbox lock");
         for e in events {
-            let Some(t) = EventType::from_name(e.event_type) else { continue };
+            let t = e.event_type;
             let priority = self.config.priority(t);
             if !priority.enabled() {
                 continue;
             }
-            let (hits, carried) = match &e.payload {
-                Payload::ProcessCreate(p) => (p.hit_count, None),
-                Payload::ProcessTerminate(p) => (p.hit_count, None),
-                Payload::ConnectionCreate(p) => (p.hit_count, None),
-                Payload::DroppedEventsStatistics(s) => (
-                    0,
-                    EventType::from_name(s.source_event_type).map(|source| Carried {
-                        source,
-                        drops: Drops { records: s.transport_cache_full, hits: s.transport_cache_full_hits },
-                    }),
-                ),
-                Payload::ConfigurationError(_) => (0, None),
+            let carried = match &e.payload {
+                Payload::DroppedEventsStatistics(s) => Some(Carried {
+                    source: s.source_event_type,
+                    drops: Drops { records: s.transport_cache_full, hits: s.transport_cache_full_hits },
+                }),
+                _ => None,
             };
+            let hits = e.payload.hits();
             let bytes = serde_json::to_vec(e).map_err(std::io::Error::from)?;
             outbox.stage(t, priority, hits, carried, bytes);
         }
@@ -179,7 +174,7 @@ mod tests {
     fn stats(transport_cache_full: u64, transport_cache_full_hits: u64) -> Event {
         let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH };
         w.event(Payload::DroppedEventsStatistics(DroppedEventsStatistics {
-            source_event_type: "ProcessTerminate",
+            source_event_type: EventType::ProcessTerminate,
             transport_cache_full,
             transport_cache_full_hits,
             ..Default::default()
