@@ -1,29 +1,27 @@
 //! The run loop: drain every second, close windows when their interval ends,
 //! hand events to the sink, apply desired configurations, and flush
 //! everything on SIGINT/SIGTERM.
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use agent_common::{
-    programs, Counter, FLAG_EXEC, FLAG_EXIT, FLAG_EXIT_PER_EVENT, FLAG_FORK, FLAG_NET, FLAG_NET_AGG_EPHEMERAL,
-    FLAG_NET_PER_EVENT, FLAG_PROC_PER_EVENT,
-};
+use agent_common::programs;
 
 use crate::{
-    aggregate::{Aggregate, Evictions, ProcessRecord, TerminateRecord, WindowCache},
     collectors::{
+        kernel::KernelWindows,
         snapshot::{Sent, Snapshots},
-        Context,
+        window::EventWindow as UserWindow,
+        Context, EventSource, UserSpace,
     },
-    config::{Config, EventSettings, EventType, RawConfig},
-    drain::{Counters, Drainer},
+    config::{Config, EventType, RawConfig},
+    drain::Drainer,
     duration::Iso8601,
     ebpf::Programs,
     enrich::{BootClock, UserNames},
+    events::Kind,
     hostfs::HostFs,
-    net::{ConnRecord, NetState},
     report::{
-        self, ConfigurationError, ConfigurationFieldError, DroppedEventsStatistics, Enrichment, Event, Losses,
-        NetworkLosses, Payload, Window,
+        ConfigurationChange, ConfigurationChangeItem, ConfigurationError, ConfigurationFieldError,
+        DroppedEventsStatistics, Enrichment, Event, Losses, NetworkLosses, Payload, Window,
     },
     sinks::Sink,
     transport::outbox::Drops,
@@ -32,57 +30,7 @@ use crate::{
 /// Where a desired configuration comes from, as ConfigurationError names it.
 pub const DESIRED_SOURCE: &str = "desired configuration (MQTT)";
 
-/// How often the kernel maps are emptied into the window caches. Short, so
-/// that a full window cache discards its oldest records (as the spec says)
-/// rather than the kernel refusing new ones; cheap, because an idle drain
-/// is three syscalls and a grace period.
-pub const DRAIN_PERIOD: Duration = Duration::from_secs(1);
-
-/// Kernel flags for a configuration.
-pub fn control_flags(c: &Config) -> u32 {
-    let mut f = 0;
-    if c.collects(EventType::ProcessCreate) {
-        f |= FLAG_EXEC | FLAG_FORK;
-        if !c.process_create.aggregate {
-            f |= FLAG_PROC_PER_EVENT;
-        }
-    }
-    if c.collects(EventType::ProcessTerminate) {
-        f |= FLAG_EXIT;
-        if !c.process_terminate.aggregate {
-            f |= FLAG_EXIT_PER_EVENT;
-        }
-    }
-    if c.collects(EventType::ConnectionCreate) {
-        f |= FLAG_NET;
-        if !c.connection_create.aggregate {
-            f |= FLAG_NET_PER_EVENT;
-        }
-        if c.aggregate_ephemeral_ports {
-            f |= FLAG_NET_AGG_EPHEMERAL;
-        }
-    }
-    f
-}
-
-/// Whether a program must be attached. The exec and fork programs also keep
-/// TASK_EXE, the executable of every process, which ProcessTerminate reads:
-/// they stay attached while either process event type is collected.
-pub fn program_wanted(c: &Config, program: &str) -> bool {
-    let create = c.collects(EventType::ProcessCreate);
-    let terminate = c.collects(EventType::ProcessTerminate);
-    match program {
-        programs::PROCESS_EXEC | programs::PROCESS_FORK => create || terminate,
-        programs::PROCESS_EXIT => terminate,
-        programs::TCP_STATE
-        | programs::SKB_INGRESS
-        | programs::SKB_EGRESS
-        | programs::SOCK_CREATE
-        | programs::TCP_SEND
-        | programs::TCP_RECV => c.collects(EventType::ConnectionCreate),
-        _ => true,
-    }
-}
+pub use crate::collectors::kernel::{control_flags, program_wanted, DRAIN_PERIOD};
 
 /// Attaches and detaches programs as `c` says. When the TCP state program
 /// goes from detached to attached (at start, or when ConnectionCreate is
@@ -115,95 +63,21 @@ fn attach(programs: &mut Programs, c: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The open window of one event type.
-struct EventWindow<R: Aggregate> {
-    name: &'static str,
-    settings: EventSettings,
-    cache: WindowCache<R>,
-    opened: Instant,
-    opened_wall: SystemTime,
-    /// Kernel counters of the generations drained into this window.
-    counters: Counters,
-}
-
-/// What a closed window hands to reporting.
-struct Closed<R> {
-    window: Window,
-    records: Vec<R>,
-    evicted: Evictions,
-    counters: Counters,
-}
-
-impl<R: Aggregate> EventWindow<R> {
-    fn new(name: &'static str, settings: EventSettings) -> Self {
-        EventWindow {
-            name,
-            settings,
-            cache: WindowCache::new(settings.cache_size as usize),
-            opened: Instant::now(),
-            opened_wall: SystemTime::now(),
-            counters: Counters::default(),
-        }
-    }
-
-    fn add(&mut self, batch: Vec<R>, counters: &Counters) {
-        self.cache.add_batch(batch);
-        self.counters.add(counters);
-    }
-
-    /// Whether the window ends at this drain. Drains come once per
-    /// DRAIN_PERIOD, so a window ends at the drain nearest to its end rather
-    /// than the first one after it (which would stretch a PT1S window to 2 s).
-    fn due(&self, now: Instant) -> bool {
-        now.duration_since(self.opened) + DRAIN_PERIOD / 2 >= self.settings.interval
-    }
-
-    /// New settings for the next window (the current one was just closed).
-    fn reconfigure(&mut self, settings: EventSettings) {
-        self.settings = settings;
-        self.cache.set_capacity(settings.cache_size as usize);
-    }
-
-    fn close(&mut self) -> Closed<R> {
-        let now = SystemTime::now();
-        let (records, evicted) = self.cache.take();
-        let closed = Closed {
-            window: Window { start: self.opened_wall, end: now },
-            records,
-            evicted,
-            counters: std::mem::take(&mut self.counters),
-        };
-        self.opened = Instant::now();
-        self.opened_wall = now;
-        if evicted.records > 0 {
-            log::warn!(
-                "{}: window cache full ({} records); discarded the {} oldest ({} events); raise cacheSize{}",
-                self.name,
-                self.cache.capacity(),
-                evicted.records,
-                evicted.hits,
-                self.name
-            );
-        }
-        closed
-    }
-}
-
 pub struct Agent<S: Sink> {
     /// Defaults < file < command line: what a desired configuration overlays.
     local: RawConfig,
     config: Config,
     drainer: Drainer,
     programs: Programs,
-    processes: EventWindow<ProcessRecord>,
-    terminations: EventWindow<TerminateRecord>,
-    connections: EventWindow<ConnRecord>,
-    net: NetState,
+    kernel: KernelWindows,
     users: UserNames,
     clock: BootClock,
     sink: S,
     host: HostFs,
     snapshots: Snapshots,
+    sources: Vec<Box<dyn EventSource>>,
+    /// Windows of the event types aggregated in user space (Diagnostic).
+    user_windows: Vec<UserWindow>,
     /// The last desired configuration refused: a retained one comes back at
     /// every reconnect, and one ConfigurationError per payload is enough.
     last_refused: Option<Vec<u8>>,
@@ -219,18 +93,21 @@ impl<S: Sink> Agent<S> {
         mut programs: Programs,
         mut sink: S,
         users: UserNames,
-        snapshots: Snapshots,
+        user_space: UserSpace,
     ) -> anyhow::Result<Self> {
         drainer.set_control(control_flags(&config) | programs.kernel_flags(), config.cmdline_max)?;
         attach(&mut programs, &config)?;
         sink.configure(&config);
         sink.report_config(&config.to_raw());
+        let user_windows = user_space
+            .sources
+            .iter()
+            .filter_map(|s| Some(UserWindow::new(s.event_type(), config.event_settings(s.event_type())?)))
+            .collect();
         Ok(Agent {
             host: HostFs::new(&config.host_root),
-            processes: EventWindow::new("ProcessCreate", config.process_create),
-            terminations: EventWindow::new("ProcessTerminate", config.process_terminate),
-            connections: EventWindow::new("ConnectionCreate", config.connection_create),
-            net: NetState::new(config.dns_cache_size as usize),
+            user_windows,
+            kernel: KernelWindows::new(&config),
             local,
             config,
             drainer,
@@ -238,7 +115,8 @@ impl<S: Sink> Agent<S> {
             users,
             clock: BootClock::now(),
             sink,
-            snapshots,
+            snapshots: user_space.snapshots,
+            sources: user_space.sources,
             last_refused: None,
         })
     }
@@ -250,19 +128,16 @@ impl<S: Sink> Agent<S> {
     /// One drain, then every window whose interval has passed is reported.
     pub fn tick(&mut self) -> anyhow::Result<()> {
         self.drain()?;
+        self.poll_sources()?;
         let now = Instant::now();
-        let due = [self.processes.due(now), self.terminations.due(now), self.connections.due(now)];
-        if due.contains(&true) {
+        if self.kernel.any_due(now) {
             self.sink.make_room();
         }
-        if due[0] {
-            self.close_processes()?;
-        }
-        if due[1] {
-            self.close_terminations()?;
-        }
-        if due[2] {
-            self.close_connections()?;
+        self.close_kernel_windows(Some(now))?;
+        for i in 0..self.user_windows.len() {
+            if self.user_windows[i].due(now, DRAIN_PERIOD) {
+                self.close_user_window(i)?;
+            }
         }
         self.take_snapshots()
     }
@@ -281,10 +156,12 @@ impl<S: Sink> Agent<S> {
     /// statistics counted them.)
     fn close_all_windows(&mut self) -> anyhow::Result<()> {
         self.drain()?;
+        self.poll_sources()?;
         self.sink.make_room();
-        self.close_processes()?;
-        self.close_terminations()?;
-        self.close_connections()?;
+        self.close_kernel_windows(None)?;
+        for i in 0..self.user_windows.len() {
+            self.close_user_window(i)?;
+        }
         Ok(())
     }
 
@@ -329,6 +206,15 @@ impl<S: Sink> Agent<S> {
     }
 
     fn apply(&mut self, new: Config) -> anyhow::Result<()> {
+        // Sent first and whatever the new priorities say: a change that
+        // switches everything off must still be seen.
+        let changes = config_changes(&self.config, &new);
+        for c in &changes {
+            log::info!("configuration change from {DESIRED_SOURCE}: {} {} -> {}", c.property, c.from, c.to);
+        }
+        let now = SystemTime::now();
+        let change = ConfigurationChange { source: DESIRED_SOURCE.into(), changes };
+        self.sink.publish(&[Window { start: now, end: now }.event(Payload::ConfigurationChange(change))])?;
         // The new flags first, so that the last drain under the current
         // configuration takes every event recorded under the old ones: a
         // type switched off records nothing after its window is sent, and
@@ -339,10 +225,12 @@ impl<S: Sink> Agent<S> {
         self.sink.flush_now();
         // ...then the new one.
         attach(&mut self.programs, &new)?;
-        self.processes.reconfigure(new.process_create);
-        self.terminations.reconfigure(new.process_terminate);
-        // The DNS name cache keeps its start-up size (README, Configuration).
-        self.connections.reconfigure(new.connection_create);
+        self.kernel.reconfigure(&new);
+        for w in &mut self.user_windows {
+            if let Some(settings) = new.event_settings(w.event_type) {
+                w.reconfigure(settings);
+            }
+        }
         self.sink.configure(&new);
         self.sink.report_config(&new.to_raw());
         self.config = new;
@@ -355,96 +243,67 @@ impl<S: Sink> Agent<S> {
     fn drain(&mut self) -> anyhow::Result<()> {
         let d = self.drainer.drain()?;
         self.clock = BootClock::now();
-        self.processes.add(d.processes, &d.counters);
-        self.terminations.add(d.terminations, &d.counters);
-        let conns = self.net.ingest(d.net, crate::enrich::boottime_ns());
-        self.connections.add(conns, &d.counters);
+        self.kernel.add(d, crate::enrich::boottime_ns());
         Ok(())
     }
 
-    fn close_processes(&mut self) -> anyhow::Result<()> {
-        if !self.config.collects(EventType::ProcessCreate) {
+    /// Reports the kernel-fed windows that are due at `now` (all with None).
+    fn close_kernel_windows(&mut self, now: Option<Instant>) -> anyhow::Result<()> {
+        let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
+        for c in self.kernel.close(&self.config, now, &mut enrich) {
+            let transport = self.sink.take_transport_drops(c.event_type);
+            let events = closed_events(&self.config, c.event_type, c.window, c.events, c.losses, c.network, transport);
+            self.sink.publish(&events)?;
+        }
+        Ok(())
+    }
+
+    /// Polls every user-space event source: events of aggregated types go
+    /// to their window, the others (hotplug) are sent at once.
+    fn poll_sources(&mut self) -> anyhow::Result<()> {
+        let cx = Context { host: &self.host, config: &self.config };
+        let now = SystemTime::now();
+        let mut at_once = Vec::new();
+        for source in &mut self.sources {
+            let t = source.event_type();
+            let taken = source.poll(&cx);
+            if !self.config.collects(t) {
+                continue;
+            }
+            for f in &taken.failures {
+                log::warn!("{t}: cannot read {}: {}", f.source, f.reason);
+            }
+            match self.user_windows.iter_mut().find(|w| w.event_type == t) {
+                Some(w) if t.kind() == Kind::Event => w.add(taken.items, taken.lost, now),
+                _ => {
+                    if taken.lost > 0 {
+                        log::warn!("{t}: {} events lost before they were read", taken.lost);
+                    }
+                    let w = Window { start: now, end: now };
+                    at_once.extend(taken.items.into_iter().map(|i| w.collected(t, i.payload)));
+                }
+            }
+        }
+        if !at_once.is_empty() {
+            self.sink.publish(&at_once)?;
+        }
+        Ok(())
+    }
+
+    fn close_user_window(&mut self, i: usize) -> anyhow::Result<()> {
+        let t = self.user_windows[i].event_type;
+        if !self.config.collects(t) {
             return Ok(()); // stays open: see close_all_windows
         }
-        let closed = self.processes.close();
-        self.publish_window(
-            closed,
-            EventType::ProcessCreate,
-            [Counter::ProcSeen, Counter::ProcMapFull, Counter::ProcRaceLost],
-            None,
-            |r, enrich| Payload::ProcessCreate(report::process_create(r, enrich)),
-        )
-    }
-
-    fn close_terminations(&mut self) -> anyhow::Result<()> {
-        if !self.config.collects(EventType::ProcessTerminate) {
-            return Ok(());
-        }
-        let closed = self.terminations.close();
-        self.publish_window(
-            closed,
-            EventType::ProcessTerminate,
-            [Counter::ExitSeen, Counter::ExitMapFull, Counter::ExitRaceLost],
-            None,
-            |r, enrich| Payload::ProcessTerminate(report::process_terminate(r, enrich.clock)),
-        )
-    }
-
-    fn close_connections(&mut self) -> anyhow::Result<()> {
-        if !self.config.collects(EventType::ConnectionCreate) {
-            return Ok(());
-        }
-        let closed = self.connections.close();
-        let (dns_evicted, dns_unparsed) = self.net.take_dns_losses();
-        if dns_unparsed > 0 {
-            log::debug!("ConnectionCreate: {dns_unparsed} DNS answers did not parse");
-        }
-        let losses = NetworkLosses {
-            traffic_map_full: closed.counters.get(Counter::TrafficMapFull),
-            tcp_socket_unreadable: closed.counters.get(Counter::TcpSocketUnreadable),
-            dns_ring_full: closed.counters.get(Counter::DnsRingFull),
-            dns_cache_full: dns_evicted,
-            netns_unreadable: closed.counters.get(Counter::NetReadFailed),
-        };
-        warn_network_losses(&losses);
-        self.publish_window(
-            closed,
-            EventType::ConnectionCreate,
-            [Counter::ConnSeen, Counter::ConnMapFull, Counter::ConnRaceLost],
-            Some(losses),
-            |r, enrich| Payload::ConnectionCreate(report::connection_create(r, enrich.clock)),
-        )
-    }
-
-    /// Publishes a closed window: one event per record (made by `payload`),
-    /// then its DroppedEventsStatistics from `counters`. Shared by every
-    /// kernel event type.
-    fn publish_window<R>(
-        &mut self,
-        closed: Closed<R>,
-        event_type: EventType,
-        [seen, full, race]: [Counter; 3],
-        network: Option<NetworkLosses>,
-        payload: impl Fn(&R, &mut Enrichment<'_>) -> Payload,
-    ) -> anyhow::Result<()> {
-        let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
-        let events: Vec<Event> = closed.records.iter().map(|r| closed.window.event(payload(r, &mut enrich))).collect();
-        let map_full = closed.counters.get(full);
-        if map_full > 0 {
-            let source = event_type.name();
+        let (window, events, losses) = self.user_windows[i].close();
+        if losses.evicted.records > 0 {
             log::warn!(
-                "{source}: {map_full} events found the kernel map full between two drains; raise cacheSize{source}"
+                "{t}: window cache full; discarded the {} oldest records; raise cacheSize{t}",
+                losses.evicted.records
             );
         }
-        let losses = Losses {
-            seen: closed.counters.get(seen),
-            evicted: closed.evicted,
-            kernel_map_full: map_full,
-            kernel_insert_race: closed.counters.get(race),
-            sources_unreadable: 0,
-        };
-        let transport = self.sink.take_transport_drops(event_type);
-        let events = closed_events(&self.config, event_type, closed.window, events, losses, network, transport);
+        let transport = self.sink.take_transport_drops(t);
+        let events = closed_events(&self.config, t, window, events, losses, None, transport);
         self.sink.publish(&events)?;
         Ok(())
     }
@@ -489,39 +348,46 @@ pub fn snapshot_window(config: &Config, t: EventType, sent: Sent, transport: Dro
     closed_events(config, t, sent.window, sent.events, sent.losses, None, transport)
 }
 
-/// One warning per kind of network loss in a window, naming what to raise.
-fn warn_network_losses(l: &NetworkLosses) {
-    for (n, what) in [
-        (l.traffic_map_full, "packets or TCP calls found the kernel traffic map full; their bytes are in no record"),
-        (l.tcp_socket_unreadable, "TCP send/receive calls had an unreadable socket; their bytes are in no record"),
-        (l.dns_ring_full, "DNS answers found the ring buffer full; their names are unknown"),
-        (l.dns_cache_full, "DNS names were pushed out of the full name cache; raise dnsCacheSizeConnectionCreate"),
-        (l.netns_unreadable, "socket namespace reads failed; those records have netns 0"),
-    ] {
-        if n > 0 {
-            log::warn!("ConnectionCreate: {n} {what}");
-        }
-    }
-}
-
 /// Parses and resolves a desired configuration over the local layers. An
 /// empty payload (a cleared retained message) means "no desired properties".
 pub fn desired_config(local: &RawConfig, payload: &[u8]) -> Result<Config, crate::config::ConfigError> {
     let text = String::from_utf8_lossy(payload);
     let text = if text.trim().is_empty() { "{}" } else { &text };
     let (layer, config) = crate::config::load_layer(text, DESIRED_SOURCE, local)?;
-    // Which host is read is the device's business: a remote configuration
-    // pointing it at another tree would report a fiction.
-    if layer.host_root.is_some() {
-        return Err(crate::config::ConfigError {
-            source_name: DESIRED_SOURCE.into(),
-            errors: vec![crate::config::FieldError {
-                field: "hostRoot".into(),
-                reason: "may only be set locally (--host-root or the configuration file)".into(),
-            }],
-        });
+    // Which host is read, and what may be changed remotely, are the device's
+    // business; and what it locked stays as it set it.
+    let device = local.resolve(&Config::default(), "local configuration")?;
+    let set = serde_json::to_value(&layer).expect("config serializes");
+    let refused: Vec<crate::config::FieldError> = set
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .filter(|k| !device.remote_may_set(k))
+        .map(|k| crate::config::FieldError {
+            field: k.clone(),
+            reason: if crate::config::LOCAL_ONLY.contains(&k.as_str()) {
+                "may only be set locally (command line or the configuration file)".into()
+            } else {
+                "locked on this device (remoteConfigurationLocked)".into()
+            },
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(crate::config::ConfigError { source_name: DESIRED_SOURCE.into(), errors: refused });
     }
     Ok(config)
+}
+
+/// What changed from `old` to `new`, property by property (effective values).
+pub fn config_changes(old: &Config, new: &Config) -> Vec<ConfigurationChangeItem> {
+    let (old, new) = (serde_json::to_value(old.to_raw()), serde_json::to_value(new.to_raw()));
+    let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) = (old, new) else {
+        return Vec::new();
+    };
+    new.into_iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, v)| ConfigurationChangeItem { from: old.get(&k).cloned().unwrap_or_default(), property: k, to: v })
+        .collect()
 }
 
 /// Drives `agent` until SIGINT or SIGTERM, then flushes.
@@ -561,43 +427,6 @@ mod tests {
     use crate::config::Priority;
 
     #[test]
-    fn flags_follow_config() {
-        let mut c = Config::default();
-        assert_eq!(control_flags(&c), FLAG_EXEC | FLAG_FORK | FLAG_EXIT | FLAG_NET);
-        c.aggregate_ephemeral_ports = true;
-        c.connection_create.aggregate = false;
-        assert_eq!(
-            control_flags(&c) & !(FLAG_EXEC | FLAG_FORK | FLAG_EXIT),
-            FLAG_NET | FLAG_NET_PER_EVENT | FLAG_NET_AGG_EPHEMERAL
-        );
-        c.connection_create.priority = Priority::Off;
-        c.process_create.aggregate = false;
-        c.process_terminate.priority = Priority::Off;
-        assert_eq!(control_flags(&c), FLAG_EXEC | FLAG_FORK | FLAG_PROC_PER_EVENT);
-        c.process_create.priority = Priority::Off;
-        assert_eq!(control_flags(&c), 0);
-        c = Config::default();
-        c.process_collector_enabled = false;
-        assert_eq!(control_flags(&c), FLAG_NET, "the process switch leaves the network collector on");
-    }
-
-    #[test]
-    fn exec_and_fork_stay_attached_while_terminate_needs_them() {
-        let names = [programs::PROCESS_EXEC, programs::PROCESS_FORK, programs::PROCESS_EXIT];
-        let wanted = |c: &Config| names.map(|p| program_wanted(c, p));
-        let mut c = Config::default();
-        assert_eq!(wanted(&c), [true, true, true]);
-        c.process_create.priority = Priority::Off;
-        assert_eq!(wanted(&c), [true, true, true], "TASK_EXE still feeds ProcessTerminate");
-        c.process_terminate.priority = Priority::Off;
-        assert_eq!(wanted(&c), [false, false, false]);
-        c.process_create.priority = Priority::High;
-        assert_eq!(wanted(&c), [true, true, false]);
-        c.process_collector_enabled = false;
-        assert_eq!(wanted(&c), [false, false, false]);
-    }
-
-    #[test]
     fn desired_overlays_the_local_layers() {
         let local = RawConfig::parse(r#"{"cacheSizeProcessCreate":9,"cacheSizeProcessTerminate":5}"#, "f").unwrap();
         let c = desired_config(&local, br#"{"cacheSizeProcessCreate":7,"eventPriorityLogin":"Off"}"#).unwrap();
@@ -609,5 +438,57 @@ mod tests {
         let e = desired_config(&local, br#"{"cacheSizeProcessCreate":0}"#).unwrap_err();
         assert_eq!(e.source_name, DESIRED_SOURCE);
         assert_eq!(e.errors[0].field, "cacheSizeProcessCreate");
+    }
+
+    #[test]
+    fn locked_and_local_only_properties_are_refused_by_name() {
+        let local = RawConfig::parse(
+            r#"{"remoteConfigurationLocked":["eventPriorityProcessCreate","collectorEnabledProcess"]}"#,
+            "f",
+        )
+        .unwrap();
+        let e =
+            desired_config(&local, br#"{"eventPriorityProcessCreate":"Off","cacheSizeProcessCreate":9}"#).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].field, "eventPriorityProcessCreate");
+        assert!(e.errors[0].reason.contains("remoteConfigurationLocked"), "{e}");
+        assert_eq!(desired_config(&local, br#"{"cacheSizeProcessCreate":9}"#).unwrap().process_create.cache_size, 9);
+        for key in ["hostRoot", "remoteConfigurationLocked"] {
+            let value = if key == "hostRoot" { r#""/tmp""# } else { "[]" };
+            let e = desired_config(&RawConfig::default(), format!(r#"{{"{key}":{value}}}"#).as_bytes()).unwrap_err();
+            assert_eq!(e.errors[0].field, key);
+            assert!(e.errors[0].reason.contains("only be set locally"), "{e}");
+        }
+        let all = RawConfig::parse(r#"{"remoteConfigurationLocked":["*"]}"#, "f").unwrap();
+        assert!(desired_config(&all, br#"{"lowPriorityMessageFrequency":"PT1M"}"#).is_err(), "* locks everything");
+        assert!(desired_config(&all, b"{}").is_ok(), "an empty desired object changes nothing");
+        let e = RawConfig::parse(r#"{"remoteConfigurationLocked":["nope"]}"#, "f")
+            .unwrap()
+            .resolve(&Config::default(), "f");
+        assert!(e.unwrap_err().to_string().contains("remoteConfigurationLocked: unknown properties: \"nope\""));
+    }
+
+    #[test]
+    fn a_change_names_each_property_with_old_and_new_values() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.set_priority(EventType::ProcessCreate, Priority::Off);
+        new.transport.low_frequency = std::time::Duration::from_secs(60);
+        let changes = config_changes(&old, &new);
+        let got: Vec<(String, String, String)> =
+            changes.iter().map(|c| (c.property.clone(), c.from.to_string(), c.to.to_string())).collect();
+        assert_eq!(
+            got,
+            [
+                ("eventPriorityProcessCreate".to_string(), "\"Medium\"".to_string(), "\"Off\"".to_string()),
+                ("lowPriorityMessageFrequency".to_string(), "\"PT5H\"".to_string(), "\"PT1M\"".to_string()),
+            ]
+        );
+        assert!(config_changes(&old, &old).is_empty());
+        let mut everything_off = old.clone();
+        for t in EventType::ALL {
+            everything_off.set_priority(t, Priority::Off);
+        }
+        assert!(everything_off.collects(EventType::ConfigurationChange), "a change can never be silenced");
     }
 }

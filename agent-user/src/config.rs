@@ -93,7 +93,7 @@ pub struct RawConfig {
     /// Priority of DroppedEventsStatistics events. Off: not reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_priority_dropped_events_statistics: Option<Priority>,
-    /// Priority of Diagnostic events (no collector yet).
+    /// Priority of Diagnostic events (the agent's own warnings and errors). Off: not collected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_priority_diagnostic: Option<Priority>,
     /// Priority of ConfigurationError events (an invalid desired configuration).
@@ -145,6 +145,9 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub snapshot_full_every: Option<u32>,
+    /// Properties a desired (remote) configuration may not change, by name; `*` locks them all. Local only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_configuration_locked: Option<Vec<String>>,
     /// Directory where the host's root file system is visible (`/host` in a container); every host file is read through it. Local only: a desired configuration may not set it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_root: Option<std::path::PathBuf>,
@@ -173,6 +176,14 @@ pub struct RawConfig {
     /// Time window of one ProcessTerminate aggregation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregation_interval_process_terminate: Option<IsoDuration>,
+
+    /// Time window of one Diagnostic aggregation (identical warnings are one record with a hit count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregation_interval_diagnostic: Option<IsoDuration>,
+    /// Records kept per Diagnostic window; when full the oldest is discarded and counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub cache_size_diagnostic: Option<u32>,
 
     /// Records kept per ProcessCreate window; when full the oldest is discarded and counted.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -244,6 +255,8 @@ pub struct Config {
     pub dropped_stats_priority: Priority,
     pub cmdline_max: u32,
     pub connection_create: EventSettings,
+    /// Diagnostic windows (aggregated in user space; `aggregate` is always true).
+    pub diagnostic: EventSettings,
     pub aggregate_ephemeral_ports: bool,
     pub dns_cache_size: u32,
     /// Priorities of the event types that have no EventSettings, indexed
@@ -254,6 +267,8 @@ pub struct Config {
     pub snapshots: SnapshotSettings,
     /// Where host files are read (`/` on the host itself).
     pub host_root: std::path::PathBuf,
+    /// Properties a remote configuration may not set (`*`: all of them).
+    pub remote_locked: Vec<String>,
 }
 
 /// How snapshot collectors send (seed 004's snapshotFrequency, and deltas).
@@ -328,6 +343,7 @@ impl Default for Config {
             // Seed 002: network connection events are event-based like
             // ProcessCreate (Medium), 256-record buffer, seed 000: PT1H.
             connection_create: event(Priority::Medium),
+            diagnostic: event(Priority::Off),
             aggregate_ephemeral_ports: false,
             dns_cache_size: 1024,
             other_priorities: EventType::ALL.map(EventType::default_priority),
@@ -335,16 +351,35 @@ impl Default for Config {
             transport: TransportSettings::default(),
             snapshots: SnapshotSettings::default(),
             host_root: std::path::PathBuf::from("/"),
+            remote_locked: Vec::new(),
         }
     }
 }
 
+/// Properties only the device sets: a desired configuration naming one is refused.
+pub const LOCAL_ONLY: [&str; 2] = ["hostRoot", "remoteConfigurationLocked"];
+
 impl Config {
+    /// Whether a remote configuration may set `property`.
+    pub fn remote_may_set(&self, property: &str) -> bool {
+        !LOCAL_ONLY.contains(&property) && !self.remote_locked.iter().any(|l| l == "*" || l == property)
+    }
+
+    /// The window settings of an event type aggregated in user space.
+    pub fn event_settings(&self, t: EventType) -> Option<EventSettings> {
+        match t {
+            EventType::Diagnostic => Some(self.diagnostic),
+            _ => None,
+        }
+    }
+
     pub fn priority(&self, t: EventType) -> Priority {
         match t {
+            EventType::ConfigurationChange => EventType::ConfigurationChange.default_priority(),
             EventType::ProcessCreate => self.process_create.priority,
             EventType::ProcessTerminate => self.process_terminate.priority,
             EventType::ConnectionCreate => self.connection_create.priority,
+            EventType::Diagnostic => self.diagnostic.priority,
             EventType::DroppedEventsStatistics => self.dropped_stats_priority,
             other => self.other_priorities[other as usize],
         }
@@ -352,9 +387,11 @@ impl Config {
 
     pub fn set_priority(&mut self, t: EventType, p: Priority) {
         match t {
+            EventType::ConfigurationChange => {} // not configurable: see events::TABLE
             EventType::ProcessCreate => self.process_create.priority = p,
             EventType::ProcessTerminate => self.process_terminate.priority = p,
             EventType::ConnectionCreate => self.connection_create.priority = p,
+            EventType::Diagnostic => self.diagnostic.priority = p,
             EventType::DroppedEventsStatistics => self.dropped_stats_priority = p,
             other => self.other_priorities[other as usize] = p,
         }
@@ -491,6 +528,7 @@ impl RawConfig {
             self.aggregation_interval_connection_create,
             &mut c.connection_create.interval,
         );
+        interval("aggregationIntervalDiagnostic", self.aggregation_interval_diagnostic, &mut c.diagnostic.interval);
         let mut range = |field: &str, v: Option<u32>, min: u32, max: u32, into: &mut u32| {
             if let Some(v) = v {
                 if v < min || v > max {
@@ -531,6 +569,7 @@ impl RawConfig {
             CACHE_SIZE_MAX,
             &mut c.connection_create.cache_size,
         );
+        range("cacheSizeDiagnostic", self.cache_size_diagnostic, 1, CACHE_SIZE_MAX, &mut c.diagnostic.cache_size);
         range(
             "dnsCacheSizeConnectionCreate",
             self.dns_cache_size_connection_create,
@@ -599,6 +638,19 @@ impl RawConfig {
                 });
             }
         }
+        if let Some(locked) = &self.remote_configuration_locked {
+            let known = property_names();
+            let mut bad = locked.iter().filter(|n| *n != "*" && !known.contains(n)).peekable();
+            if bad.peek().is_some() {
+                let bad: Vec<String> = bad.take(8).map(|n| format!("{:?}", n.escape_debug().to_string())).collect();
+                errors.push(FieldError {
+                    field: "remoteConfigurationLocked".into(),
+                    reason: format!("unknown properties: {}", bad.join(", ")),
+                });
+            } else {
+                c.remote_locked = locked.clone();
+            }
+        }
         if let Some(root) = &self.host_root {
             if root.is_absolute() {
                 c.host_root = root.clone();
@@ -637,12 +689,15 @@ impl RawConfig {
             EventType::FirewallConfiguration => self.event_priority_firewall_configuration,
             EventType::OSBaseline => self.event_priority_os_baseline,
             EventType::SBoM => self.event_priority_sbom,
+            EventType::ConfigurationChange => None,
         }
     }
 
-    /// The eventPriority{EventName} property of `t`, to set it.
-    pub fn priority_slot(&mut self, t: EventType) -> &mut Option<Priority> {
-        match t {
+    /// The eventPriority{EventName} property of `t`, to set it (None for a
+    /// type without one).
+    pub fn priority_slot(&mut self, t: EventType) -> Option<&mut Option<Priority>> {
+        Some(match t {
+            EventType::ConfigurationChange => return None,
             EventType::Diagnostic => &mut self.event_priority_diagnostic,
             EventType::ConfigurationError => &mut self.event_priority_configuration_error,
             EventType::DroppedEventsStatistics => &mut self.event_priority_dropped_events_statistics,
@@ -657,7 +712,7 @@ impl RawConfig {
             EventType::FirewallConfiguration => &mut self.event_priority_firewall_configuration,
             EventType::OSBaseline => &mut self.event_priority_os_baseline,
             EventType::SBoM => &mut self.event_priority_sbom,
-        }
+        })
     }
 }
 
@@ -708,6 +763,8 @@ impl Config {
             cache_size_connection_create: Some(self.connection_create.cache_size),
             aggregate_ephemeral_ports_connection_create: Some(self.aggregate_ephemeral_ports),
             dns_cache_size_connection_create: Some(self.dns_cache_size),
+            aggregation_interval_diagnostic: Some(IsoDuration(self.diagnostic.interval)),
+            cache_size_diagnostic: Some(self.diagnostic.cache_size),
             high_priority_message_frequency: Some(IsoDuration(t.high_frequency)),
             medium_priority_message_frequency: Some(IsoDuration(t.medium_frequency)),
             low_priority_message_frequency: Some(IsoDuration(t.low_frequency)),
@@ -718,10 +775,13 @@ impl Config {
             snapshot_deltas: Some(self.snapshots.deltas),
             snapshot_full_every: Some(self.snapshots.full_every),
             host_root: Some(self.host_root.clone()),
+            remote_configuration_locked: Some(self.remote_locked.clone()),
             ..RawConfig::default()
         };
-        for e in EventType::ALL {
-            *raw.priority_slot(e) = Some(self.priority(e));
+        for e in EventType::configurable() {
+            if let Some(slot) = raw.priority_slot(e) {
+                *slot = Some(self.priority(e));
+            }
         }
         raw
     }
@@ -894,7 +954,7 @@ mod tests {
             "\"Disabled\"",
             "\"low\"",
         ];
-        let names: Vec<String> = EventType::ALL.iter().map(|t| format!("eventPriority{}", t.name())).collect();
+        let names: Vec<String> = EventType::configurable().filter_map(|t| t.priority_property()).collect();
         for (name, bad) in names.iter().zip(bad_priorities) {
             case(&format!(r#"{{"{name}":{bad}}}"#), name);
         }

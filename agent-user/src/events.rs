@@ -26,6 +26,9 @@ pub struct Row {
     pub name: &'static str,
     pub default_priority: Priority,
     pub kind: Kind,
+    /// Whether `eventPriority{Name}` exists: an internal type that must
+    /// never be silenced (ConfigurationChange) has none and is never Off.
+    pub configurable: bool,
 }
 
 /// Every event type, collected or not.
@@ -45,10 +48,11 @@ pub enum EventType {
     FirewallConfiguration,
     OSBaseline,
     SBoM,
+    ConfigurationChange,
 }
 
 const fn row(event_type: EventType, name: &'static str, default_priority: Priority, kind: Kind) -> Row {
-    Row { event_type, name, default_priority, kind }
+    Row { event_type, name, default_priority, kind, configurable: true }
 }
 
 /// Seed 004's table in its order, then SBoM (seed 002's "SBoM (trigger
@@ -57,7 +61,10 @@ const fn row(event_type: EventType, name: &'static str, default_priority: Priori
 /// Medium the default of the event-based process and network collectors.
 /// DroppedEventsStatistics is a snapshot in seed 004; here it is sent with
 /// every window, whose identity it carries, so it is internal.
-pub const TABLE: [Row; 14] = {
+/// ConfigurationChange is this agent's own: every applied configuration
+/// change, which no configuration may switch off (a remote one could
+/// otherwise blind the agent without a trace).
+pub const TABLE: [Row; 15] = {
     use EventType::*;
     use Kind::*;
     use Priority::*;
@@ -76,6 +83,7 @@ pub const TABLE: [Row; 14] = {
         row(FirewallConfiguration, "FirewallConfiguration", Low, Snapshot),
         row(OSBaseline, "OSBaseline", Low, Snapshot),
         row(SBoM, "SBoM", Low, Snapshot),
+        Row { configurable: false, ..row(ConfigurationChange, "ConfigurationChange", High, Internal) },
     ]
 };
 
@@ -114,9 +122,14 @@ impl EventType {
         self.kind() == Kind::Snapshot
     }
 
-    /// The configuration property holding this type's priority.
-    pub fn priority_property(self) -> String {
-        format!("eventPriority{}", self.name())
+    /// The configuration property holding this type's priority, if it has one.
+    pub fn priority_property(self) -> Option<String> {
+        self.row().configurable.then(|| format!("eventPriority{}", self.name()))
+    }
+
+    /// The types whose priority a configuration sets.
+    pub fn configurable() -> impl Iterator<Item = EventType> {
+        EventType::ALL.into_iter().filter(|t| t.row().configurable)
     }
 }
 
@@ -153,7 +166,8 @@ mod tests {
         assert_eq!(EventType::SBoM.default_priority(), Priority::Low);
         assert!(EventType::SBoM.is_snapshot() && EventType::ListeningPorts.is_snapshot());
         assert!(!EventType::Login.is_snapshot());
-        assert_eq!(EventType::OSBaseline.priority_property(), "eventPriorityOSBaseline");
+        assert_eq!(EventType::OSBaseline.priority_property().as_deref(), Some("eventPriorityOSBaseline"));
+        assert_eq!(EventType::ConfigurationChange.priority_property(), None, "never silenced");
         assert_eq!(serde_json::to_value(EventType::SBoM).unwrap(), "SBoM");
     }
 }

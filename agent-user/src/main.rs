@@ -131,6 +131,8 @@ impl RunArgs {
             process_command_line_max_bytes: self.commandline_max_bytes,
             aggregation_interval_connection_create: interval,
             cache_size_connection_create: self.cache_size,
+            aggregation_interval_diagnostic: interval,
+            cache_size_diagnostic: self.cache_size,
             aggregation_enabled_connection_create: aggregate,
             host_root: self.host_root.clone(),
             ..RawConfig::default()
@@ -267,8 +269,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let programs = ebpf::Programs::new(bpf, &offsets, args.tcp_bytes)?;
         log::info!("TCP bytes: {}", programs.tcp_bytes().describe());
-        let snapshots = collectors::snapshot::Snapshots::new(collectors::snapshot_collectors());
-        let agent = agent::Agent::new(local, config.clone(), drainer, programs, sink, users, snapshots)?;
+        let agent =
+            agent::Agent::new(local, config.clone(), drainer, programs, sink, users, collectors::UserSpace::all())?;
         let result = agent::run(agent, desired).await;
         if let Some(t) = transport {
             t.shutdown().await;
@@ -278,13 +280,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let printer = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         // rumqttc's debug and trace output prints packets, and a CONNECT
         // packet carries the password: capped whatever RUST_LOG says.
         .filter_module("rumqttc", log::LevelFilter::Warn)
         .format_timestamp_millis()
         .target(env_logger::Target::Stderr)
-        .init();
+        .build();
+    // Warnings reach the Diagnostic collector whatever RUST_LOG prints.
+    let max = printer.filter().max(log::LevelFilter::Warn);
+    log::set_boxed_logger(Box::new(collectors::diagnostic::TeeLogger { inner: printer }))
+        .expect("the logger is set once");
+    log::set_max_level(max);
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(*args),

@@ -4,11 +4,13 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+pub use crate::collectors::{
+    connection_create::ConnectionCreate, process_create::ProcessCreate, process_terminate::ProcessTerminate,
+};
 use crate::{
-    aggregate::{Evictions, ProcessKind, ProcessRecord, TerminateRecord},
+    aggregate::Evictions,
     enrich::{rfc3339, BootClock, UserNames},
     events::EventType,
-    net::{appproto, ConnRecord},
 };
 
 /// One event as printed on stdout (one JSON line) or carried in an envelope.
@@ -53,6 +55,7 @@ pub enum Payload {
     ConnectionCreate(ConnectionCreate),
     DroppedEventsStatistics(DroppedEventsStatistics),
     ConfigurationError(ConfigurationError),
+    ConfigurationChange(ConfigurationChange),
     /// The payload of a user-space collector (collectors/), made by its own
     /// typed struct; null for an empty snapshot.
     Collected(serde_json::Value),
@@ -67,6 +70,7 @@ impl Payload {
             Payload::ConnectionCreate(_) => EventType::ConnectionCreate,
             Payload::DroppedEventsStatistics(_) => EventType::DroppedEventsStatistics,
             Payload::ConfigurationError(_) => EventType::ConfigurationError,
+            Payload::ConfigurationChange(_) => EventType::ConfigurationChange,
             Payload::Collected(_) => return None,
         })
     }
@@ -78,69 +82,9 @@ impl Payload {
             Payload::ProcessTerminate(p) => p.hit_count,
             Payload::ConnectionCreate(p) => p.hit_count,
             Payload::Collected(v) => v.get("hit_count").and_then(|h| h.as_u64()).unwrap_or(0),
-            Payload::DroppedEventsStatistics(_) | Payload::ConfigurationError(_) => 0,
+            Payload::DroppedEventsStatistics(_) | Payload::ConfigurationError(_) | Payload::ConfigurationChange(_) => 0,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProcessCreate {
-    /// First time this command line was seen in the window.
-    pub timestamp: String,
-    /// argv joined by spaces; `[comm]` for tasks without user memory.
-    pub commandline: String,
-    pub executable: String,
-    pub uid: u32,
-    pub user_name: Option<String>,
-    pub process_id: u32,
-    pub parent_process_id: u32,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub hit_count: u64,
-    pub truncated: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProcessTerminate {
-    pub timestamp: String,
-    pub executable: String,
-    /// The exit code, or 128 + signal for a process killed by a signal.
-    pub exit_status: u32,
-    /// The signal that killed the process, if one did.
-    pub signal: Option<u32>,
-    pub process_id: u32,
-    pub hit_count: u64,
-}
-
-/// A network connection record: identical when the 5-tuple (and network
-/// namespace) is identical (seed 002).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ConnectionCreate {
-    pub local_address: String,
-    pub local_port: u16,
-    pub remote_address: String,
-    pub remote_port: u16,
-    /// `TCP`, `UDP` or `ICMP`.
-    pub transport_protocol: &'static str,
-    /// `in` or `out`, of the first occurrence.
-    pub direction: &'static str,
-    /// Payload bytes received (L4 payload, see README).
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Connections (TCP) or new flows (UDP, ICMP) in the window; 0 for a
-    /// connection that only carried bytes in this window.
-    pub hit_count: u64,
-    /// First time seen in the window.
-    pub timestamp: String,
-    pub application_protocol: Option<&'static str>,
-    pub host_name: Option<String>,
-    /// DNS queries sent on this 5-tuple.
-    pub dns_hit_count: u64,
-    pub process_id: u32,
-    pub uid: u32,
-    pub commandline: String,
-    /// Inode of the network namespace (as in /proc/PID/ns/net).
-    pub netns: u32,
 }
 
 /// Events that fired but are in no record, per source event type and window.
@@ -200,6 +144,22 @@ pub struct ConfigurationError {
     pub source: String,
     /// Every bad property and why; the current configuration stays.
     pub errors: Vec<ConfigurationFieldError>,
+}
+
+/// A configuration change that was applied: every property whose effective
+/// value changed. Cannot be switched off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigurationChange {
+    /// Where the new configuration came from.
+    pub source: String,
+    pub changes: Vec<ConfigurationChangeItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigurationChangeItem {
+    pub property: String,
+    pub from: serde_json::Value,
+    pub to: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -286,76 +246,9 @@ pub fn commandline(argv: &[u8], comm: &str) -> String {
     String::from_utf8_lossy(&joined).into_owned()
 }
 
-pub fn process_create(r: &ProcessRecord, e: &mut Enrichment<'_>) -> ProcessCreate {
-    ProcessCreate {
-        timestamp: rfc3339(e.clock.to_wall(r.first_seen_ns)),
-        commandline: commandline(&r.argv, &r.comm),
-        executable: r.executable.clone(),
-        uid: r.uid,
-        user_name: e.users.name(r.uid),
-        process_id: r.pid,
-        parent_process_id: r.ppid,
-        kind: match r.kind {
-            ProcessKind::Exec => "exec",
-            ProcessKind::Fork => "fork",
-        },
-        hit_count: r.hit_count,
-        truncated: r.truncated,
-    }
-}
-
-pub fn connection_create(r: &ConnRecord, clock: BootClock) -> ConnectionCreate {
-    let t = &r.tuple;
-    let commandline = if r.owner.argv.is_empty() && r.owner.comm.is_empty() {
-        String::new() // owner unknown: a kernel socket, or created before the agent started
-    } else {
-        commandline(&r.owner.argv, &r.owner.comm)
-    };
-    ConnectionCreate {
-        local_address: t.local.to_string(),
-        local_port: t.local_port,
-        remote_address: t.remote.to_string(),
-        remote_port: t.remote_port,
-        transport_protocol: t.transport.name(),
-        direction: r.direction.name(),
-        bytes_in: r.bytes_in,
-        bytes_out: r.bytes_out,
-        hit_count: r.hit_count,
-        timestamp: rfc3339(clock.to_wall(r.first_seen_ns)),
-        application_protocol: appproto::classify(t.transport, r.direction, t.local_port, t.remote_port, &r.head),
-        host_name: r.host_name.clone(),
-        dns_hit_count: r.dns_queries,
-        process_id: r.owner.pid,
-        uid: r.owner.uid,
-        commandline,
-        netns: t.netns,
-    }
-}
-
-/// Splits a wait status (`task_struct.exit_code`) into exit status and signal.
-pub fn exit_status(code: u32) -> (u32, Option<u32>) {
-    match code & 0x7f {
-        0 => ((code >> 8) & 0xff, None),
-        sig => (128 + sig, Some(sig)),
-    }
-}
-
-pub fn process_terminate(r: &TerminateRecord, clock: BootClock) -> ProcessTerminate {
-    let (exit_status, signal) = exit_status(r.exit_code);
-    ProcessTerminate {
-        timestamp: rfc3339(clock.to_wall(r.first_seen_ns)),
-        executable: r.executable.clone(),
-        exit_status,
-        signal,
-        process_id: r.pid,
-        hit_count: r.hit_count,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn commandline_joins_argv() {
@@ -364,106 +257,6 @@ mod tests {
         assert_eq!(commandline(b"cut-off", "x"), "cut-off");
         assert_eq!(commandline(b"", "kworker/0:1"), "[kworker/0:1]");
         assert_eq!(commandline(b"\xff\0", "x"), "\u{fffd}");
-    }
-
-    #[test]
-    fn exit_status_decodes_wait_status() {
-        assert_eq!(exit_status(0), (0, None));
-        assert_eq!(exit_status(3 << 8), (3, None));
-        assert_eq!(exit_status(9), (137, Some(9)));
-        assert_eq!(exit_status(15 | 0x80), (143, Some(15)), "core dump bit ignored");
-    }
-
-    #[test]
-    fn process_create_schema() {
-        let mut users = UserNames::new("/nonexistent".into());
-        let mut e = Enrichment { users: &mut users, clock: BootClock::from_offset(0) };
-        let r = ProcessRecord {
-            kind: ProcessKind::Fork,
-            uid: 4242,
-            argv: b"a\0b\0".to_vec(),
-            truncated: true,
-            event_pid: 0,
-            nonce: 0,
-            hit_count: 7,
-            first_seen_ns: 2_000_000_000,
-            pid: 10,
-            ppid: 9,
-            executable: "/bin/a".into(),
-            comm: "a".into(),
-        };
-        let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH + Duration::from_secs(60) };
-        let v = serde_json::to_value(w.event(Payload::ProcessCreate(process_create(&r, &mut e)))).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({
-                "event_type": "ProcessCreate",
-                "window_start": "1970-01-01T00:00:00.000Z",
-                "window_end": "1970-01-01T00:01:00.000Z",
-                "payload": {
-                    "timestamp": "1970-01-01T00:00:02.000Z",
-                    "commandline": "a b",
-                    "executable": "/bin/a",
-                    "uid": 4242,
-                    "user_name": null,
-                    "process_id": 10,
-                    "parent_process_id": 9,
-                    "type": "fork",
-                    "hit_count": 7,
-                    "truncated": true
-                }
-            })
-        );
-    }
-
-    #[test]
-    fn connection_create_schema() {
-        use crate::net::{Direction, Owner, Transport, Tuple};
-        let r = ConnRecord {
-            tuple: Tuple {
-                netns: 4026531840,
-                transport: Transport::Tcp,
-                local: "fd00::1".parse().unwrap(),
-                local_port: 40000,
-                remote: "fd00::2".parse().unwrap(),
-                remote_port: 443,
-            },
-            nonce: 0,
-            direction: Direction::Out,
-            hit_count: 2,
-            first_seen_ns: 3_000_000_000,
-            owner: Owner { pid: 10, uid: 1000, argv: b"curl\0https://x\0".to_vec(), comm: "curl".into() },
-            bytes_in: 5000,
-            bytes_out: 300,
-            dns_queries: 0,
-            head: vec![0x16, 0x03, 0x01, 0x02, 0, 0, 0, 0],
-            host_name: Some("x".into()),
-        };
-        let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH + Duration::from_secs(60) };
-        let v =
-            serde_json::to_value(w.event(Payload::ConnectionCreate(connection_create(&r, BootClock::from_offset(0)))))
-                .unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({
-                "event_type": "ConnectionCreate",
-                "window_start": "1970-01-01T00:00:00.000Z",
-                "window_end": "1970-01-01T00:01:00.000Z",
-                "payload": {
-                    "local_address": "fd00::1", "local_port": 40000,
-                    "remote_address": "fd00::2", "remote_port": 443,
-                    "transport_protocol": "TCP", "direction": "out",
-                    "bytes_in": 5000, "bytes_out": 300, "hit_count": 2,
-                    "timestamp": "1970-01-01T00:00:03.000Z",
-                    "application_protocol": "TLS", "host_name": "x", "dns_hit_count": 0,
-                    "process_id": 10, "uid": 1000, "commandline": "curl https://x",
-                    "netns": 4026531840u32
-                }
-            })
-        );
-        let mut unknown = r.clone();
-        unknown.owner = Owner::default();
-        assert_eq!(connection_create(&unknown, BootClock::from_offset(0)).commandline, "");
     }
 
     #[test]

@@ -5,9 +5,10 @@ use std::process::Command;
 use serde_json::Value;
 use tests::{assert_windows_account_for_every_event, container_image, hits, marker, payloads, run, Agent, Container};
 
-/// What the agent reads from the host (README "Deployment"). BTF needs no
-/// mount: a privileged container's own sysfs has /sys/kernel/btf.
-const HOST_MOUNTS: [&str; 2] = ["/sys/kernel/tracing:/sys/kernel/tracing", "/etc/passwd:/host/etc/passwd:ro"];
+/// What the agent reads from the host (README "Deployment"): tracefs, and
+/// the host's / read-only at /host for every host file. BTF needs no mount:
+/// a privileged container's own sysfs has /sys/kernel/btf.
+const HOST_MOUNTS: [&str; 2] = ["/sys/kernel/tracing:/sys/kernel/tracing", "/:/host:ro"];
 
 #[test]
 fn container_counts_host_execs_exactly() {
@@ -18,7 +19,7 @@ fn container_counts_host_execs_exactly() {
     let agent = Agent::spawn(container.run_command(
         &image,
         &HOST_MOUNTS,
-        &["run", "--interval", "PT2S", "--passwd", "/host/etc/passwd"],
+        &["run", "--interval", "PT2S", "--host-root", "/host"],
     ))
     .unwrap();
     let m = marker("ctr-exec");
@@ -31,7 +32,7 @@ fn container_counts_host_execs_exactly() {
     let mine = |p: &Value| p["commandline"] == cmdline.as_str() && p["type"] == "exec";
     assert_eq!(hits(&events, "ProcessCreate", mine), 20);
     let rec = payloads(&events, "ProcessCreate").into_iter().find(|p| mine(p)).unwrap().clone();
-    // Names come from the host's passwd, mounted at /host/etc/passwd.
+    // Names come from the host's passwd, read through --host-root.
     assert_eq!(rec["user_name"], "root");
     // Host PIDs: the container shares the host's PID namespace.
     assert_eq!(rec["parent_process_id"], std::process::id());

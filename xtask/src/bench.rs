@@ -20,6 +20,8 @@ pub enum Bench {
     Net,
     /// Message transport.
     Transport,
+    /// Snapshot collectors: CPU, memory, bytes a day.
+    Snapshot,
 }
 
 impl Bench {
@@ -28,6 +30,7 @@ impl Bench {
             Bench::Process => "process",
             Bench::Net => "net",
             Bench::Transport => "transport",
+            Bench::Snapshot => "snapshot",
         }
     }
 }

@@ -123,7 +123,9 @@ fn privileged_tier(artifacts: &Artifacts, suites: &[String], extra_args: &ExtraA
     }
 
     peer_packages()?;
-    let image = container_image(artifacts)?;
+    // The image takes a static build: only for the suite that runs it.
+    let image =
+        if suites.is_empty() || suites.iter().any(|s| s == "container") { container_image(artifacts)? } else { None };
     println!("privileged tier: running");
     let skip_log = cmd::fresh_temp_file("hitcount-skip-log")?;
     // Privileged tests share kernel state (tracepoints, bpffs, namespaces):

@@ -13,7 +13,13 @@ use serde::Serialize;
 
 use crate::{config::Config, events::EventType, hostfs::HostFs};
 
+pub mod connection_create;
+pub mod diagnostic;
+pub mod kernel;
+pub mod process_create;
+pub mod process_terminate;
 pub mod snapshot;
+pub mod window;
 
 /// What a collector is handed.
 pub struct Context<'a> {
@@ -50,6 +56,8 @@ pub struct SourceFailure {
 pub struct Taken {
     pub items: Vec<Item>,
     pub failures: Vec<SourceFailure>,
+    /// Event sources: events lost before the poll (a full queue), counted.
+    pub lost: u64,
 }
 
 impl Taken {
@@ -94,7 +102,19 @@ pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
 /// Every user-space event source. Sources that cannot start here (no
 /// netlink socket, say) are left out with a warning by their constructor.
 pub fn event_sources() -> Vec<Box<dyn EventSource>> {
-    vec![]
+    vec![Box::new(diagnostic::Diagnostics)]
+}
+
+/// Every user-space collector the run loop drives.
+pub struct UserSpace {
+    pub snapshots: snapshot::Snapshots,
+    pub sources: Vec<Box<dyn EventSource>>,
+}
+
+impl UserSpace {
+    pub fn all() -> UserSpace {
+        UserSpace { snapshots: snapshot::Snapshots::new(snapshot_collectors()), sources: event_sources() }
+    }
 }
 
 /// The snapshot collectors that `--only` names, or all of them.

@@ -187,6 +187,7 @@ mod tests {
         Taken {
             items: items.iter().map(|(k, v)| Item { key: k.to_string(), payload: v.clone() }).collect(),
             failures: vec![],
+            lost: 0,
         }
     }
 
@@ -272,8 +273,10 @@ mod tests {
     fn items_past_the_bound_are_counted() {
         let items: Vec<(String, serde_json::Value)> =
             (0..MAX_ITEMS + 3).map(|i| (format!("{i:08}"), json!(i))).collect();
-        let t =
-            Taken { items: items.into_iter().map(|(key, payload)| Item { key, payload }).collect(), failures: vec![] };
+        let t = Taken {
+            items: items.into_iter().map(|(key, payload)| Item { key, payload }).collect(),
+            ..Taken::default()
+        };
         let sent =
             snapshot_events(EventType::ListeningPorts, t, &mut History::default(), SnapshotSettings::default(), W);
         assert_eq!(sent.events.len(), MAX_ITEMS);

@@ -1,0 +1,151 @@
+//! `cargo xtask bench snapshot`: what the snapshot collectors cost on this
+//! machine. CPU time and peak memory of one full snapshot (`hitcount
+//! snapshot`, every snapshot type on), side by side with the same binary
+//! doing no work (`hitcount config defaults`), interleaved; then the bytes
+//! of snapshot traffic a day at the defaults (snapshotFrequency PT13H plus
+//! one at start), with and without snapshotDeltas, from a running agent
+//! taking a snapshot every second.
+use std::{
+    os::unix::process::ExitStatusExt,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::Value;
+use tests::{bench::median, hitcount_bin, marker, Agent};
+
+#[derive(Parser)]
+struct Args {
+    /// Runs of each command for the CPU and memory figures.
+    #[arg(long, default_value_t = 15)]
+    runs: usize,
+    /// Snapshots taken by the running agent for the traffic figures.
+    #[arg(long, default_value_t = 10)]
+    snapshots: u64,
+}
+
+/// Every snapshot type on, kernel collectors off.
+const ALL_ON: &str = r#""eventPriorityProcessCreate":"Off","eventPriorityProcessTerminate":"Off",
+    "eventPriorityConnectionCreate":"Off","eventPrioritySystemInformation":"Low","eventPriorityLocalUsers":"Low",
+    "eventPriorityListeningPorts":"Low","eventPriorityConnectedHardware":"Low","eventPriorityFirewallConfiguration":"Low",
+    "eventPriorityOSBaseline":"Low","eventPrioritySBoM":"Low""#;
+
+struct Usage {
+    cpu: Duration,
+    max_rss_kib: u64,
+    stdout_bytes: usize,
+}
+
+/// Runs `cmd` to its end and returns its own CPU time and peak RSS (wait4).
+fn measure(cmd: &mut Command) -> Result<Usage> {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("spawn")?;
+    let pid = child.id() as i32;
+    let out = child.stdout.unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = out;
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut buf).map(|_| buf.len())
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child, the out-pointers are valid.
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } != pid {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let bytes = reader.join().expect("reader").context("reading stdout")?;
+    if !std::process::ExitStatus::from_raw(status).success() {
+        bail!("{cmd:?} failed");
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok(Usage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_kib: ru.ru_maxrss as u64, stdout_bytes: bytes })
+}
+
+/// Bytes of the snapshot events (and their statistics) of snapshot number `n`.
+fn snapshot_bytes(lines: &[String], sequence: u64) -> usize {
+    let mut bytes = 0;
+    for l in lines {
+        let Ok(v) = serde_json::from_str::<Value>(l) else { continue };
+        if v["snapshot"]["sequence"] == sequence {
+            bytes += l.len() + 1;
+        }
+    }
+    bytes
+}
+
+fn traffic(config: &str, snapshots: u64) -> Result<(Vec<usize>, u64)> {
+    let path = std::env::temp_dir().join(format!("{}.json", marker("bench-snapshot")));
+    std::fs::write(&path, config)?;
+    let agent = Agent::start(&["--config", path.to_str().unwrap()])?;
+    std::thread::sleep(Duration::from_secs(snapshots) + Duration::from_millis(500));
+    let events = agent.stop()?;
+    let _ = std::fs::remove_file(&path);
+    let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    let per: Vec<usize> = (1..=snapshots).map(|n| snapshot_bytes(&lines, n)).collect();
+    let items = events.iter().filter(|e| e["snapshot"]["sequence"] == 1).count() as u64;
+    Ok((per, items))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tests::bench::require_root()?;
+    let bin = hitcount_bin();
+    let cfg = std::env::temp_dir().join(format!("{}.json", marker("bench-snapshot-all")));
+    std::fs::write(&cfg, format!("{{{ALL_ON}}}"))?;
+    let (mut snap_cpu, mut base_cpu, mut snap_rss, mut base_rss) = (vec![], vec![], vec![], vec![]);
+    let mut out_bytes = 0;
+    for _ in 0..args.runs {
+        let s = measure(Command::new(&bin).args(["snapshot", "--config", cfg.to_str().unwrap()]))?;
+        let b = measure(Command::new(&bin).args(["config", "defaults"]))?;
+        snap_cpu.push(s.cpu.as_secs_f64() * 1e3);
+        base_cpu.push(b.cpu.as_secs_f64() * 1e3);
+        snap_rss.push(s.max_rss_kib as f64);
+        base_rss.push(b.max_rss_kib as f64);
+        out_bytes = s.stdout_bytes;
+    }
+    let _ = std::fs::remove_file(&cfg);
+    let m = |v: &[f64]| median(v).unwrap_or(0.0);
+    println!(
+        "one full snapshot, every snapshot type ({} runs, medians, interleaved with `hitcount config defaults`):",
+        args.runs
+    );
+    println!(
+        "  CPU: {:.1} ms (no-work baseline {:.1} ms, ratio {:.2}); peak RSS: {:.1} MiB (baseline {:.1} MiB, ratio {:.2}); output {} bytes",
+        m(&snap_cpu),
+        m(&base_cpu),
+        m(&snap_cpu) / m(&base_cpu).max(1e-9),
+        m(&snap_rss) / 1024.0,
+        m(&base_rss) / 1024.0,
+        m(&snap_rss) / m(&base_rss).max(1e-9),
+        out_bytes
+    );
+
+    let every_second = format!("{{{ALL_ON},\"snapshotFrequency\":\"PT1S\"");
+    let (full, items) = traffic(&format!("{every_second}}}"), args.snapshots)?;
+    let (delta, _) =
+        traffic(&format!("{every_second},\"snapshotDeltas\":true,\"snapshotFullEvery\":8}}"), args.snapshots)?;
+    println!(
+        "snapshot traffic (stdout JSON bytes per snapshot, {} snapshots a second apart, {items} events in the first):",
+        args.snapshots
+    );
+    println!("  full every time: {full:?}");
+    println!("  snapshotDeltas (full every 8): {delta:?}");
+    // A day at the defaults: one at start, then every 13 hours.
+    let per_day = 1.0 + 24.0 / 13.0;
+    let full_avg = full.iter().sum::<usize>() as f64 / full.len().max(1) as f64;
+    // With deltas, one snapshot in eight is full; the rest are deltas.
+    let steady_delta: Vec<usize> = delta.iter().skip(1).copied().filter(|&b| (b as f64) < full_avg / 2.0).collect();
+    let delta_avg = steady_delta.iter().sum::<usize>() as f64 / steady_delta.len().max(1) as f64;
+    let mixed = (full_avg + 7.0 * delta_avg) / 8.0;
+    println!(
+        "  bytes a day at PT13H: {:.0} without deltas, {:.0} with (ratio {:.3}); a quiet delta is {:.0} bytes, a full snapshot {:.0}",
+        full_avg * per_day,
+        mixed * per_day,
+        mixed / full_avg.max(1e-9),
+        delta_avg,
+        full_avg
+    );
+    Ok(())
+}
