@@ -27,14 +27,30 @@ fn ready(test: &str) -> bool {
     true
 }
 
+/// Every snapshot event type (README, event table).
+const SNAPSHOT_TYPES: [&str; 7] = [
+    "SystemInformation",
+    "LocalUsers",
+    "ListeningPorts",
+    "ConnectedHardware",
+    "FirewallConfiguration",
+    "OSBaseline",
+    "SBoM",
+];
+
 /// A configuration file for the agent. These tests are about carrying
 /// process events: the network collector is switched off, or the agent's own
-/// connection to the broker would add ConnectionCreate events to every count.
-/// Other files (a password) are written as they are.
+/// connection to the broker would add ConnectionCreate events to every count,
+/// and so are the snapshot collectors, whose inventories of this machine
+/// would be in every count too, unless the test names them. Other files (a
+/// password) are written as they are.
 fn temp_file(tag: &str, content: &str) -> PathBuf {
     let content = match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(content) {
         Ok(mut config) => {
             config.entry("eventPriorityConnectionCreate").or_insert_with(|| "Off".into());
+            for t in SNAPSHOT_TYPES {
+                config.entry(format!("eventPriority{t}")).or_insert_with(|| "Off".into());
+            }
             serde_json::Value::Object(config).to_string()
         }
         Err(_) => content.to_string(),
@@ -665,4 +681,67 @@ fn while_connected_a_window_larger_than_the_cache_is_not_dropped() {
         assert_eq!(p["transport_cache_full"], 0, "{p}");
     }
     std::fs::remove_file(cfg).unwrap();
+}
+
+/// Events of `t` whose snapshot has `sequence`.
+fn snapshot_events(events: &[Value], t: &str, sequence: u64) -> Vec<Value> {
+    events.iter().filter(|e| e["event_type"] == t && e["snapshot"]["sequence"] == sequence).cloned().collect()
+}
+
+#[test]
+fn a_desired_change_is_reported_and_snapshots_are_taken_again() {
+    if !ready("a_desired_change_is_reported_and_snapshots_are_taken_again") {
+        return;
+    }
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
+    let cfg = temp_file("cfg", r#"{"eventPriorityLocalUsers":"High","highPriorityMessageFrequency":"PT1S"}"#);
+    let agent = start(&mqtt_args(&broker, &device, Some(&cfg)));
+    let first = |_: &[mosquitto::Msg]| !snapshot_events(&sub.events(), "LocalUsers", 1).is_empty();
+    sub.wait_until("the snapshot taken at start", WAIT, first).unwrap();
+
+    sub.publish_desired(r#"{"eventPriorityProcessTerminate":"Off"}"#).unwrap();
+    let second = |_: &[mosquitto::Msg]| !snapshot_events(&sub.events(), "LocalUsers", 2).is_empty();
+    sub.wait_until("a snapshot right after the change", WAIT, second).unwrap();
+    let changes: Vec<Value> = sub
+        .events()
+        .into_iter()
+        .filter(|e| e["event_type"] == "ConfigurationChange")
+        .map(|e| e["payload"]["changes"].clone())
+        .collect();
+    assert_eq!(
+        changes,
+        [serde_json::json!([{"property": "eventPriorityProcessTerminate", "from": "Low", "to": "Off"}])],
+        "exactly one change, named with its values"
+    );
+    let users = snapshot_events(&sub.events(), "LocalUsers", 2);
+    assert!(users.iter().any(|e| e["payload"]["user_name"] == "root"), "{users:?}");
+    assert_eq!(users.len() as u64, users[0]["snapshot"]["items"].as_u64().unwrap(), "a full snapshot");
+
+    // Everything that can be switched off, off: the change is still seen.
+    let all_off: serde_json::Map<String, Value> = [
+        "Diagnostic",
+        "ConfigurationError",
+        "DroppedEventsStatistics",
+        "ProcessCreate",
+        "ProcessTerminate",
+        "ConnectionCreate",
+        "Login",
+    ]
+    .iter()
+    .copied()
+    .chain(SNAPSHOT_TYPES)
+    .map(|t| (format!("eventPriority{t}"), Value::from("Off")))
+    .collect();
+    sub.publish_desired(&Value::Object(all_off).to_string()).unwrap();
+    let blinded = |_: &[mosquitto::Msg]| {
+        sub.events().iter().filter(|e| e["event_type"] == "ConfigurationChange").count() == 2
+    };
+    sub.wait_until("the change that switches everything off", WAIT, blinded).unwrap();
+    let last = sub.events().into_iter().filter(|e| e["event_type"] == "ConfigurationChange").last().unwrap();
+    let properties: Vec<&str> =
+        last["payload"]["changes"].as_array().unwrap().iter().map(|c| c["property"].as_str().unwrap()).collect();
+    for p in ["eventPriorityProcessCreate", "eventPriorityDroppedEventsStatistics", "eventPriorityLocalUsers"] {
+        assert!(properties.contains(&p), "{p} missing from {properties:?}");
+    }
+    agent.stop_logs().unwrap();
 }
