@@ -167,7 +167,7 @@ fn envelopes_arrive_under_the_size_bound_with_status_and_reported() {
     assert_eq!(reported["eventPriorityProcessCreate"], "High");
     assert_eq!(reported["mediumPriorityMessageFrequency"], "PT1H");
     assert_eq!(reported["maxLocalCacheSizeInBytes"], 2_560_000);
-    assert_eq!(reported["eventPriorityOSBaseline"], "Low");
+    assert_eq!(reported["eventPriorityLogin"], "High", "a property the file leaves out is reported at its default");
     let schema = Command::new(tests::hitcount_bin()).args(["config", "schema"]).output().unwrap();
     let schema: Value = serde_json::from_slice(&schema.stdout).unwrap();
     let mut properties: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
