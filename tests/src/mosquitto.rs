@@ -409,3 +409,38 @@ impl Drop for Subscriber {
         let _ = self.client.disconnect();
     }
 }
+
+impl Broker {
+    /// A broker whose agent listener requires a password from one of
+    /// `users` and enforces the ACL in `acl_file`; its subscriber listener
+    /// stays open for the tests' own observer.
+    pub fn start_with_acl(acl_file: &Path, users: &[(&str, &str)]) -> Result<Broker> {
+        let dir = temp_dir("broker-acl");
+        let (port, sub_port) = (free_port(), free_port());
+        let pw = dir.join("passwd");
+        for (i, (user, password)) in users.iter().enumerate() {
+            let mut cmd = Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let ok =
+                cmd.arg("-b").arg(&pw).args([user, password]).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+            if !ok.success() {
+                bail!("mosquitto_passwd failed for {user}");
+            }
+        }
+        let acl = dir.join("acl");
+        std::fs::copy(acl_file, &acl).with_context(|| format!("copying {}", acl_file.display()))?;
+        let mut conf = String::from("per_listener_settings true\n");
+        conf += &format!("log_dest file {}/mosquitto.log\nlog_type all\n", dir.display());
+        conf += &format!("listener {sub_port} 127.0.0.1\nallow_anonymous true\n");
+        conf += &format!("listener {port} 127.0.0.1\nallow_anonymous false\n");
+        conf += &format!("password_file {}\nacl_file {}\n", pw.display(), acl.display());
+        let conf_path = dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf)?;
+        chown_mosquitto(&dir)?;
+        let mut b = Broker { child: None, dir, conf: conf_path, port, sub_port, auth: Auth::Plain };
+        b.restart()?;
+        Ok(b)
+    }
+}
