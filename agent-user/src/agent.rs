@@ -16,10 +16,7 @@ use crate::{
     ebpf::Programs,
     enrich::{BootClock, UserNames},
     net::{ConnRecord, NetState},
-    report::{
-        self, ConfigurationError, ConfigurationFieldError, DroppedEventsStatistics, Enrichment, Event, NetworkLosses,
-        Payload, Window,
-    },
+    report::{self, ConfigurationError, DroppedEventsStatistics, Enrichment, Event, NetworkLosses, Payload, Window},
     sinks::Sink,
 };
 
@@ -199,6 +196,9 @@ pub struct Agent<S: Sink> {
     /// The last desired configuration refused: a retained one comes back at
     /// every reconnect, and one ConfigurationError per payload is enough.
     last_refused: Option<Vec<u8>>,
+    /// Since when ConfigurationErrors are counted, and how many were made:
+    /// their DroppedEventsStatistics (see close_configuration_errors).
+    configuration_errors: (SystemTime, u64),
 }
 
 impl<S: Sink> Agent<S> {
@@ -229,6 +229,7 @@ impl<S: Sink> Agent<S> {
             clock: BootClock::now(),
             sink,
             last_refused: None,
+            configuration_errors: (SystemTime::now(), 0),
         })
     }
 
@@ -253,6 +254,9 @@ impl<S: Sink> Agent<S> {
         if due[2] {
             self.close_connections()?;
         }
+        if due.contains(&true) {
+            self.close_configuration_errors()?;
+        }
         Ok(())
     }
 
@@ -274,6 +278,22 @@ impl<S: Sink> Agent<S> {
         self.close_processes()?;
         self.close_terminations()?;
         self.close_connections()?;
+        self.close_configuration_errors()?;
+        Ok(())
+    }
+
+    /// ConfigurationError has no window of its own: its statistics ride with
+    /// the next window that closes after one was made or dropped.
+    fn close_configuration_errors(&mut self) -> anyhow::Result<()> {
+        let transport = self.sink.take_transport_drops(EventType::ConfigurationError);
+        let (start, seen) = std::mem::replace(&mut self.configuration_errors, (SystemTime::now(), 0));
+        let window = Window { start, end: self.configuration_errors.0 };
+        match configuration_error_statistics(seen, transport) {
+            Some(s) if self.config.collects(EventType::DroppedEventsStatistics) => {
+                self.sink.publish(&[window.event(Payload::DroppedEventsStatistics(s))])?;
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -303,14 +323,9 @@ impl<S: Sink> Agent<S> {
                 if self.config.collects(EventType::ConfigurationError) {
                     let now = SystemTime::now();
                     let w = Window { start: now, end: now };
-                    let errors = e
-                        .errors
-                        .into_iter()
-                        .map(|f| ConfigurationFieldError { field: f.field, reason: f.reason })
-                        .collect();
-                    let event =
-                        w.event(Payload::ConfigurationError(ConfigurationError { source: e.source_name, errors }));
+                    let event = w.event(Payload::ConfigurationError(ConfigurationError::from(e)));
                     self.sink.publish(&[event])?;
+                    self.configuration_errors.1 += 1;
                 }
                 Ok(())
             }
@@ -455,6 +470,21 @@ impl<S: Sink> Agent<S> {
     }
 }
 
+/// The DroppedEventsStatistics of ConfigurationError: `seen` made since the
+/// last one, `transport` dropped by a full local cache. None when neither.
+fn configuration_error_statistics(
+    seen: u64,
+    transport: crate::transport::outbox::Drops,
+) -> Option<DroppedEventsStatistics> {
+    if seen == 0 && transport.records == 0 {
+        return None;
+    }
+    let mut s = DroppedEventsStatistics::new(EventType::ConfigurationError.name(), seen, Evictions::default(), 0, 0);
+    s.transport_cache_full = transport.records;
+    s.transport_cache_full_hits = transport.hits;
+    Some(s)
+}
+
 /// One warning per kind of network loss in a window, naming what to raise.
 fn warn_network_losses(l: &NetworkLosses) {
     for (n, what) in [
@@ -472,7 +502,14 @@ fn warn_network_losses(l: &NetworkLosses) {
 
 /// Parses and resolves a desired configuration over the local layers. An
 /// empty payload (a cleared retained message) means "no desired properties".
+/// One larger than a configuration file may be is refused unparsed.
 pub fn desired_config(local: &RawConfig, payload: &[u8]) -> Result<Config, crate::config::ConfigError> {
+    let max = crate::limits::CONFIG_MAX_BYTES;
+    if payload.len() as u64 > max {
+        let reason = format!("{} bytes, more than the {max} bytes a configuration may have", payload.len());
+        let error = crate::config::FieldError { field: "(document)".into(), reason };
+        return Err(crate::config::ConfigError::new(DESIRED_SOURCE, vec![error]));
+    }
     let text = String::from_utf8_lossy(payload);
     let text = if text.trim().is_empty() { "{}" } else { &text };
     crate::config::load_layer(text, DESIRED_SOURCE, local).map(|(_, c)| c)
@@ -563,5 +600,30 @@ mod tests {
         let e = desired_config(&local, br#"{"cacheSizeProcessCreate":0}"#).unwrap_err();
         assert_eq!(e.source_name, DESIRED_SOURCE);
         assert_eq!(e.errors[0].field, "cacheSizeProcessCreate");
+    }
+
+    #[test]
+    fn configuration_errors_are_counted_like_any_other_type() {
+        use crate::transport::outbox::Drops;
+        assert_eq!(configuration_error_statistics(0, Drops::default()), None);
+        let s = configuration_error_statistics(3, Drops { records: 2, hits: 2 }).unwrap();
+        assert_eq!(s.source_event_type, "ConfigurationError");
+        assert_eq!((s.events_seen, s.dropped_events), (3, 0));
+        assert_eq!((s.transport_cache_full, s.transport_cache_full_hits), (2, 2));
+        let s = configuration_error_statistics(0, Drops { records: 1, hits: 1 }).unwrap();
+        assert_eq!((s.events_seen, s.transport_cache_full), (0, 1), "a drop is reported after its window");
+    }
+
+    #[test]
+    fn an_oversized_desired_configuration_is_refused_unparsed_naming_its_size() {
+        let local = RawConfig::default();
+        // Valid JSON, every key unknown: only the size is reported.
+        let big = format!("{{{}\"x\":1}}", " ".repeat(400_000));
+        let e = desired_config(&local, big.as_bytes()).unwrap_err();
+        assert_eq!((e.total, e.errors[0].field.as_str()), (1, "(document)"));
+        assert_eq!(e.errors[0].reason, "400007 bytes, more than the 65536 bytes a configuration may have");
+        // At the bound it is parsed.
+        let at = format!("{{{}}}", " ".repeat(65_534));
+        assert_eq!(desired_config(&local, at.as_bytes()).unwrap(), Config::default());
     }
 }

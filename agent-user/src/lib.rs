@@ -13,6 +13,7 @@ pub mod drain;
 pub mod duration;
 pub mod ebpf;
 pub mod enrich;
+pub mod limits;
 pub mod listeners;
 pub mod net;
 pub mod report;

@@ -113,7 +113,8 @@ impl Sink for MqttSink {
                         drops: Drops { records: s.transport_cache_full, hits: s.transport_cache_full_hits },
                     }),
                 ),
-                Payload::ConfigurationError(_) => (0, None),
+                // One event: a drop is counted as one, like a record of hit_count 1.
+                Payload::ConfigurationError(_) => (1, None),
             };
             let bytes = serde_json::to_vec(e).map_err(std::io::Error::from)?;
             outbox.stage(t, priority, hits, carried, bytes);
