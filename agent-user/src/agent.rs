@@ -20,8 +20,8 @@ use crate::{
     events::Kind,
     hostfs::HostFs,
     report::{
-        ConfigurationChange, ConfigurationChangeItem, ConfigurationError, ConfigurationFieldError,
-        DroppedEventsStatistics, Enrichment, Event, Losses, NetworkLosses, Payload, Window,
+        ConfigurationChange, ConfigurationChangeItem, ConfigurationError, DroppedEventsStatistics, Enrichment, Event,
+        Losses, NetworkLosses, Payload, Window,
     },
     sinks::Sink,
     transport::outbox::Drops,
@@ -81,6 +81,9 @@ pub struct Agent<S: Sink> {
     /// The last desired configuration refused: a retained one comes back at
     /// every reconnect, and one ConfigurationError per payload is enough.
     last_refused: Option<Vec<u8>>,
+    /// Since when ConfigurationErrors are counted, and how many were made:
+    /// their DroppedEventsStatistics (see close_configuration_errors).
+    configuration_errors: (SystemTime, u64),
 }
 
 impl<S: Sink> Agent<S> {
@@ -118,6 +121,7 @@ impl<S: Sink> Agent<S> {
             snapshots: user_space.snapshots,
             sources: user_space.sources,
             last_refused: None,
+            configuration_errors: (SystemTime::now(), 0),
         })
     }
 
@@ -138,6 +142,9 @@ impl<S: Sink> Agent<S> {
             if self.user_windows[i].due(now, DRAIN_PERIOD) {
                 self.close_user_window(i)?;
             }
+        }
+        if self.kernel.any_due(now) {
+            self.close_configuration_errors()?;
         }
         self.take_snapshots()
     }
@@ -161,6 +168,22 @@ impl<S: Sink> Agent<S> {
         self.close_kernel_windows(None)?;
         for i in 0..self.user_windows.len() {
             self.close_user_window(i)?;
+        }
+        self.close_configuration_errors()?;
+        Ok(())
+    }
+
+    /// ConfigurationError has no window of its own: its statistics ride with
+    /// the next window that closes after one was made or dropped.
+    fn close_configuration_errors(&mut self) -> anyhow::Result<()> {
+        let transport = self.sink.take_transport_drops(EventType::ConfigurationError);
+        let (start, seen) = std::mem::replace(&mut self.configuration_errors, (SystemTime::now(), 0));
+        let window = Window { start, end: self.configuration_errors.0 };
+        match configuration_error_statistics(seen, transport) {
+            Some(s) if self.config.collects(EventType::DroppedEventsStatistics) => {
+                self.sink.publish(&[window.event(Payload::DroppedEventsStatistics(s))])?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -191,14 +214,9 @@ impl<S: Sink> Agent<S> {
                 if self.config.collects(EventType::ConfigurationError) {
                     let now = SystemTime::now();
                     let w = Window { start: now, end: now };
-                    let errors = e
-                        .errors
-                        .into_iter()
-                        .map(|f| ConfigurationFieldError { field: f.field, reason: f.reason })
-                        .collect();
-                    let event =
-                        w.event(Payload::ConfigurationError(ConfigurationError { source: e.source_name, errors }));
+                    let event = w.event(Payload::ConfigurationError(ConfigurationError::from(e)));
                     self.sink.publish(&[event])?;
+                    self.configuration_errors.1 += 1;
                 }
                 Ok(())
             }
@@ -343,6 +361,18 @@ pub fn closed_events(
     events
 }
 
+/// The DroppedEventsStatistics of ConfigurationError: `seen` made since the
+/// last one, `transport` dropped by a full local cache. None when neither.
+fn configuration_error_statistics(seen: u64, transport: Drops) -> Option<DroppedEventsStatistics> {
+    if seen == 0 && transport.records == 0 {
+        return None;
+    }
+    let mut s = DroppedEventsStatistics::new(EventType::ConfigurationError, Losses { seen, ..Default::default() });
+    s.transport_cache_full = transport.records;
+    s.transport_cache_full_hits = transport.hits;
+    Some(s)
+}
+
 /// What a snapshot sends (see [`closed_events`]).
 pub fn snapshot_window(config: &Config, t: EventType, sent: Sent, transport: Drops) -> Vec<Event> {
     closed_events(config, t, sent.window, sent.events, sent.losses, None, transport)
@@ -350,7 +380,14 @@ pub fn snapshot_window(config: &Config, t: EventType, sent: Sent, transport: Dro
 
 /// Parses and resolves a desired configuration over the local layers. An
 /// empty payload (a cleared retained message) means "no desired properties".
+/// One larger than a configuration file may be is refused unparsed.
 pub fn desired_config(local: &RawConfig, payload: &[u8]) -> Result<Config, crate::config::ConfigError> {
+    let max = crate::limits::CONFIG_MAX_BYTES;
+    if payload.len() as u64 > max {
+        let reason = format!("{} bytes, more than the {max} bytes a configuration may have", payload.len());
+        let error = crate::config::FieldError { field: "(document)".into(), reason };
+        return Err(crate::config::ConfigError::new(DESIRED_SOURCE, vec![error]));
+    }
     let text = String::from_utf8_lossy(payload);
     let text = if text.trim().is_empty() { "{}" } else { &text };
     let (layer, config) = crate::config::load_layer(text, DESIRED_SOURCE, local)?;
@@ -373,7 +410,7 @@ pub fn desired_config(local: &RawConfig, payload: &[u8]) -> Result<Config, crate
         })
         .collect();
     if !refused.is_empty() {
-        return Err(crate::config::ConfigError { source_name: DESIRED_SOURCE.into(), errors: refused });
+        return Err(crate::config::ConfigError::new(DESIRED_SOURCE, refused));
     }
     Ok(config)
 }
@@ -490,5 +527,30 @@ mod tests {
             everything_off.set_priority(t, Priority::Off);
         }
         assert!(everything_off.collects(EventType::ConfigurationChange), "a change can never be silenced");
+    }
+
+    #[test]
+    fn configuration_errors_are_counted_like_any_other_type() {
+        use crate::transport::outbox::Drops;
+        assert_eq!(configuration_error_statistics(0, Drops::default()), None);
+        let s = configuration_error_statistics(3, Drops { records: 2, hits: 2 }).unwrap();
+        assert_eq!(s.source_event_type, EventType::ConfigurationError);
+        assert_eq!((s.events_seen, s.dropped_events), (3, 0));
+        assert_eq!((s.transport_cache_full, s.transport_cache_full_hits), (2, 2));
+        let s = configuration_error_statistics(0, Drops { records: 1, hits: 1 }).unwrap();
+        assert_eq!((s.events_seen, s.transport_cache_full), (0, 1), "a drop is reported after its window");
+    }
+
+    #[test]
+    fn an_oversized_desired_configuration_is_refused_unparsed_naming_its_size() {
+        let local = RawConfig::default();
+        // Valid JSON, every key unknown: only the size is reported.
+        let big = format!("{{{}\"x\":1}}", " ".repeat(400_000));
+        let e = desired_config(&local, big.as_bytes()).unwrap_err();
+        assert_eq!((e.total, e.errors[0].field.as_str()), (1, "(document)"));
+        assert_eq!(e.errors[0].reason, "400007 bytes, more than the 65536 bytes a configuration may have");
+        // At the bound it is parsed.
+        let at = format!("{{{}}}", " ".repeat(65_534));
+        assert_eq!(desired_config(&local, at.as_bytes()).unwrap(), Config::default());
     }
 }

@@ -11,7 +11,10 @@ use std::{fmt, time::Duration};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::duration::{parse_iso8601, Iso8601};
+use crate::{
+    duration::{parse_iso8601, Iso8601},
+    limits::printable,
+};
 
 /// How urgently events of a type are sent; `Off` means not collected at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -415,16 +418,55 @@ pub struct FieldError {
     pub reason: String,
 }
 
-/// Every problem found in a configuration object.
+/// Every problem found in a configuration object: the first
+/// [`ERRORS_SHOWN_MAX`] of them, and how many there were. Field names and
+/// reasons come from the document (a desired configuration is anyone's who
+/// may publish on its topic), so they are escaped and cut (see
+/// [`printable`]): one log line and one event each, of bounded size.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     pub source_name: String,
     pub errors: Vec<FieldError>,
+    /// Problems found, `errors` included.
+    pub total: usize,
+}
+
+/// Problems a ConfigError carries; a valid configuration has about 35
+/// properties, so 20 name all the typos of a real one.
+pub const ERRORS_SHOWN_MAX: usize = 20;
+/// Bytes of a field name shown (the longest property name has 41).
+pub const FIELD_SHOWN_MAX: usize = 64;
+/// Bytes of a reason shown.
+pub const REASON_SHOWN_MAX: usize = 160;
+/// Bytes of all names and reasons shown together: with JSON's escapes and
+/// an envelope, a ConfigurationError stays within the smallest
+/// maxMessageSizeInBytes (8193).
+pub const ERRORS_SHOWN_BYTES: usize = 2560;
+
+impl ConfigError {
+    /// Keeps the first errors, escaped and cut, within the bounds above.
+    pub fn new(source_name: &str, errors: Vec<FieldError>) -> ConfigError {
+        let total = errors.len();
+        let mut shown = Vec::new();
+        let mut bytes = 0;
+        for e in errors.into_iter().take(ERRORS_SHOWN_MAX) {
+            let e = FieldError {
+                field: printable(&e.field, FIELD_SHOWN_MAX),
+                reason: printable(&e.reason, REASON_SHOWN_MAX),
+            };
+            bytes += e.field.len() + e.reason.len();
+            if bytes > ERRORS_SHOWN_BYTES && !shown.is_empty() {
+                break;
+            }
+            shown.push(e);
+        }
+        ConfigError { source_name: printable(source_name, 128), errors: shown, total }
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.errors.len();
+        let n = self.total;
         write!(f, "invalid configuration in {}: ", self.source_name)?;
         if n != 1 {
             write!(f, "{n} problems: ")?;
@@ -434,6 +476,9 @@ impl fmt::Display for ConfigError {
                 f.write_str("; ")?;
             }
             write!(f, "{}: {}", e.field, e.reason)?;
+        }
+        if n > self.errors.len() {
+            write!(f, "; and {} more", n - self.errors.len())?;
         }
         Ok(())
     }
@@ -446,16 +491,15 @@ impl RawConfig {
         if errors.is_empty() {
             Ok(raw)
         } else {
-            Err(ConfigError { source_name: source_name.to_string(), errors })
+            Err(ConfigError::new(source_name, errors))
         }
     }
 
     /// Parses what can be parsed: the well-typed properties, and an error for
     /// each other one. Only a document that is not a JSON object fails whole.
     pub fn parse_lenient(text: &str, source_name: &str) -> Result<(RawConfig, Vec<FieldError>), ConfigError> {
-        let fail = |field: &str, reason: String| ConfigError {
-            source_name: source_name.to_string(),
-            errors: vec![FieldError { field: field.to_string(), reason }],
+        let fail = |field: &str, reason: String| {
+            ConfigError::new(source_name, vec![FieldError { field: field.to_string(), reason }])
         };
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| fail("(document)", format!("not valid JSON: {e}")))?;
@@ -666,7 +710,7 @@ impl RawConfig {
         if errors.is_empty() {
             Ok(c)
         } else {
-            Err(ConfigError { source_name: source_name.to_string(), errors })
+            Err(ConfigError::new(source_name, errors))
         }
     }
 }
@@ -733,15 +777,20 @@ pub fn load_layer(text: &str, source_name: &str, below: &RawConfig) -> Result<(R
         Err(e) => errors.extend(e.errors),
     }
     errors.sort_by(|a, b| a.field.cmp(&b.field));
-    Err(ConfigError { source_name: source_name.to_string(), errors })
+    Err(ConfigError::new(source_name, errors))
 }
 
 /// serde's messages end with " at line 1 column N" for the one-property
-/// document we built; that position means nothing to the user.
+/// document we built; that position means nothing to the user. An unknown
+/// field's message lists every property (1.5 KiB): the schema does that.
 fn clean_serde_message(m: &str) -> String {
-    match m.rfind(" at line ") {
-        Some(i) => m[..i].to_string(),
-        None => m.to_string(),
+    let m = match m.rfind(" at line ") {
+        Some(i) => &m[..i],
+        None => m,
+    };
+    match (m.starts_with("unknown field `"), m.rfind("`, expected one of ")) {
+        (true, Some(i)) => format!("{}` (`hitcount config schema` lists the properties)", &m[..i]),
+        _ => m.to_string(),
     }
 }
 
@@ -1025,6 +1074,44 @@ mod tests {
             assert!(!e.errors[0].reason.is_empty(), "{json}");
             assert!(e.to_string().contains(&format!("{field}: ")), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn thousands_of_unknown_keys_make_a_bounded_error() {
+        let long = "k".repeat(10_000);
+        let mut doc = serde_json::Map::new();
+        for i in 0..5000 {
+            doc.insert(format!("bogus{i:04}"), 1.into());
+        }
+        doc.insert(format!("a{long}"), 1.into());
+        doc.insert("a\nERROR forged log line".into(), 1.into());
+        let text = serde_json::Value::Object(doc).to_string();
+        let e = load_layer(&text, "test", &RawConfig::default()).unwrap_err();
+        assert_eq!(e.total, 5002);
+        assert_eq!(e.errors.len(), ERRORS_SHOWN_MAX);
+        assert_eq!(e.errors[0].field, "a\\nERROR forged log line", "escaped, and sorted first");
+        assert!(e.errors[1].field.starts_with("akkk") && e.errors[1].field.ends_with("...(10001 bytes in all)"));
+        assert_eq!(e.errors[1].field.len(), FIELD_SHOWN_MAX + "...(10001 bytes in all)".len());
+        assert_eq!(e.errors[2].field, "bogus0000");
+        assert_eq!(e.errors[19].field, "bogus0017");
+        let line = e.to_string();
+        assert!(!line.contains('\n'), "one log line");
+        assert!(line.len() < 8192, "{} bytes", line.len());
+        assert!(line.starts_with("invalid configuration in test: 5002 problems: "), "{line}");
+        assert!(line.ends_with("; and 4982 more"), "{line}");
+        for f in &e.errors {
+            assert!(f.reason.len() <= REASON_SHOWN_MAX + 30, "{}", f.reason);
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_names_itself_not_every_property() {
+        let e = load_layer(r#"{"cacheSizeProcesCreate":1}"#, "f", &RawConfig::default()).unwrap_err();
+        assert_eq!(
+            e.errors[0].reason,
+            "unknown field `cacheSizeProcesCreate` (`hitcount config schema` lists the properties)"
+        );
+        assert_eq!(e.total, 1);
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub struct DurationError {
 
 /// Parses the day-time subset of ISO 8601 durations: `P[nW|nD][T[nH][nM][n[.f]S]]`.
 /// Years and months are refused: their length depends on the calendar.
+/// Each designator at most once and in that order; all arithmetic is
+/// checked, so a huge number is refused, never wrapped.
 pub fn parse_iso8601(input: &str) -> Result<Duration, DurationError> {
     let err = |reason| DurationError { input: input.to_string(), reason };
     let rest = input.strip_prefix('P').ok_or_else(|| err("it must start with P"))?;
@@ -22,31 +24,40 @@ pub fn parse_iso8601(input: &str) -> Result<Duration, DurationError> {
         Some((d, t)) => (d, Some(t)),
         None => (rest, None),
     };
-    let mut nanos: u128 = 0;
-    for (value, unit) in components(date).map_err(err)? {
-        let secs: u128 = match unit {
-            'W' => 7 * 86_400,
-            'D' => 86_400,
-            'Y' | 'M' => return Err(err("years and months have no fixed length")),
-            _ => return Err(err("unknown date unit")),
-        };
-        nanos += whole(value).map_err(err)? * secs * 1_000_000_000;
-    }
-    if let Some(time) = time {
-        let parts = components(time).map_err(err)?;
-        let last = parts.len().saturating_sub(1);
-        for (i, (value, unit)) in parts.into_iter().enumerate() {
-            nanos += match unit {
-                'H' => whole(value).map_err(err)? * 3_600_000_000_000,
-                'M' => whole(value).map_err(err)? * 60_000_000_000,
-                'S' if i == last => seconds(value).map_err(err)?,
-                'S' => return Err(err("S must be the last component")),
-                _ => return Err(err("unknown time unit")),
+    const TOO_LONG: &str = "it is too long";
+    let mut secs: u64 = 0;
+    let mut nanos: u32 = 0;
+    // Seconds per unit, in the order the designators must come (P1W1D stays
+    // accepted, as it always was).
+    let mut take = |part: &str, units: &[(char, u64)]| -> Result<(), &'static str> {
+        let mut next = 0;
+        for (value, unit) in components(part)? {
+            let Some(at) = units.iter().position(|&(u, _)| u == unit) else {
+                return Err(match unit {
+                    'Y' | 'M' if units[0].0 == 'W' => "years and months have no fixed length",
+                    _ => "unknown unit",
+                });
             };
+            if at < next {
+                return Err("a designator repeats or is out of order (W or D, then T, H, M, S)");
+            }
+            next = at + 1;
+            let n = if unit == 'S' {
+                let (n, frac) = seconds(value)?;
+                nanos = frac;
+                n
+            } else {
+                whole(value)?
+            };
+            secs = n.checked_mul(units[at].1).and_then(|s| s.checked_add(secs)).ok_or(TOO_LONG)?;
         }
+        Ok(())
+    };
+    take(date, &[('W', 7 * 86_400), ('D', 86_400)]).map_err(err)?;
+    if let Some(time) = time {
+        take(time, &[('H', 3_600), ('M', 60), ('S', 1)]).map_err(err)?;
     }
-    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| err("it is too long"))?;
-    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+    Ok(Duration::new(secs, nanos))
 }
 
 /// Splits `12H30M` into `[("12", 'H'), ("30", 'M')]`.
@@ -68,20 +79,27 @@ fn components(s: &str) -> Result<Vec<(&str, char)>, &'static str> {
     Ok(out)
 }
 
-fn whole(v: &str) -> Result<u128, &'static str> {
+fn whole(v: &str) -> Result<u64, &'static str> {
     if !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err("only seconds may have a fraction");
     }
     v.parse().map_err(|_| "a number is too large")
 }
 
-fn seconds(v: &str) -> Result<u128, &'static str> {
-    let (int, frac) = v.split_once(['.', ',']).unwrap_or((v, ""));
+/// Whole seconds and the fraction's nanoseconds.
+fn seconds(v: &str) -> Result<(u64, u32), &'static str> {
+    let Some((int, frac)) = v.split_once(['.', ',']) else { return Ok((whole(v)?, 0)) };
+    if int.is_empty() {
+        return Err("a fraction needs a digit before its point (PT0.5S)");
+    }
+    if frac.is_empty() {
+        return Err("a point needs a digit after it (PT1.5S, or PT1S)");
+    }
     if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return Err("seconds take at most 9 fraction digits");
     }
-    let frac_ns: u128 = format!("{frac:0<9}").parse().unwrap_or(0);
-    Ok(whole(int)? * 1_000_000_000 + frac_ns)
+    let frac_ns = format!("{frac:0<9}").parse().map_err(|_| "seconds take at most 9 fraction digits")?;
+    Ok((whole(int)?, frac_ns))
 }
 
 /// Formats as the shortest ISO 8601 form that parses back to the same value.
@@ -153,6 +171,11 @@ mod tests {
             "PT-1S",
             "PT1.1234567891S",
             "P1DT",
+            "PT1H1H",
+            "P1D1D",
+            "PT1M1H",
+            "P1D1W",
+            "PT1S1S",
         ] {
             assert!(parse_iso8601(bad).is_err(), "{bad} should be refused");
         }
@@ -171,5 +194,39 @@ mod tests {
             assert_eq!(Iso8601(d).to_string(), s);
             assert_eq!(parse_iso8601(&Iso8601(d).to_string()).unwrap(), d);
         }
+    }
+
+    fn reason(input: &str) -> &'static str {
+        parse_iso8601(input).unwrap_err().reason
+    }
+
+    #[test]
+    fn huge_numbers_are_refused_not_wrapped() {
+        // Found by fuzzing: wrapped to a 5-second window in release builds.
+        assert_eq!(reason("PT664613997892457936451903530140172293S"), "a number is too large");
+        assert_eq!(reason("PT18446744073709551615H"), "it is too long");
+        assert_eq!(reason("P18446744073709551615W"), "it is too long");
+        assert_eq!(reason("P213503982334601DT8H"), "it is too long", "in range alone, too long together");
+        let max = format!("PT{}S", u64::MAX);
+        assert_eq!(parse_iso8601(&max).unwrap(), Duration::from_secs(u64::MAX));
+        assert_eq!(reason(&format!("PT1M{}S", u64::MAX)), "it is too long");
+    }
+
+    #[test]
+    fn designators_come_once_and_in_order() {
+        for bad in ["PT1H1H", "P1D1D", "PT1M1H", "PT1S1M", "P1D1W", "PT2S2S"] {
+            assert!(reason(bad).contains("repeats or is out of order"), "{bad}: {}", reason(bad));
+        }
+        assert_eq!(parse_iso8601("P1DT1H1M1S").unwrap(), Duration::from_secs(90_061));
+    }
+
+    #[test]
+    fn fractions_need_digits_on_both_sides() {
+        assert_eq!(reason("PT1.S"), "a point needs a digit after it (PT1.5S, or PT1S)");
+        assert_eq!(reason("PT.5S"), "a fraction needs a digit before its point (PT0.5S)");
+        assert_eq!(reason("PT,5S"), "a fraction needs a digit before its point (PT0.5S)");
+        assert_eq!(reason("PT1.5H"), "only seconds may have a fraction");
+        assert_eq!(parse_iso8601("PT0.5S").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_iso8601("PT1.000000001S").unwrap(), Duration::new(1, 1));
     }
 }

@@ -5,6 +5,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use crate::limits::{read_to_string_bounded, ReadError, PASSWD_MAX_BYTES};
+
 /// uid -> name from a passwd file. Looked up again when an unknown uid shows
 /// up (users get added), at most once per `reload_after`.
 #[derive(Debug)]
@@ -12,13 +14,15 @@ pub struct UserNames {
     path: PathBuf,
     names: HashMap<u32, String>,
     last_load: Option<std::time::Instant>,
+    /// Why the last load failed.
+    error: Option<ReadError>,
 }
 
 const RELOAD_AFTER: Duration = Duration::from_secs(60);
 
 impl UserNames {
     pub fn new(path: PathBuf) -> Self {
-        let mut u = UserNames { path, names: HashMap::new(), last_load: None };
+        let mut u = UserNames { path, names: HashMap::new(), last_load: None, error: None };
         u.reload();
         u
     }
@@ -26,10 +30,20 @@ impl UserNames {
     fn reload(&mut self) {
         // A missing or unreadable file leaves names unknown (reported as
         // null), which is not worth failing the agent for.
-        if let Ok(text) = std::fs::read_to_string(&self.path) {
-            self.names = parse_passwd(&text);
+        // Bounded: `--passwd /dev/zero` must not eat the device's memory.
+        match read_to_string_bounded("passwd file", &self.path, PASSWD_MAX_BYTES) {
+            Ok(text) => {
+                self.names = parse_passwd(&text);
+                self.error = None;
+            }
+            Err(e) => self.error = Some(e),
         }
         self.last_load = Some(std::time::Instant::now());
+    }
+
+    /// Why the passwd file could not be read when it was last loaded.
+    pub fn error(&self) -> Option<&ReadError> {
+        self.error.as_ref()
     }
 
     pub fn name(&mut self, uid: u32) -> Option<String> {
@@ -103,6 +117,14 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m[&0], "root");
         assert_eq!(m[&65534], "nobody");
+    }
+
+    #[test]
+    fn an_endless_passwd_file_is_refused_with_its_bound() {
+        let u = UserNames::new("/dev/zero".into());
+        let e = u.error().expect("refused").to_string();
+        assert!(e.contains("passwd file /dev/zero: larger than 8388608 bytes"), "{e}");
+        assert!(UserNames::new("/etc/passwd".into()).error().is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use agent_user::{
     agent, btf, check, collectors,
     config::{self, Config, EventType, IsoDuration, RawConfig},
-    drain, duration, ebpf, enrich, sinks,
+    drain, duration, ebpf, enrich, limits, sinks,
     transport::{self, mqtt},
 };
 
@@ -143,7 +143,7 @@ impl RunArgs {
 /// Reads and checks a configuration file: every bad property is named,
 /// type errors and range errors alike.
 fn load_config_file(path: &std::path::Path) -> anyhow::Result<RawConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = limits::read_to_string_bounded("config file", path, limits::CONFIG_MAX_BYTES)?;
     Ok(config::load_layer(&text, &path.display().to_string(), &RawConfig::default())?.0)
 }
 
@@ -198,8 +198,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 fn mqtt_settings(args: &RunArgs, url: &str) -> anyhow::Result<mqtt::Settings> {
     let password = match &args.mqtt_password_file {
         Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("cannot read password file {}", p.display()))?;
+            let text = limits::read_to_string_bounded("password file", p, limits::PASSWORD_MAX_BYTES)?;
             Some(mqtt::Secret::new(text.trim_end_matches(['\n', '\r']).to_string()))
         }
         None => std::env::var(PASSWORD_VAR).ok().map(mqtt::Secret::new),
@@ -248,14 +247,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // Without it every user_name is null; that is easy to miss in a container,
     // whose image has no /etc/passwd of its own.
-    if let Err(e) = std::fs::File::open(&passwd) {
+    let users = enrich::UserNames::new(passwd);
+    if let Some(e) = users.error() {
         log::warn!(
-            "cannot read {}: {e}; user_name will be null (in a container, mount the host's / at /host \
-             and pass --host-root /host)",
-            passwd.display()
+            "{e}; user_name will be null (in a container, mount the host's / at /host and pass --host-root /host)"
         );
     }
-    let users = enrich::UserNames::new(passwd);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let (sink, transport, desired): (Box<dyn sinks::Sink>, _, _) = match mqtt {

@@ -81,8 +81,11 @@ impl Payload {
             Payload::ProcessCreate(p) => p.hit_count,
             Payload::ProcessTerminate(p) => p.hit_count,
             Payload::ConnectionCreate(p) => p.hit_count,
-            Payload::Collected(v) => v.get("hit_count").and_then(|h| h.as_u64()).unwrap_or(0),
-            Payload::DroppedEventsStatistics(_) | Payload::ConfigurationError(_) | Payload::ConfigurationChange(_) => 0,
+            // A snapshot item is one event; a Diagnostic record carries its count.
+            Payload::Collected(v) => v.get("hit_count").and_then(|h| h.as_u64()).unwrap_or(1),
+            // One event: a drop is counted as one, like a record of hit_count 1.
+            Payload::ConfigurationError(_) | Payload::ConfigurationChange(_) => 1,
+            Payload::DroppedEventsStatistics(_) => 0,
         }
     }
 }
@@ -142,8 +145,25 @@ pub struct NetworkLosses {
 pub struct ConfigurationError {
     /// Where the configuration came from (the desired topic).
     pub source: String,
-    /// Every bad property and why; the current configuration stays.
+    /// The first bad properties and why (at most config::ERRORS_SHOWN_MAX);
+    /// the current configuration stays.
     pub errors: Vec<ConfigurationFieldError>,
+    /// How many problems were found, `errors` included.
+    pub error_count: usize,
+}
+
+impl From<crate::config::ConfigError> for ConfigurationError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        ConfigurationError {
+            source: e.source_name,
+            errors: e
+                .errors
+                .into_iter()
+                .map(|f| ConfigurationFieldError { field: f.field, reason: f.reason })
+                .collect(),
+            error_count: e.total,
+        }
+    }
 }
 
 /// A configuration change that was applied: every property whose effective
@@ -249,6 +269,27 @@ pub fn commandline(argv: &[u8], comm: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
+
+    /// Whatever the document, a ConfigurationError fits the smallest message
+    /// (maxMessageSizeInBytes is larger than 8192) with room for the envelope.
+    #[test]
+    fn the_largest_configuration_error_fits_the_smallest_message() {
+        use crate::config::{ConfigError, FieldError};
+        // Every character of a key escapes to \u{..} in the log and then to
+        // JSON's \\u{..}: the worst case for the bound.
+        let key: String = "\u{1}".repeat(10_000);
+        let errors = (0..5000).map(|_| FieldError { field: key.clone(), reason: key.clone() }).collect();
+        let e = ConfigError::new(&"s".repeat(300), errors);
+        let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH };
+        let event = w.event(Payload::ConfigurationError(ConfigurationError::from(e)));
+        let v = serde_json::to_value(&event).unwrap();
+        assert_eq!(v["payload"]["error_count"], 5000);
+        let shown = v["payload"]["errors"].as_array().unwrap().len();
+        assert!((1..=crate::config::ERRORS_SHOWN_MAX).contains(&shown), "{shown}");
+        let n = serde_json::to_vec(&event).unwrap().len();
+        assert!(n < 8192 - 512, "{n} bytes");
+    }
 
     #[test]
     fn commandline_joins_argv() {

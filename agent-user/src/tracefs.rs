@@ -15,6 +15,17 @@ pub enum TracefsError {
          (podman/docker -v /sys/kernel/tracing:/sys/kernel/tracing, Kubernetes: a hostPath volume)"
     )]
     NotMounted { roots: String },
+    // Mounted mode 0700 (the default), and the agent runs as a user other
+    // than root with capabilities, which do not include reading files.
+    #[error(
+        "tracefs is mounted at {path} but this user cannot read it ({source}); run the agent as root, or let \
+         its group read it: mount -o remount,gid=GROUP,mode=0750 {path}"
+    )]
+    NotReadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("tracepoint {0} does not exist on this kernel ({1})")]
     NoTracepoint(String, std::io::Error),
     #[error("tracepoint {tracepoint} has no field `{field}`")]
@@ -61,18 +72,36 @@ pub fn parse_format(text: &str) -> HashMap<String, Field> {
 }
 
 pub fn root() -> Result<PathBuf, TracefsError> {
-    TRACEFS_ROOTS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("events").is_dir())
-        .ok_or_else(|| TracefsError::NotMounted { roots: TRACEFS_ROOTS.join(", ") })
+    root_in(&TRACEFS_ROOTS.map(PathBuf::from))
+}
+
+/// The first of `roots` with an `events` directory. One that exists but
+/// cannot be looked into is "not readable", not "not mounted".
+fn root_in(roots: &[PathBuf]) -> Result<PathBuf, TracefsError> {
+    let mut denied = None;
+    for p in roots {
+        match std::fs::metadata(p.join("events")) {
+            Ok(m) if m.is_dir() => return Ok(p.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                denied.get_or_insert(TracefsError::NotReadable { path: p.display().to_string(), source: e });
+            }
+            _ => {}
+        }
+    }
+    let roots = roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    Err(denied.unwrap_or(TracefsError::NotMounted { roots }))
 }
 
 /// Reads the format of `category/name`.
 pub fn format(category: &str, name: &str) -> Result<HashMap<String, Field>, TracefsError> {
-    let path = root()?.join("events").join(category).join(name).join("format");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| TracefsError::NoTracepoint(format!("{category}/{name}"), e))?;
+    let root = root()?;
+    let path = root.join("events").join(category).join(name).join("format");
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            TracefsError::NotReadable { path: root.display().to_string(), source: e }
+        }
+        _ => TracefsError::NoTracepoint(format!("{category}/{name}"), e),
+    })?;
     Ok(parse_format(&text))
 }
 
@@ -107,6 +136,55 @@ print fmt: \"comm=%s\", REC->comm
     fn parses_data_loc() {
         let f = parse_format("\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n");
         assert_eq!(f["filename"], Field { offset: 8, size: 4 });
+    }
+
+    #[test]
+    fn mounted_but_unreadable_is_not_called_unmounted() {
+        let dir = std::env::temp_dir().join(format!("hc-tracefs-{}", std::process::id()));
+        let (absent, mounted, locked) = (dir.join("absent"), dir.join("mounted"), dir.join("locked"));
+        std::fs::create_dir_all(mounted.join("events")).unwrap();
+        std::fs::create_dir_all(locked.join("events")).unwrap();
+        let e = root_in(std::slice::from_ref(&absent)).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("tracefs is not mounted (looked in {})", absent.display())), "{e}");
+        assert_eq!(root_in(&[absent.clone(), mounted.clone()]).unwrap(), mounted);
+        // Root reads a mode 0700 directory anyway: only another user sees
+        // the refusal, so the check runs as nobody, in a child process.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            // SAFETY: glibc makes malloc usable in a forked child; the child
+            // only drops to nobody, stats two paths and exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let code = unsafe {
+                    if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                        2
+                    } else {
+                        match root_in(&[absent.clone(), locked.clone()]) {
+                            Err(TracefsError::NotReadable { path, .. }) if path == locked.display().to_string() => 0,
+                            _ => 1,
+                        }
+                    }
+                };
+                unsafe { libc::_exit(code) };
+            }
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert_eq!(libc::WEXITSTATUS(status), 0, "as nobody, a 0700 tracefs is reported not readable");
+        } else {
+            assert!(matches!(root_in(&[absent, locked]), Err(TracefsError::NotReadable { .. })));
+        }
+        let e = TracefsError::NotReadable {
+            path: "/sys/kernel/tracing".into(),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        };
+        assert!(
+            e.to_string().starts_with("tracefs is mounted at /sys/kernel/tracing but this user cannot read it"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -313,7 +313,8 @@ impl Subscriber {
     pub fn connect(broker: &Broker, device: &str) -> Result<Subscriber> {
         let mut o = MqttOptions::new(crate::marker("sub"), "127.0.0.1", broker.sub_port);
         o.set_clean_session(false);
-        o.set_max_packet_size(1 << 20, 1 << 20);
+        // Room for the oversized desired configurations the tests publish.
+        o.set_max_packet_size(16 << 20, 16 << 20);
         o.set_keep_alive(Duration::from_secs(5));
         let (client, mut connection) = Client::new(o, 100);
         let messages = Arc::new(Mutex::new(Vec::new()));

@@ -142,3 +142,28 @@ fn bad_mqtt_settings_stop_the_agent_before_it_loads_anything() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--mqtt-url"), "{err}");
 }
+
+/// Issue 9.5: `/dev/zero` as a file input grew the agent to 2.6 GB. Each is
+/// read up to its bound, refused past it, and the error names the bound.
+#[test]
+fn endless_file_inputs_fail_fast_naming_their_bound() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["config", "validate", "/dev/zero"], "cannot read config file /dev/zero: larger than 65536 bytes"),
+        (&["run", "--config", "/dev/zero"], "cannot read config file /dev/zero: larger than 65536 bytes"),
+        (
+            &["run", "--mqtt-url", "mqtt://127.0.0.1:1", "--mqtt-password-file", "/dev/zero"],
+            "cannot read password file /dev/zero: larger than 4096 bytes",
+        ),
+        (
+            &["run", "--mqtt-url", "mqtts://127.0.0.1:1", "--mqtt-ca-file", "/dev/zero"],
+            "cannot read CA file /dev/zero: larger than 1048576 bytes",
+        ),
+    ];
+    for (args, expected) in cases {
+        let started = std::time::Instant::now();
+        let (code, _, err) = hitcount(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{args:?} took {:?}", started.elapsed());
+    }
+}

@@ -483,13 +483,7 @@ fn invalid_desired_config_changes_nothing_and_yields_configuration_error() {
     let agent = start(&mqtt_args(&broker, &device, Some(&cfg)));
     sub.wait_until("the initial reported config", WAIT, |_| sub.reported().is_some()).unwrap();
     let initial = sub.reported().unwrap();
-    let errors_of = |msgs: &[mosquitto::Msg]| -> Vec<Value> {
-        msgs.iter()
-            .filter(|x| x.topic.ends_with("/events"))
-            .flat_map(|x| x.json()["events"].as_array().unwrap().clone())
-            .filter(|e| e["event_type"] == "ConfigurationError")
-            .collect()
-    };
+    let errors_of = configuration_errors;
     sub.publish_desired(
         r#"{"cacheSizeProcessCreate":0,"bogus":1,"highPriorityMessageFrequency":"7 minutes",
             "maxMessageSizeInBytes":300000,"eventPriorityLogin":"Sometimes"}"#,
@@ -527,6 +521,103 @@ fn invalid_desired_config_changes_nothing_and_yields_configuration_error() {
     assert_eq!(sub.reported().unwrap(), initial, "the reported configuration did not change");
     assert_eq!(sub.on("config/reported").len(), 1, "nothing was republished");
     assert_eq!(marker_hits(&sub.events(), &m), 2);
+    std::fs::remove_file(cfg).unwrap();
+}
+
+/// ConfigurationError events received so far.
+fn configuration_errors(msgs: &[mosquitto::Msg]) -> Vec<Value> {
+    msgs.iter()
+        .filter(|x| x.topic.ends_with("/events"))
+        .flat_map(|x| x.json()["events"].as_array().unwrap().clone())
+        .filter(|e| e["event_type"] == "ConfigurationError")
+        .collect()
+}
+
+/// A retained desired configuration of `bytes` bytes (valid JSON, one
+/// unknown property), as an operator's mistake or an attacker would send.
+fn desired_of_size(bytes: usize) -> String {
+    let filler = bytes - r#"{"x":""}"#.len();
+    format!(r#"{{"x":"{}"}}"#, "a".repeat(filler))
+}
+
+/// Issue 9.1: a desired configuration over the old 300 KiB packet limit cut
+/// the agent off the broker for good (dropped, re-delivered, forever). Now
+/// it is read, acknowledged, refused by its size, and events keep flowing
+/// over the same connection.
+#[test]
+fn oversized_desired_configurations_are_refused_and_events_keep_flowing() {
+    if !ready("oversized_desired_configurations_are_refused_and_events_keep_flowing") {
+        return;
+    }
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
+    let cfg = temp_file(
+        "cfg",
+        r#"{"eventPriorityProcessCreate":"High","eventPriorityProcessTerminate":"High",
+            "eventPriorityDroppedEventsStatistics":"High","eventPriorityConfigurationError":"High",
+            "highPriorityMessageFrequency":"PT1S"}"#,
+    );
+    let agent = start(&mqtt_args(&broker, &device, Some(&cfg)));
+    sub.wait_until("the initial reported config", WAIT, |_| sub.reported().is_some()).unwrap();
+    for (n, bytes) in [(1, 400_000), (2, 2_000_000)] {
+        sub.publish_desired(&desired_of_size(bytes)).unwrap();
+        sub.wait_until(&format!("ConfigurationError {n}"), WAIT, |m| configuration_errors(m).len() >= n).unwrap();
+        let m = marker("after");
+        exec_true(&m, 3);
+        sub.wait_until("events after the oversized configuration", WAIT, arrived(&sub, &m)).unwrap();
+    }
+    let logs = agent.stop_logs().unwrap();
+    assert!(!logs.iter().any(|l| l.contains("MQTT connection lost")), "{logs:#?}");
+    let errors = configuration_errors(&sub.messages());
+    assert_eq!(errors.len(), 2, "one ConfigurationError per payload: {errors:#?}");
+    for (e, bytes) in errors.iter().zip([400_000, 2_000_000]) {
+        let p = &e["payload"];
+        assert_eq!(p["source"], "desired configuration (MQTT)");
+        assert_eq!(p["error_count"], 1);
+        assert_eq!(p["errors"][0]["field"], "(document)");
+        assert_eq!(
+            p["errors"][0]["reason"],
+            format!("{bytes} bytes, more than the 65536 bytes a configuration may have").as_str()
+        );
+    }
+    // ConfigurationError is counted like any other type.
+    let seen: u64 = payloads(&sub.events(), "DroppedEventsStatistics")
+        .iter()
+        .filter(|p| p["source_event_type"] == "ConfigurationError")
+        .map(|p| p["events_seen"].as_u64().unwrap())
+        .sum();
+    assert_eq!(seen, 2);
+    assert_eq!(sub.reported().unwrap()["eventPriorityConfigurationError"], "High", "the configuration stayed");
+    std::fs::remove_file(cfg).unwrap();
+}
+
+/// Above the client's read limit (4 MiB) rumqttc cannot read the packet: one
+/// reconnect with a clean session discards it, the desired topic is left
+/// unsubscribed until restart, and events keep flowing; no reconnect loop.
+#[test]
+fn a_desired_configuration_over_the_read_limit_costs_one_reconnect() {
+    if !ready("a_desired_configuration_over_the_read_limit_costs_one_reconnect") {
+        return;
+    }
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
+    let cfg = temp_file("cfg", FAST);
+    let agent = start(&mqtt_args(&broker, &device, Some(&cfg)));
+    sub.wait_until("the initial reported config", WAIT, |_| sub.reported().is_some()).unwrap();
+    sub.publish_desired(&desired_of_size(5_000_000)).unwrap();
+    agent.wait_for_log("more than the 4194304 bytes this client reads", WAIT).unwrap();
+    let m = marker("past");
+    exec_true(&m, 3);
+    sub.wait_until("events after the unreadable configuration", WAIT, arrived(&sub, &m)).unwrap();
+    // Long enough for several reconnects, had the broker sent it again.
+    std::thread::sleep(Duration::from_secs(5));
+    let m2 = marker("later");
+    exec_true(&m2, 2);
+    sub.wait_until("events later on", WAIT, arrived(&sub, &m2)).unwrap();
+    let logs = agent.stop_logs().unwrap();
+    let lost = logs.iter().filter(|l| l.contains("MQTT connection lost")).count();
+    assert_eq!(lost, 1, "{logs:#?}");
+    assert!(logs.iter().any(|l| l.contains("not subscribed to") && l.contains("too large to read")), "{logs:#?}");
+    let events = sub.events();
+    assert_eq!((marker_hits(&events, &m), marker_hits(&events, &m2)), (3, 2));
     std::fs::remove_file(cfg).unwrap();
 }
 

@@ -19,19 +19,18 @@ use super::{
     envelope::{Frame, Header, SCHEMA_VERSION},
     spool, Control, Shared,
 };
-use crate::{config::Priority, enrich::rfc3339};
+use crate::{
+    config::Priority,
+    enrich::rfc3339,
+    limits::{read_bounded, ReadError, MQTT_INCOMING_MAX_BYTES, PEM_MAX_BYTES},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     #[error("--mqtt-url {0}")]
     Url(String),
-    #[error("cannot read {what} {path}: {source}")]
-    File {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] ReadError),
     #[error("{0}")]
     Settings(String),
     #[error(transparent)]
@@ -117,7 +116,9 @@ pub fn check_device_id(id: &str) -> Result<(), MqttError> {
 
 /// The device id when none is given: /etc/machine-id, then the host name.
 pub fn default_device_id() -> String {
-    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let machine =
+        crate::limits::read_bounded("machine id", std::path::Path::new("/etc/machine-id"), 4096).unwrap_or_default();
+    let machine = String::from_utf8_lossy(&machine);
     let machine = machine.trim();
     if check_device_id(machine).is_ok() {
         return machine.to_string();
@@ -170,8 +171,8 @@ pub struct Settings {
     pub spool_dir: Option<PathBuf>,
 }
 
-/// Largest packet either way: a message of maxMessageSizeInBytes plus
-/// topic and header.
+/// Largest packet sent: a message of maxMessageSizeInBytes plus topic and
+/// header. What is read has its own, larger bound, MQTT_INCOMING_MAX_BYTES.
 const MAX_PACKET: usize = 300 * 1024;
 /// Messages handed to the client and not yet acknowledged.
 const MAX_INFLIGHT: usize = 16;
@@ -193,7 +194,7 @@ impl Settings {
         // A persistent session: the broker keeps our subscription and the
         // QoS 1 messages meant for us while we are away.
         o.set_clean_session(false);
-        o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        o.set_max_packet_size(MQTT_INCOMING_MAX_BYTES, MAX_PACKET);
         o.set_last_will(LastWill::new(self.topics().status, "offline", QoS::AtLeastOnce, true));
         match (&self.username, &self.password) {
             (Some(u), p) => {
@@ -202,8 +203,7 @@ impl Settings {
             (None, Some(_)) => return Err(MqttError::Settings("a password needs --mqtt-username".into())),
             (None, None) => {}
         }
-        let read =
-            |what, p: &PathBuf| std::fs::read(p).map_err(|source| MqttError::File { what, path: p.clone(), source });
+        let read = |what, p: &PathBuf| read_bounded(what, p, PEM_MAX_BYTES);
         let client_auth = match (&self.client_cert, &self.client_key) {
             (Some(c), Some(k)) => Some((read("client certificate", c)?, read("client key", k)?)),
             (None, None) => None,
@@ -342,6 +342,17 @@ enum Polled {
     Error(ConnectionError),
 }
 
+/// The size of a packet the broker sent that was over our read limit.
+/// rumqttc cannot skip such a packet: the connection is dropped unread.
+fn oversized(e: &ConnectionError) -> Option<usize> {
+    match e {
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
+}
+
 /// Owns the event loop. After an error it waits for the connection task to
 /// take back what was in flight, then discards rumqttc's own copies of
 /// unacknowledged publishes (the outbox sends them again, so keeping them
@@ -360,11 +371,18 @@ async fn poll_loop(mut el: EventLoop, tx: mpsc::Sender<Polled>, mut resume: mpsc
             }
             Err(ConnectionError::RequestsDone) => return,
             Err(e) => {
+                let oversized_seen = oversized(&e).is_some();
                 if tx.send(Polled::Error(e)).await.is_err() || resume.recv().await.is_none() {
                     return;
                 }
                 el.clean();
                 el.pending.clear();
+                // The broker would send the unread message again at every
+                // reconnect of this session: a clean one discards it (and
+                // the subscription, which Connection does not renew).
+                if oversized_seen {
+                    el.mqtt_options.set_clean_session(true);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
@@ -391,6 +409,9 @@ struct Connection {
     client_cert: bool,
     /// The kind of the last error, warned about once.
     last_failure: Option<Failure>,
+    /// The broker sent a desired configuration too large to read: not
+    /// subscribed again until the agent restarts (see poll_loop).
+    desired_unreadable: bool,
     shared: Arc<Shared>,
 }
 
@@ -441,7 +462,9 @@ impl Connection {
                 self.connected = true;
                 self.last_failure = None;
                 log::info!("connected to the MQTT broker (session present: {})", ack.session_present);
-                if let Err(e) = self.client.try_subscribe(&self.topics.desired, QoS::AtLeastOnce) {
+                if self.desired_unreadable {
+                    log::warn!("not subscribed to {}: its message is too large to read", self.topics.desired);
+                } else if let Err(e) = self.client.try_subscribe(&self.topics.desired, QoS::AtLeastOnce) {
                     log::warn!("cannot subscribe to {}: {e}", self.topics.desired);
                 }
                 let status = self.topics.status.clone();
@@ -470,6 +493,18 @@ impl Connection {
     }
 
     fn on_error(&mut self, e: ConnectionError) {
+        if let Some(n) = oversized(&e) {
+            // Only the desired topic is subscribed: the packet was on it.
+            self.desired_unreadable = true;
+            log::error!(
+                "the broker sent a packet of {n} bytes on {}, more than the {MQTT_INCOMING_MAX_BYTES} bytes this \
+                 client reads; reconnecting with a clean session (which discards it) and without subscribing to \
+                 that topic until the agent restarts; events keep flowing. Clear that retained message and publish \
+                 a configuration of at most {} bytes",
+                self.topics.desired,
+                crate::limits::CONFIG_MAX_BYTES
+            );
+        }
         let Problem { kind, text } = classify(&e, &self.url, self.client_cert, self.connected);
         let news = news(&mut self.last_failure, kind);
         if self.connected {
@@ -509,6 +544,7 @@ pub async fn run(
         url: settings.url.clone(),
         client_cert: settings.client_cert.is_some(),
         last_failure: None,
+        desired_unreadable: false,
         shared: shared.clone(),
     };
     let mut statistics_lost = 0;

@@ -27,6 +27,8 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}; move the file away to start without it")]
+    Read(crate::limits::ReadError),
     #[error("spool {path} line {line}: {reason}; move the file away to start without it")]
     Corrupt { path: PathBuf, line: usize, reason: String },
 }
@@ -126,10 +128,13 @@ pub fn write(dir: &Path, outbox: &Outbox) -> Result<usize, SpoolError> {
 /// number of events read.
 pub fn load(dir: &Path, outbox: &mut Outbox) -> Result<usize, SpoolError> {
     let path = dir.join(FILE);
-    let text = match std::fs::read(&path) {
+    // Bounded: event bytes up to the cache bound, and as much again for
+    // their metadata lines.
+    let max = outbox.settings().max_cache_bytes.saturating_mul(2).saturating_add(1 << 20);
+    let text = match crate::limits::read_bounded("spool", &path, max) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => return Err(SpoolError::Io { path, source }),
+        Err(e) if e.is_not_found() => return Ok(0),
+        Err(e) => return Err(SpoolError::Read(e)),
     };
     let (drops, items) = decode(&text, &path)?;
     let n = items.len();
@@ -180,6 +185,22 @@ mod tests {
         assert_eq!(fresh.bytes(), o.bytes());
         assert!(fresh.has_ready(), "restored events go out at once");
         assert_eq!(load(&dir, &mut fresh).unwrap(), 0, "nothing left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_endless_spool_is_refused_with_its_bound() {
+        let dir = std::env::temp_dir().join(format!(
+            "hc-spool-zero-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join(FILE)).unwrap();
+        let mut o = Outbox::new(TransportSettings::default(), Instant::now());
+        let e = load(&dir, &mut o).unwrap_err().to_string();
+        let max = 2 * TransportSettings::default().max_cache_bytes + (1 << 20);
+        assert!(e.contains(&format!("larger than {max} bytes")), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
