@@ -27,6 +27,11 @@ fn ready(test: &str) -> bool {
     true
 }
 
+/// The `state` of a status message (`online`, `offline`).
+fn state(m: &mosquitto::Msg) -> String {
+    m.json()["state"].as_str().unwrap_or_default().to_string()
+}
+
 /// Every snapshot event type (README, event table).
 const SNAPSHOT_TYPES: [&str; 7] = [
     "SystemInformation",
@@ -127,14 +132,14 @@ fn envelopes_arrive_under_the_size_bound_with_status_and_reported() {
     let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     let cfg = temp_file("cfg", FAST);
     let agent = start(&mqtt_args(&broker, &device, Some(&cfg)));
-    sub.wait_until("status online", WAIT, |m| m.iter().any(|x| x.topic.ends_with("/status") && x.payload == b"online"))
+    sub.wait_until("status online", WAIT, |m| m.iter().any(|x| x.topic.ends_with("/status") && state(x) == "online"))
         .unwrap();
     let m = marker("env");
     exec_true(&m, 25);
     sub.wait_until("the marker's events", WAIT, arrived(&sub, &m)).unwrap();
     agent.stop().unwrap();
     sub.wait_until("status offline", WAIT, |m| {
-        m.iter().rfind(|x| x.topic.ends_with("/status")).is_some_and(|x| x.payload == b"offline")
+        m.iter().rfind(|x| x.topic.ends_with("/status")).is_some_and(|x| state(x) == "offline")
     })
     .unwrap();
 
@@ -160,7 +165,7 @@ fn envelopes_arrive_under_the_size_bound_with_status_and_reported() {
     let late = Subscriber::connect(&broker, &device).unwrap();
     late.wait_until("retained reported and status", WAIT, |m| m.len() >= 2).unwrap();
     let status = late.on("status");
-    assert_eq!((status.len(), status[0].payload.as_slice(), status[0].retain), (1, &b"offline"[..], true));
+    assert_eq!((status.len(), state(&status[0]).as_str(), status[0].retain), (1, "offline", true));
     let late_reported = late.on("config/reported");
     assert!(late_reported[0].retain);
     assert_eq!(late_reported[0].json(), reported);
@@ -727,15 +732,14 @@ fn the_last_will_marks_a_vanished_agent_offline() {
     }
     let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     let agent = start(&mqtt_args(&broker, &device, None));
-    let last_status = |msgs: &[mosquitto::Msg]| {
-        msgs.iter().rfind(|x| x.topic.ends_with("/status")).map(|x| x.payload.clone()).unwrap_or_default()
-    };
-    sub.wait_until("status online", WAIT, |m| last_status(m) == b"online").unwrap();
+    let last_status =
+        |msgs: &[mosquitto::Msg]| msgs.iter().rfind(|x| x.topic.ends_with("/status")).map(state).unwrap_or_default();
+    sub.wait_until("status online", WAIT, |m| last_status(m) == "online").unwrap();
     // SIGKILL: no chance to say goodbye; the broker publishes the will.
     drop(agent);
-    sub.wait_until("the last will", WAIT, |m| last_status(m) == b"offline").unwrap();
+    sub.wait_until("the last will", WAIT, |m| last_status(m) == "offline").unwrap();
     let late = Subscriber::connect(&broker, &device).unwrap();
-    late.wait_until("the retained will", WAIT, |m| last_status(m) == b"offline").unwrap();
+    late.wait_until("the retained will", WAIT, |m| last_status(m) == "offline").unwrap();
     assert!(late.on("status")[0].retain);
 }
 
@@ -833,5 +837,20 @@ fn a_desired_change_is_reported_and_snapshots_are_taken_again() {
     for p in ["eventPriorityProcessCreate", "eventPriorityDroppedEventsStatistics", "eventPriorityLocalUsers"] {
         assert!(properties.contains(&p), "{p} missing from {properties:?}");
     }
+    // The status says the agent is online and collecting nothing.
+    let all_off = |m: &[mosquitto::Msg]| {
+        m.iter()
+            .rfind(|x| x.topic.ends_with("/status"))
+            .is_some_and(|x| x.json()["event_types_off"].as_array().is_some_and(|a| a.len() > 10))
+    };
+    sub.wait_until("a status naming the types off", WAIT, all_off).unwrap();
+    let status = sub.on("status").last().unwrap().json();
+    assert_eq!(status["state"], "online");
+    let off = status["event_types_off"].as_array().unwrap();
+    assert!(
+        off.contains(&Value::from("ProcessCreate")) && off.contains(&Value::from("DroppedEventsStatistics")),
+        "{status}"
+    );
+    assert!(!off.contains(&Value::from("ConfigurationChange")), "never off");
     agent.stop_logs().unwrap();
 }

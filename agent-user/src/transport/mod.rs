@@ -29,8 +29,9 @@ pub struct Shared {
 
 /// Requests to the connection task.
 pub enum Control {
-    /// The effective configuration, published retained on .../config/reported.
-    Reported(Vec<u8>),
+    /// The effective configuration, published retained on .../config/reported,
+    /// and the online status that goes with it (which event types are off).
+    Reported { reported: Vec<u8>, status: Vec<u8> },
     /// Final flush, then publish (or spool) and disconnect; answers when done.
     Shutdown(oneshot::Sender<()>),
 }
@@ -151,8 +152,24 @@ impl Sink for MqttSink {
     }
 
     fn report_config(&mut self, reported: &RawConfig) {
-        self.send(Control::Reported(serde_json::to_vec(reported).expect("config serializes")));
+        let reported = serde_json::to_vec(reported).expect("config serializes");
+        self.send(Control::Reported { reported, status: status_payload(Some(&self.config)) });
     }
+}
+
+/// The retained status of the device: `{"state":"online","event_types_off":[...]}`
+/// with the configuration it collects under, `{"state":"offline"}` without
+/// one (the last will, a clean shutdown). An agent told to collect nothing
+/// is online and says so.
+pub fn status_payload(online_with: Option<&Config>) -> Vec<u8> {
+    let v = match online_with {
+        Some(c) => {
+            let off: Vec<&str> = EventType::configurable().filter(|t| !c.collects(*t)).map(|t| t.name()).collect();
+            serde_json::json!({"state": "online", "event_types_off": off})
+        }
+        None => serde_json::json!({"state": "offline"}),
+    };
+    serde_json::to_vec(&v).expect("a status serializes")
 }
 
 #[cfg(test)]
@@ -200,6 +217,21 @@ mod tests {
         s.configure(&c);
         s.publish(&[stats(0, 0)]).unwrap();
         assert_eq!(s.shared.outbox.lock().unwrap().len(), 1, "an Off event is not queued");
+    }
+
+    #[test]
+    fn the_status_names_every_type_that_is_off() {
+        let mut c = Config::default();
+        let v = |b: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&b).unwrap();
+        assert_eq!(
+            v(status_payload(Some(&c))),
+            serde_json::json!({"state": "online", "event_types_off": ["Diagnostic"]})
+        );
+        c.process_collector_enabled = false;
+        c.set_priority(EventType::LocalUsers, Priority::Off);
+        let off = v(status_payload(Some(&c)))["event_types_off"].clone();
+        assert_eq!(off, serde_json::json!(["Diagnostic", "ProcessCreate", "ProcessTerminate", "LocalUsers"]));
+        assert_eq!(v(status_payload(None)), serde_json::json!({"state": "offline"}));
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl Settings {
         // QoS 1 messages meant for us while we are away.
         o.set_clean_session(false);
         o.set_max_packet_size(MQTT_INCOMING_MAX_BYTES, MAX_PACKET);
-        o.set_last_will(LastWill::new(self.topics().status, "offline", QoS::AtLeastOnce, true));
+        o.set_last_will(LastWill::new(self.topics().status, super::status_payload(None), QoS::AtLeastOnce, true));
         match (&self.username, &self.password) {
             (Some(u), p) => {
                 o.set_credentials(u, p.as_ref().map(|s| s.0.as_str()).unwrap_or(""));
@@ -404,7 +404,7 @@ struct Connection {
     connected: bool,
     sent: VecDeque<Sent>,
     pkids: HashMap<u16, u64>,
-    reported: Option<Vec<u8>>,
+    reported: Option<(Vec<u8>, Vec<u8>)>,
     url: BrokerUrl,
     client_cert: bool,
     /// The kind of the last error, warned about once.
@@ -467,9 +467,9 @@ impl Connection {
                 } else if let Err(e) = self.client.try_subscribe(&self.topics.desired, QoS::AtLeastOnce) {
                     log::warn!("cannot subscribe to {}: {e}", self.topics.desired);
                 }
-                let status = self.topics.status.clone();
-                self.publish_other(&status, b"online".to_vec(), true);
-                if let Some(r) = self.reported.clone() {
+                if let Some((r, status)) = self.reported.clone() {
+                    let topic = self.topics.status.clone();
+                    self.publish_other(&topic, status, true);
                     let topic = self.topics.reported.clone();
                     self.publish_other(&topic, r, true);
                 }
@@ -562,11 +562,13 @@ pub async fn run(
             _ = tokio::time::sleep_until(next_due.into()) => {}
             _ = shared.wake.notified() => {}
             ctl = control.recv() => match ctl {
-                Some(Control::Reported(r)) => {
-                    c.reported = Some(r.clone());
+                Some(Control::Reported { reported, status }) => {
+                    c.reported = Some((reported.clone(), status.clone()));
                     if c.connected {
+                        let topic = c.topics.status.clone();
+                        c.publish_other(&topic, status, true);
                         let topic = c.topics.reported.clone();
-                        c.publish_other(&topic, r, true);
+                        c.publish_other(&topic, reported, true);
                     }
                 }
                 Some(Control::Shutdown(reply)) => break Some(reply),
@@ -616,7 +618,7 @@ async fn shutdown(
     if c.connected {
         // A clean DISCONNECT suppresses the last will, so say it ourselves.
         let status = c.topics.status.clone();
-        c.publish_other(&status, b"offline".to_vec(), true);
+        c.publish_other(&status, super::status_payload(None), true);
         let _ = c.client.try_disconnect();
         let until = tokio::time::Instant::now() + Duration::from_secs(3);
         while let Ok(Some(Polled::Event(ev))) = tokio::time::timeout_at(until, ev_rx.recv()).await {
