@@ -15,10 +15,12 @@ use crate::{config::Config, events::EventType, hostfs::HostFs};
 
 pub mod connection_create;
 pub mod diagnostic;
+pub mod ids;
 pub mod kernel;
 pub mod process_create;
 pub mod process_terminate;
 pub mod snapshot;
+pub mod system_information;
 pub mod window;
 
 /// What a collector is handed.
@@ -96,7 +98,7 @@ pub trait EventSource {
 
 /// Every snapshot collector, in the order their snapshots are taken.
 pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
-    vec![]
+    vec![Box::new(system_information::SystemInformationCollector)]
 }
 
 /// Every user-space event source. Sources that cannot start here (no
