@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{config::Config, events::EventType, hostfs::HostFs};
 
+pub mod connected_hardware;
 pub mod connection_create;
 pub mod diagnostic;
 pub mod ids;
@@ -98,13 +99,15 @@ pub trait EventSource {
 
 /// Every snapshot collector, in the order their snapshots are taken.
 pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
-    vec![Box::new(system_information::SystemInformationCollector)]
+    vec![Box::new(system_information::SystemInformationCollector), Box::new(connected_hardware::ConnectedHardware)]
 }
 
 /// Every user-space event source. Sources that cannot start here (no
 /// netlink socket, say) are left out with a warning by their constructor.
 pub fn event_sources() -> Vec<Box<dyn EventSource>> {
-    vec![Box::new(diagnostic::Diagnostics)]
+    let mut sources: Vec<Box<dyn EventSource>> = vec![Box::new(diagnostic::Diagnostics)];
+    sources.extend(connected_hardware::hotplug::Hotplug::open().map(|h| Box::new(h) as Box<dyn EventSource>));
+    sources
 }
 
 /// Every user-space collector the run loop drives.
