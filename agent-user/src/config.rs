@@ -154,6 +154,14 @@ pub struct RawConfig {
     /// Directory where the host's root file system is visible (`/host` in a container); every host file is read through it. Local only: a desired configuration may not set it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_root: Option<std::path::PathBuf>,
+    /// SystemInformation's hardware_vendor, replacing what DMI or the device tree say; "" (the default): detect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub system_information_hardware_vendor: Option<String>,
+    /// SystemInformation's hardware_model, replacing what DMI or the device tree say; "" (the default): detect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub system_information_hardware_model: Option<String>,
     /// Bytes of messages kept while the broker is unreachable; past it the oldest events are dropped and counted.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 8193, max = 1073741824))]
@@ -272,7 +280,13 @@ pub struct Config {
     pub host_root: std::path::PathBuf,
     /// Properties a remote configuration may not set (`*`: all of them).
     pub remote_locked: Vec<String>,
+    /// SystemInformation overrides of the detected hardware vendor and model.
+    pub hardware_vendor: Option<String>,
+    pub hardware_model: Option<String>,
 }
+
+/// Longest hardware vendor or model override, in bytes.
+pub const HARDWARE_OVERRIDE_MAX: usize = 256;
 
 /// How snapshot collectors send (seed 004's snapshotFrequency, and deltas).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +369,8 @@ impl Default for Config {
             snapshots: SnapshotSettings::default(),
             host_root: std::path::PathBuf::from("/"),
             remote_locked: Vec::new(),
+            hardware_vendor: None,
+            hardware_model: None,
         }
     }
 }
@@ -705,6 +721,22 @@ impl RawConfig {
                 });
             }
         }
+        for (field, v, into) in [
+            ("systemInformationHardwareVendor", &self.system_information_hardware_vendor, &mut c.hardware_vendor),
+            ("systemInformationHardwareModel", &self.system_information_hardware_model, &mut c.hardware_model),
+        ] {
+            match v.as_deref() {
+                None => {}
+                Some("") => *into = None,
+                Some(v) if v.len() > HARDWARE_OVERRIDE_MAX => errors.push(FieldError {
+                    field: field.into(),
+                    reason: format!("must be at most {HARDWARE_OVERRIDE_MAX} bytes, got {}", v.len()),
+                }),
+                Some(v) if v.chars().any(char::is_control) => errors
+                    .push(FieldError { field: field.into(), reason: "must not contain control characters".into() }),
+                Some(v) => *into = Some(v.to_string()),
+            }
+        }
         set(&mut c.process_create.aggregate, self.aggregation_enabled_process_create);
         set(&mut c.process_terminate.aggregate, self.aggregation_enabled_process_terminate);
         if errors.is_empty() {
@@ -825,6 +857,8 @@ impl Config {
             snapshot_full_every: Some(self.snapshots.full_every),
             host_root: Some(self.host_root.clone()),
             remote_configuration_locked: Some(self.remote_locked.clone()),
+            system_information_hardware_vendor: Some(self.hardware_vendor.clone().unwrap_or_default()),
+            system_information_hardware_model: Some(self.hardware_model.clone().unwrap_or_default()),
             ..RawConfig::default()
         };
         for e in EventType::configurable() {
@@ -962,6 +996,18 @@ mod tests {
     }
 
     #[test]
+    fn hardware_overrides_apply_and_empty_means_detect() {
+        assert_eq!((Config::default().hardware_vendor, Config::default().hardware_model), (None, None));
+        let c =
+            parse(r#"{"systemInformationHardwareVendor":"Contoso","systemInformationHardwareModel":"GW-9"}"#).unwrap();
+        assert_eq!((c.hardware_vendor.as_deref(), c.hardware_model.as_deref()), (Some("Contoso"), Some("GW-9")));
+        let c = parse(r#"{"systemInformationHardwareVendor":""}"#).unwrap();
+        assert_eq!(c.hardware_vendor, None);
+        let at_bound = format!(r#"{{"systemInformationHardwareModel":"{}"}}"#, "é".repeat(HARDWARE_OVERRIDE_MAX / 2));
+        assert_eq!(parse(&at_bound).unwrap().hardware_model.map(|m| m.len()), Some(HARDWARE_OVERRIDE_MAX));
+    }
+
+    #[test]
     fn overlay_prefers_the_top() {
         let base = RawConfig::parse(r#"{"cacheSizeProcessCreate":5,"cacheSizeProcessTerminate":6}"#, "a").unwrap();
         let top = RawConfig::parse(r#"{"cacheSizeProcessCreate":7}"#, "b").unwrap();
@@ -1044,6 +1090,15 @@ mod tests {
             ("cacheSizeProcessTerminate", "\"256\""),
             ("processCommandLineMaxBytes", "15"),
             ("processCommandLineMaxBytes", "513"),
+        ] {
+            case(&format!(r#"{{"{field}":{bad}}}"#), field);
+        }
+        // Hardware overrides: too long, control characters, wrong type.
+        let long = format!("\"{}\"", "x".repeat(HARDWARE_OVERRIDE_MAX + 1));
+        for (field, bad) in [
+            ("systemInformationHardwareVendor", long.as_str()),
+            ("systemInformationHardwareModel", "\"a\\nb\""),
+            ("systemInformationHardwareModel", "42"),
         ] {
             case(&format!(r#"{{"{field}":{bad}}}"#), field);
         }

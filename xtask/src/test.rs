@@ -102,6 +102,9 @@ fn peer_packages() -> Result<()> {
         ("/usr/sbin/mosquitto", "mosquitto"),
         ("/usr/bin/mosquitto_passwd", "mosquitto-clients"),
         ("/usr/bin/ping", "iputils-ping"),
+        // The hardware suite checks vendor names against these databases.
+        ("/usr/share/misc/pci.ids", "pci.ids"),
+        ("/usr/share/misc/usb.ids", "usb.ids"),
     ]
     .into_iter()
     .filter(|(path, _)| !Path::new(path).exists())

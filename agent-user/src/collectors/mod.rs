@@ -13,12 +13,15 @@ use serde::Serialize;
 
 use crate::{config::Config, events::EventType, hostfs::HostFs};
 
+pub mod connected_hardware;
 pub mod connection_create;
 pub mod diagnostic;
+pub mod ids;
 pub mod kernel;
 pub mod process_create;
 pub mod process_terminate;
 pub mod snapshot;
+pub mod system_information;
 pub mod window;
 
 /// What a collector is handed.
@@ -96,13 +99,15 @@ pub trait EventSource {
 
 /// Every snapshot collector, in the order their snapshots are taken.
 pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
-    vec![]
+    vec![Box::new(system_information::SystemInformationCollector), Box::new(connected_hardware::ConnectedHardware)]
 }
 
 /// Every user-space event source. Sources that cannot start here (no
 /// netlink socket, say) are left out with a warning by their constructor.
 pub fn event_sources() -> Vec<Box<dyn EventSource>> {
-    vec![Box::new(diagnostic::Diagnostics)]
+    let mut sources: Vec<Box<dyn EventSource>> = vec![Box::new(diagnostic::Diagnostics)];
+    sources.extend(connected_hardware::hotplug::Hotplug::open().map(|h| Box::new(h) as Box<dyn EventSource>));
+    sources
 }
 
 /// Every user-space collector the run loop drives.

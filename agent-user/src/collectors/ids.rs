@@ -1,0 +1,241 @@
+//! Vendor and product names from the host's pci.ids and usb.ids (the
+//! databases lspci and lsusb use: Debian packages `pci.ids`, `usb.ids`),
+//! shared by SystemInformation (NIC vendors) and ConnectedHardware.
+//!
+//! The format (header of pci.ids): a vendor line is four hex digits, two
+//! spaces and the name; the vendor's devices follow, each a tab, four hex
+//! digits, two spaces and the name; two tabs start a subsystem line (ignored
+//! here). Sections after the vendor list start with a letter ("C 02  Network
+//! controller", usb.ids' "AT", "HID", ...) and end it. Lookups stream over
+//! the lines and stop at the vendor's block end, so no table is built.
+use crate::hostfs::HostFs;
+
+/// Where distributions put the files, in the order tried (Debian, then
+/// Fedora/Arch's hwdata, then the older Debian path for usb.ids).
+const PCI_PATHS: [&str; 3] = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids"];
+const USB_PATHS: [&str; 3] = ["/usr/share/misc/usb.ids", "/usr/share/hwdata/usb.ids", "/var/lib/usbutils/usb.ids"];
+/// Largest ids file read (pci.ids is about 1.3 MB in 2025, usb.ids 0.7 MB).
+const IDS_MAX_BYTES: u64 = 8 << 20;
+/// Longest name kept, in bytes (the longest in pci.ids is about 120).
+const NAME_MAX: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    Pci,
+    Usb,
+}
+
+/// The two databases as found on the host; either may be absent, and then
+/// names fall back to hex ids.
+#[derive(Debug, Default, Clone)]
+pub struct Ids {
+    pci: Option<String>,
+    usb: Option<String>,
+}
+
+/// Names of one vendor and product, when the database knows them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub vendor: Option<String>,
+    pub product: Option<String>,
+}
+
+impl Ids {
+    /// Reads whichever of the files exist. A file that cannot be read is
+    /// the same as a missing one: names are a nicety, the ids are the data.
+    pub fn load(host: &HostFs) -> Ids {
+        let first = |paths: &[&str]| {
+            paths.iter().find_map(|p| {
+                let bytes = host.read_bounded(p, IDS_MAX_BYTES).ok()?;
+                // usb.ids has a few Latin-1 names: keep the rest readable.
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            })
+        };
+        Ids { pci: first(&PCI_PATHS), usb: first(&USB_PATHS) }
+    }
+
+    pub fn from_texts(pci: Option<&str>, usb: Option<&str>) -> Ids {
+        Ids { pci: pci.map(str::to_string), usb: usb.map(str::to_string) }
+    }
+
+    pub fn names(&self, bus: Bus, vendor: u16, product: Option<u16>) -> Names {
+        let text = match bus {
+            Bus::Pci => self.pci.as_deref(),
+            Bus::Usb => self.usb.as_deref(),
+        };
+        text.map(|t| lookup(t, vendor, product)).unwrap_or_default()
+    }
+}
+
+/// Finds `vendor` (and `product` among its devices) in an ids text.
+pub fn lookup(text: &str, vendor: u16, product: Option<u16>) -> Names {
+    let mut names = Names::default();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('\t') {
+            // Device lines belong to the vendor found last; subsystems (two tabs) are skipped.
+            if names.vendor.is_none() || rest.starts_with('\t') {
+                continue;
+            }
+            if let (Some(want), Some((id, name))) = (product, entry(rest)) {
+                if id == want {
+                    names.product = Some(name);
+                    break;
+                }
+            }
+            continue;
+        }
+        if names.vendor.is_some() {
+            break; // the next vendor: the product is not listed
+        }
+        match entry(line) {
+            Some((id, name)) if id == vendor => {
+                names.vendor = Some(name);
+                if product.is_none() {
+                    break;
+                }
+            }
+            Some(_) => {}
+            None => break, // a class or other section: the vendor list is over
+        }
+    }
+    names
+}
+
+/// "1af4  Red Hat, Inc." -> (0x1af4, "Red Hat, Inc.").
+fn entry(line: &str) -> Option<(u16, String)> {
+    let (id, name) = line.split_once(' ')?;
+    if id.len() != 4 {
+        return None;
+    }
+    let id = u16::from_str_radix(id, 16).ok()?;
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    let mut end = name.len().min(NAME_MAX);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some((id, name[..end].to_string()))
+}
+
+/// The ids of a sysfs device that sits on a PCI or USB bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusDevice {
+    pub bus: Bus,
+    /// The device's sysfs directory (host path under /sys/devices).
+    pub path: std::path::PathBuf,
+    pub vendor: u16,
+    pub product: u16,
+}
+
+/// Reads the ids of the device at `dir` (a /sys/devices/... directory),
+/// if it is a PCI device or a USB device (not a USB interface).
+pub fn bus_device(host: &HostFs, dir: &std::path::Path) -> Option<BusDevice> {
+    let subsystem = host.canonical(dir.join("subsystem")).ok()?;
+    let (bus, vendor, product) = match subsystem.file_name()?.to_str()? {
+        "pci" => (Bus::Pci, "vendor", "device"),
+        "usb" => (Bus::Usb, "idVendor", "idProduct"),
+        _ => return None,
+    };
+    let id = |f: &str| host.attribute(dir.join(f)).as_deref().and_then(parse_hex_id);
+    Some(BusDevice { bus, path: dir.to_path_buf(), vendor: id(vendor)?, product: id(product)? })
+}
+
+/// The device at `dir` or its first ancestor on a PCI or USB bus: a NIC's
+/// direct parent is often a virtio or platform device whose ids are not
+/// PCI ids (on a VM, eth0's parent is virtioN, whose own parent is the
+/// PCI function with vendor 0x1af4).
+pub fn bus_ancestor(host: &HostFs, dir: &std::path::Path) -> Option<BusDevice> {
+    // /sys/devices/pci0000:00/0000:00:03.0/virtio2 is three levels deep;
+    // USB devices behind hubs are deeper. 32 levels is far past any real tree.
+    dir.ancestors()
+        .take(32)
+        .take_while(|d| d.starts_with("/sys/devices") && *d != std::path::Path::new("/sys/devices"))
+        .find_map(|d| bus_device(host, d))
+}
+
+/// "0x1af4" or "1af4" (sysfs, uevents) -> 0x1af4.
+pub fn parse_hex_id(s: &str) -> Option<u16> {
+    let s = s.trim();
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    if s.is_empty() || s.len() > 4 {
+        return None;
+    }
+    u16::from_str_radix(s, 16).ok()
+}
+
+/// How ids are shown when the database does not name them.
+pub fn hex(id: u16) -> String {
+    format!("0x{id:04x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PCI: &str = "\
+# comment
+#\tcomment with a tab
+0001  SafeNet (wrong ID)
+1af4  Red Hat, Inc.
+\t1000  Virtio network device
+\t\t01de fffb  Propolis Virtio network device
+\t1041  Virtio 1.0 network device
+1af5  Netezza Corp.
+\t1041  Not Red Hat's
+C 02  Network controller
+\t00  Ethernet controller
+";
+
+    #[test]
+    fn vendor_and_device_lines_are_found_subsystems_ignored() {
+        let n = lookup(PCI, 0x1af4, Some(0x1041));
+        assert_eq!(n.vendor.as_deref(), Some("Red Hat, Inc."));
+        assert_eq!(n.product.as_deref(), Some("Virtio 1.0 network device"));
+        assert_eq!(lookup(PCI, 0x1af4, None).product, None);
+        // 0xfffb is a subsystem id of 1000, not a device of 1af4.
+        let n = lookup(PCI, 0x1af4, Some(0xfffb));
+        assert_eq!((n.vendor.as_deref(), n.product), (Some("Red Hat, Inc."), None));
+        // A device id of the next vendor is not taken for this one's.
+        assert_eq!(lookup(PCI, 0x1af5, Some(0x1000)).product, None);
+        assert_eq!(lookup(PCI, 0x1af5, Some(0x1041)).product.as_deref(), Some("Not Red Hat's"));
+    }
+
+    #[test]
+    fn unknown_ids_and_the_class_section_give_nothing() {
+        assert_eq!(lookup(PCI, 0x8086, Some(0x0d57)), Names::default());
+        // "C 02" is a class, not vendor 0x0002 or anything after it.
+        assert_eq!(lookup(PCI, 0x0002, None), Names::default());
+        assert_eq!(lookup("", 0x1af4, None), Names::default());
+        assert_eq!(lookup("1af4\n\t1000\n1af4  \n", 0x1af4, Some(0x1000)), Names::default(), "nameless lines");
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        let long = format!("abcd  {}\n", "é".repeat(400));
+        let n = lookup(&long, 0xabcd, None).vendor.unwrap();
+        assert!(n.len() <= NAME_MAX && n.chars().all(|c| c == 'é'), "{}", n.len());
+    }
+
+    #[test]
+    fn hex_ids_parse_and_print() {
+        assert_eq!(parse_hex_id("0x1af4\n"), Some(0x1af4));
+        assert_eq!(parse_hex_id("1AF4"), Some(0x1af4));
+        assert_eq!(parse_hex_id("46d"), Some(0x046d));
+        assert_eq!(parse_hex_id("0x12345"), None);
+        assert_eq!(parse_hex_id("zz"), None);
+        assert_eq!(parse_hex_id(""), None);
+        assert_eq!(hex(0x46d), "0x046d");
+    }
+
+    #[test]
+    fn ids_pick_the_bus_and_fall_back_when_absent() {
+        let ids = Ids::from_texts(Some(PCI), None);
+        assert_eq!(ids.names(Bus::Pci, 0x1af4, None).vendor.as_deref(), Some("Red Hat, Inc."));
+        assert_eq!(ids.names(Bus::Usb, 0x1af4, None), Names::default());
+    }
+}
