@@ -18,6 +18,7 @@ pub mod events;
 pub mod hostfs;
 pub mod listeners;
 pub mod net;
+pub mod procfs;
 pub mod report;
 pub mod sinks;
 pub mod tracefs;
