@@ -1,6 +1,7 @@
-//! Privileged: the inventory snapshots of the real machine, taken with
-//! `hitcount snapshot --only TYPE`, against what the kernel and the
-//! system's own tools report (`ss`, /proc).
+//! Privileged: the inventory snapshots (ListeningPorts, LocalUsers) of the
+//! real machine, taken with `hitcount snapshot --only TYPE`, against what
+//! the kernel and the system's own tools report (`ss`, /proc, `id`,
+//! `getent`).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -8,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{helper_bin, marker, own_netns, privileged, NetNs, Peer};
+use tests::{helper_bin, marker, own_netns, privileged, run, NetNs, Peer};
 
 /// One snapshot of `only`: (payloads, the snapshot object of its first event).
 fn snapshot(only: &str) -> (Vec<Value>, Value) {
@@ -205,4 +206,97 @@ fn listeners_of_both_namespaces_appear_with_their_owners_and_connected_sockets_d
         assert_eq!(f["source"], "/proc/PID/fd", "{f}");
     }
     drop(peers);
+}
+
+/// Removes the test's user and groups however the test ends.
+struct UserGuard {
+    user: String,
+    groups: Vec<String>,
+}
+
+impl Drop for UserGuard {
+    fn drop(&mut self) {
+        let _ = run(Command::new("userdel").arg(&self.user));
+        for g in &self.groups {
+            let _ = run(Command::new("groupdel").arg(g));
+        }
+    }
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn user<'a>(users: &'a [Value], name: &str) -> Option<&'a Value> {
+    users.iter().find(|u| u["user_name"] == name)
+}
+
+#[test]
+fn a_user_created_with_useradd_appears_with_its_groups_and_goes_with_userdel() {
+    if !privileged("a_user_created_with_useradd_appears_with_its_groups_and_goes_with_userdel") {
+        return;
+    }
+    // useradd takes at most 32 characters: a shorter unique name than marker's.
+    let m = marker("u");
+    let id = m.rsplit('-').take(2).collect::<Vec<_>>().join("");
+    let name = format!("hcu{}{}", std::process::id() % 100_000, &id[id.len().saturating_sub(8)..]);
+    let extra = format!("{name}g");
+    let _guard = UserGuard { user: name.clone(), groups: vec![extra.clone(), name.clone()] };
+    ok(Command::new("groupadd").arg(&extra));
+    ok(Command::new("useradd").args(["-M", "-U", "-s", "/bin/sh", "-c", "Inventory Test,,,", &name]));
+    ok(Command::new("usermod").args(["-a", "-G", &extra, &name]));
+
+    let (users, info) = snapshot("LocalUsers");
+    assert_eq!(info["failed_sources"], serde_json::json!([]), "root reads passwd, group and shadow");
+    let u = user(&users, &name).unwrap_or_else(|| panic!("{name} not in the snapshot"));
+    let uid: u64 = ok(Command::new("id").args(["-u", &name])).parse().unwrap();
+    let gid: u64 = ok(Command::new("id").args(["-g", &name])).parse().unwrap();
+    // `id -G` and `-Gn`: primary first, then the rest (in getgrouplist's order).
+    let gids: Vec<u64> = ok(Command::new("id").args(["-G", &name])).split(' ').map(|g| g.parse().unwrap()).collect();
+    let gnames: Vec<String> = ok(Command::new("id").args(["-Gn", &name])).split(' ').map(String::from).collect();
+    let mut expected: Vec<(u64, String)> = gids.iter().copied().zip(gnames).collect();
+    expected[1..].sort();
+    assert_eq!(expected.len(), 2, "its own group and {extra}: {expected:?}");
+    let got: Vec<(u64, String)> = u["group_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(u["group_names"].as_array().unwrap())
+        .map(|(g, n)| (g.as_u64().unwrap(), n.as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!((u["user_id"].as_u64(), u["primary_group_id"].as_u64()), (Some(uid), Some(gid)));
+    let pw: Vec<String> = ok(Command::new("getent").args(["passwd", &name])).split(':').map(String::from).collect();
+    assert_eq!(
+        (&u["gecos"], &u["home"], &u["shell"]),
+        (&Value::from(pw[4].clone()), &Value::from(pw[5].clone()), &Value::from(pw[6].clone()))
+    );
+    assert_eq!(u["login_shell"], true);
+    let sp: Vec<String> = ok(Command::new("getent").args(["shadow", &name])).split(':').map(String::from).collect();
+    assert_eq!(sp[1], "!", "useradd leaves the password unset");
+    assert_eq!(u["password"], "none");
+    assert_eq!(u["password_last_change"].as_u64(), Some(sp[2].parse().unwrap()));
+
+    // A hash, then the same hash locked.
+    let hash =
+        "$6$inventorysalt$4Y8Kp5yq0m3VvOq3kXJ1rD2y7Yb6Z5Xl0k9b3pQ5cJ6gW1uQmA8eS0oR7tN2lH4fV9dC3xB6zE1wL5jK8hG2s.";
+    ok(Command::new("usermod").args(["-p", hash, &name]));
+    assert_eq!(user(&snapshot("LocalUsers").0, &name).unwrap()["password"], "set");
+    ok(Command::new("usermod").args(["-L", &name]));
+    assert_eq!(ok(Command::new("getent").args(["shadow", &name])).split(':').nth(1).unwrap(), format!("!{hash}"));
+    assert_eq!(user(&snapshot("LocalUsers").0, &name).unwrap()["password"], "locked");
+
+    ok(Command::new("userdel").arg(&name));
+    let (users, _) = snapshot("LocalUsers");
+    assert!(user(&users, &name).is_none(), "{name} is gone after userdel");
+    assert!(user(&users, "root").is_some());
+    // The remaining set is what getent lists from the files.
+    let listed: BTreeSet<String> = ok(Command::new("getent").args(["-s", "files", "passwd"]))
+        .lines()
+        .filter_map(|l| l.split(':').next().map(String::from))
+        .collect();
+    let reported: BTreeSet<String> = users.iter().map(|u| u["user_name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(reported, listed);
 }

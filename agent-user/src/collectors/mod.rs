@@ -17,6 +17,7 @@ pub mod connection_create;
 pub mod diagnostic;
 pub mod kernel;
 pub mod listening_ports;
+pub mod local_users;
 pub mod process_create;
 pub mod process_terminate;
 pub mod snapshot;
@@ -97,7 +98,7 @@ pub trait EventSource {
 
 /// Every snapshot collector, in the order their snapshots are taken.
 pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
-    vec![Box::new(listening_ports::ListeningPorts)]
+    vec![Box::new(local_users::LocalUsers), Box::new(listening_ports::ListeningPorts)]
 }
 
 /// Every user-space event source. Sources that cannot start here (no
