@@ -2,8 +2,6 @@
 //! table and the attach loop.
 use std::{
     collections::{HashMap, HashSet},
-    io::Read,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -24,8 +22,9 @@ use aya::{
 
 use crate::{
     btf::Btf,
+    hostfs::HostFs,
     listeners::{self, SeedReport},
-    tracefs,
+    procfs, tracefs,
 };
 
 /// The compiled kernel object, embedded at build time by `cargo xtask build`.
@@ -569,7 +568,7 @@ impl Programs {
     /// insert leaves a stale entry, until a later listen() on its port
     /// replaces it or the LRU map evicts it.
     pub fn seed_listeners(&mut self, cmdline_max: u32) -> Result<SeedReport, LoadError> {
-        let Scan { mut found, namespaces, denied } = scan_listeners(Path::new("/proc"), cmdline_max);
+        let Scan { mut found, namespaces, denied } = scan_listeners(&HostFs::new("/"), cmdline_max);
         let mut report = SeedReport { namespaces, listeners: found.len(), denied, ..SeedReport::default() };
         // More than the map holds would evict entries the kernel just wrote.
         let room = LISTENERS_ENTRIES as usize;
@@ -618,33 +617,25 @@ struct Scan {
     denied: usize,
 }
 
-/// Listening TCP sockets of every network namespace and their owners.
-/// /proc/<pid>/net/tcp and tcp6 list the sockets of <pid>'s namespace, so one
-/// process per namespace gives its tables; namespaces are told apart by the
-/// inode of /proc/<pid>/ns/net, which is the `ns.inum` the kernel program
-/// keys by. Owners come from the `socket:[INODE]` links of /proc/<pid>/fd.
-/// Whatever cannot be read (a process exiting mid-scan, an fd directory the
-/// agent may not read) is skipped, never an error.
-fn scan_listeners(proc: &Path, cmdline_max: u32) -> Scan {
-    let pids: Vec<u32> = match std::fs::read_dir(proc) {
-        Ok(d) => d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect(),
+/// Listening TCP sockets of every network namespace and their owners
+/// (the walk is `procfs`'s). Whatever cannot be read (a process exiting
+/// mid-scan, an fd directory the agent may not read) is skipped, never an
+/// error.
+fn scan_listeners(host: &HostFs, cmdline_max: u32) -> Scan {
+    let pids = match procfs::pids(host) {
+        Ok(pids) => pids,
         Err(e) => {
-            log::warn!("cannot list {}: {e}; listeners opened before the agent have no owner", proc.display());
+            log::warn!("cannot list {e}; listeners opened before the agent have no owner");
             return Scan { found: Vec::new(), namespaces: 0, denied: 0 };
         }
     };
-    let mut namespaces = HashSet::new();
+    let mut namespaces = 0;
     let mut found: Vec<(ListenKey, u64)> = Vec::new();
-    for pid in &pids {
-        let dir = proc.join(pid.to_string());
-        // A zombie or an exited process: no namespace, try the next one.
-        let Ok(ns) = std::fs::metadata(dir.join("ns/net")) else { continue };
-        let netns = ns.ino() as u32;
-        if namespaces.contains(&netns) {
-            continue;
-        }
-        let Some(tables) = read_tcp_tables(&dir) else { continue };
-        namespaces.insert(netns);
+    for ns in procfs::net_namespaces(host, &pids) {
+        // The first process of the namespace whose tables can be read.
+        let Some(tables) = ns.pids.iter().find_map(|&pid| read_tcp_tables(host, pid)) else { continue };
+        namespaces += 1;
+        let netns = ns.inode as u32;
         for (family, table) in [(AF_INET, tables.0), (AF_INET6, tables.1)] {
             for l in listeners::parse_tcp_table(&table) {
                 found.push((ListenKey { netns, family: family as u16, port: l.port }, l.inode));
@@ -652,72 +643,30 @@ fn scan_listeners(proc: &Path, cmdline_max: u32) -> Scan {
         }
     }
     let wanted: HashSet<u64> = found.iter().map(|&(_, inode)| inode).collect();
-    let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
-    let mut denied = HashSet::new();
-    let is_denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
     // Without listeners there is nothing to look for in the fd tables.
-    let holder_candidates = if wanted.is_empty() { &[][..] } else { &pids[..] };
-    for &pid in holder_candidates {
-        let fds = match std::fs::read_dir(proc.join(format!("{pid}/fd"))) {
-            Ok(fds) => fds,
-            Err(e) => {
-                if is_denied(&e) {
-                    log::debug!("listener owners: /proc/{pid}/fd: {e}");
-                    denied.insert(pid);
-                }
-                continue;
-            }
-        };
-        for fd in fds.flatten() {
-            match std::fs::read_link(fd.path()) {
-                Ok(link) => {
-                    let inode = listeners::socket_inode(link.as_os_str().as_bytes());
-                    if let Some(inode) = inode.filter(|i| wanted.contains(i)) {
-                        holders.entry(inode).or_default().push(pid);
-                    }
-                }
-                Err(e) if is_denied(&e) => {
-                    if denied.insert(pid) {
-                        log::debug!("listener owners: {}: {e}", fd.path().display());
-                    }
-                }
-                Err(_) => {} // closed meanwhile
-            }
-        }
-    }
-    let mut statuses: HashMap<u32, Option<listeners::Status>> = HashMap::new();
-    let mut status = |pid: u32| {
-        *statuses.entry(pid).or_insert_with(|| {
-            std::fs::read_to_string(proc.join(format!("{pid}/status"))).ok().and_then(|t| listeners::parse_status(&t))
-        })
-    };
+    let holders =
+        if wanted.is_empty() { procfs::Holders::default() } else { procfs::socket_holders(host, &pids, &wanted) };
+    let mut owners = procfs::Owners::new(host);
     let mut owned = Vec::with_capacity(found.len());
     for (key, inode) in found {
-        let pids = holders.get(&inode).map(Vec::as_slice).unwrap_or_default();
-        let known: Vec<(u32, u32)> = pids.iter().filter_map(|&p| Some((p, status(p)?.ppid))).collect();
-        let owner = listeners::choose_owner(&known).and_then(|pid| read_owner(proc, pid, status(pid)?, cmdline_max));
+        let pids = holders.by_inode.get(&inode).map(Vec::as_slice).unwrap_or_default();
+        let owner = owners.choose(pids).and_then(|(pid, status)| read_owner(host, pid, status, cmdline_max));
         owned.push((key, owner));
     }
-    Scan { found: listeners::one_per_key(owned), namespaces: namespaces.len(), denied: denied.len() }
+    Scan { found: listeners::one_per_key(owned), namespaces, denied: holders.denied }
 }
 
 /// The tcp and tcp6 tables of a process's namespace; tcp6 is absent without IPv6.
-fn read_tcp_tables(dir: &Path) -> Option<(String, String)> {
-    let v4 = std::fs::read_to_string(dir.join("net/tcp")).ok()?;
-    let v6 = match std::fs::read_to_string(dir.join("net/tcp6")) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(_) => return None,
-    };
+fn read_tcp_tables(host: &HostFs, pid: u32) -> Option<(String, String)> {
+    let v4 = procfs::net_table(host, pid, "tcp").ok()??;
+    let v6 = procfs::net_table(host, pid, "tcp6").ok()?.unwrap_or_default();
     Some((v4, v6))
 }
 
 /// `pid` as a socket owner; None when it exited meanwhile.
-fn read_owner(proc: &Path, pid: u32, status: listeners::Status, cmdline_max: u32) -> Option<Owner> {
-    let dir = proc.join(pid.to_string());
-    let comm = std::fs::read(dir.join("comm")).ok()?;
-    let mut argv = Vec::new();
-    std::fs::File::open(dir.join("cmdline")).ok()?.take(u64::from(cmdline_max)).read_to_end(&mut argv).ok()?;
+fn read_owner(host: &HostFs, pid: u32, status: listeners::Status, cmdline_max: u32) -> Option<Owner> {
+    let comm = procfs::comm(host, pid)?;
+    let argv = procfs::cmdline(host, pid, cmdline_max)?;
     Some(listeners::kernel_owner(pid, status, &comm, &argv, cmdline_max))
 }
 

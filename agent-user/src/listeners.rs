@@ -1,15 +1,21 @@
-//! Listening TCP sockets that were open before the network collector
-//! started, and their owners. The kernel program learns a listener's owner
-//! only when the socket goes to LISTEN; for older listeners the agent reads
-//! /proc once after attaching and seeds the `LISTENERS` map. This module is
-//! the pure half (parsing, choosing an owner); the /proc walk and the map
-//! insertion are `ebpf::Programs::seed_listeners`.
-use std::{collections::HashMap, fmt};
+//! Sockets of the /proc/net tables and their owners, the pure half (parsing,
+//! choosing an owner) of two users: the ListeningPorts collector, and the
+//! seeding of listeners that were open before the network collector
+//! started (the kernel program learns a listener's owner only when the
+//! socket goes to LISTEN; for older listeners the agent reads /proc once
+//! after attaching and seeds the `LISTENERS` map). The /proc walk is
+//! `procfs`; the map insertion `ebpf::Programs::seed_listeners`.
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use agent_common::{ListenKey, Owner, CMDLINE_CAP, COMM_LEN};
 
-/// `TCP_LISTEN` in include/net/tcp_states.h, as /proc/net/tcp prints it.
-const LISTEN_STATE: &str = "0A";
+/// `TCP_LISTEN` and `TCP_CLOSE` in include/net/tcp_states.h.
+pub const TCP_LISTEN: u8 = 0x0A;
+pub const TCP_CLOSE: u8 = 0x07;
 
 /// A listening socket in one /proc/<pid>/net/tcp or tcp6 table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,25 +26,82 @@ pub struct Listener {
     pub inode: u64,
 }
 
-/// The listening sockets of a /proc/<pid>/net/tcp or tcp6 table. Line
-/// format: `get_tcp4_sock` in net/ipv4/tcp_ipv4.c (`get_tcp6_sock` in
-/// net/ipv6/tcp_ipv6.c, with 32-digit addresses): `sl: local rem st
-/// tx:rx tr:when retrnsmt uid timeout inode ...`, the port in hex after the
-/// address. The header and malformed lines are skipped.
+/// The listening sockets of a /proc/<pid>/net/tcp or tcp6 table (see
+/// [`parse_socket_line`]), those with a socket file.
 pub fn parse_tcp_table(text: &str) -> Vec<Listener> {
-    text.lines().filter_map(parse_tcp_line).collect()
+    text.lines()
+        .filter_map(parse_socket_line)
+        // Inode 0: no socket file (never a live listener); nobody can hold it.
+        .filter(|s| s.state == TCP_LISTEN && s.inode != 0)
+        .map(|s| Listener { port: s.local.1, inode: s.inode })
+        .collect()
 }
 
-fn parse_tcp_line(line: &str) -> Option<Listener> {
+/// One socket of a /proc/<pid>/net/{tcp,tcp6,udp,udp6,raw,raw6} table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketLine {
+    /// Address and port (host byte order); a raw socket's "port" is its
+    /// IP protocol number.
+    pub local: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+    /// `TCP_*` of include/net/tcp_states.h (UDP and raw sockets use
+    /// TCP_ESTABLISHED when connected, TCP_CLOSE otherwise).
+    pub state: u8,
+    /// The socket's uid (`sock_i_uid`: the creator's, or a later fchown).
+    pub uid: u32,
+    /// As in the `socket:[INODE]` links of /proc/<pid>/fd; 0 for a socket
+    /// without a file (a kernel socket, a TCP request or time-wait entry).
+    pub inode: u64,
+}
+
+/// One line of a socket table. The six tables share one layout
+/// (`get_tcp4_sock` in net/ipv4/tcp_ipv4.c, `udp4_format_sock` in
+/// net/ipv4/udp.c, `raw_sock_seq_show` in net/ipv4/raw.c and their IPv6
+/// twins): `sl: local rem st tx:rx tr:when retrnsmt uid timeout inode ...`,
+/// ports in hex after the address. The header and malformed lines are None.
+pub fn parse_socket_line(line: &str) -> Option<SocketLine> {
     let f: Vec<&str> = line.split_whitespace().take(10).collect();
-    if f.len() < 10 || !f[0].ends_with(':') || f[3] != LISTEN_STATE {
+    if f.len() < 10 || !f[0].ends_with(':') {
         return None;
     }
-    let (_, port) = f[1].rsplit_once(':')?;
+    Some(SocketLine {
+        local: parse_endpoint(f[1])?,
+        remote: parse_endpoint(f[2])?,
+        state: u8::from_str_radix(f[3], 16).ok()?,
+        uid: f[7].parse().ok()?,
+        inode: f[9].parse().ok()?,
+    })
+}
+
+/// `ADDR:PORT` as the tables print it: the port as 4 hex digits, the
+/// address as the raw bytes of the kernel's `__be32` (8 hex digits) or of
+/// `s6_addr32[0..4]` (32), each 32-bit word printed with `%08X` as a
+/// native-endian integer. So every word's native bytes are the address's
+/// bytes in network order: 127.0.0.1 is `0100007F` on a little-endian host.
+/// (Reading the 32 digits as one big-endian number, as the legacy C agent
+/// did, scrambles every IPv6 address.)
+pub fn parse_endpoint(s: &str) -> Option<(IpAddr, u16)> {
+    let (addr, port) = s.split_once(':')?;
+    if port.len() != 4 {
+        return None;
+    }
     let port = u16::from_str_radix(port, 16).ok()?;
-    let inode = f[9].parse().ok()?;
-    // Inode 0: no socket file (never a live listener); nobody can hold it.
-    (inode != 0).then_some(Listener { port, inode })
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let hex = addr.get(8 * i..8 * i + 8)?;
+        Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())
+    };
+    let ip = match addr.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[4 * i..4 * i + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    Some((ip, port))
 }
 
 /// The inode of a /proc/<pid>/fd link that is a socket: `socket:[12345]`.
@@ -177,6 +240,34 @@ mod tests {
         assert!(parse_tcp_table("   0: 00000000:07E8 00000000:0000 0A 00000000:00000000").is_empty());
         assert!(parse_tcp_table("   0: 00000000:ZZZZ 00000000:0000 0A 0:0 0:0 0 0 0 17 1").is_empty());
         assert!(parse_tcp_table("   0: 00000000:0050 00000000:0000 0A 0:0 0:0 0 0 0 0 1").is_empty(), "inode 0");
+    }
+
+    #[test]
+    fn addresses_are_words_of_network_order_bytes() {
+        let ep = |s| parse_endpoint(s).map(|(ip, port)| (ip.to_string(), port));
+        assert_eq!(ep("0100007F:1F90"), Some(("127.0.0.1".into(), 8080)));
+        // Copied from tcp6 on this (little-endian) machine: 2001:db8:1:2::abcd port 443.
+        assert_eq!(ep("B80D01200200010000000000CDAB0000:01BB"), Some(("2001:db8:1:2::abcd".into(), 443)));
+        assert_eq!(ep("0000000000000000FFFF00000100007F:20FB"), Some(("::ffff:127.0.0.1".into(), 8443)));
+        assert_eq!(ep("00000000000000000000000001000000:0000"), Some(("::1".into(), 0)));
+        for bad in ["0100007F", "0100007:1F90", "0100007F:1F9G", "0100007F:10000", "XX00007F:0050", "B80D0120:01BB0"] {
+            assert_eq!(ep(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn socket_lines_of_every_table() {
+        let udp6 = " 6063: B80D01200200010000000000CDAB0000:9C41 B80D01200200010000000000CDAB0000:0223 01 \
+                    00000000:00000000 00:00000000 00000000  1000        0 53931 2 000000000121a406 0";
+        let s = parse_socket_line(udp6).unwrap();
+        assert_eq!((s.local.1, s.remote.1, s.state, s.uid, s.inode), (40001, 547, 1, 1000, 53931));
+        assert_eq!(s.remote.0, "2001:db8:1:2::abcd".parse::<IpAddr>().unwrap());
+        let raw =
+            "  19: 00000000:0001 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 53932 2 0 0";
+        assert_eq!(parse_socket_line(raw).unwrap().local.1, 1, "a raw socket's port is its protocol");
+        assert_eq!(parse_socket_line(TCP.lines().next().unwrap()), None, "the header");
+        assert_eq!(parse_socket_line("   0: 00000000:07E8 00000000:0000 0A 00000000:00000000"), None);
+        assert_eq!(parse_socket_line("   0: 00000000:07E8 00000000:0000 0A 0:0 0:0 0 -1 0 17 1"), None, "uid");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod connection_create;
 pub mod diagnostic;
 pub mod ids;
 pub mod kernel;
+pub mod listening_ports;
+pub mod local_users;
 pub mod process_create;
 pub mod process_terminate;
 pub mod snapshot;
@@ -99,7 +101,12 @@ pub trait EventSource {
 
 /// Every snapshot collector, in the order their snapshots are taken.
 pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
-    vec![Box::new(system_information::SystemInformationCollector), Box::new(connected_hardware::ConnectedHardware)]
+    vec![
+        Box::new(system_information::SystemInformationCollector),
+        Box::new(local_users::LocalUsers),
+        Box::new(listening_ports::ListeningPorts),
+        Box::new(connected_hardware::ConnectedHardware),
+    ]
 }
 
 /// Every user-space event source. Sources that cannot start here (no
