@@ -450,6 +450,7 @@ impl<S: Sink> Agent<S> {
         );
         stats.transport_cache_full = transport.records;
         stats.transport_cache_full_hits = transport.hits;
+        stats.spool_records_lost = transport.spool_lost;
         stats.network = network;
         Some(closed.window.event(Payload::DroppedEventsStatistics(stats)))
     }
