@@ -243,10 +243,6 @@ impl Journal {
         Journal { dir, file: None, len: 0, rewritten_len: 0, unsynced: false, failed: None }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Replaces the journal by `bytes` (from [`snapshot`]), durably.
     pub fn rewrite(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         let tmp = self.dir.join(TMP);
