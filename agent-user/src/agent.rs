@@ -355,6 +355,7 @@ pub fn closed_events(
         let mut stats = DroppedEventsStatistics::new(t, losses);
         stats.transport_cache_full = transport.records;
         stats.transport_cache_full_hits = transport.hits;
+        stats.spool_records_lost = transport.spool_lost;
         stats.network = network;
         events.push(window.event(Payload::DroppedEventsStatistics(stats)));
     }
@@ -364,12 +365,13 @@ pub fn closed_events(
 /// The DroppedEventsStatistics of ConfigurationError: `seen` made since the
 /// last one, `transport` dropped by a full local cache. None when neither.
 fn configuration_error_statistics(seen: u64, transport: Drops) -> Option<DroppedEventsStatistics> {
-    if seen == 0 && transport.records == 0 {
+    if seen == 0 && transport.records == 0 && transport.spool_lost == 0 {
         return None;
     }
     let mut s = DroppedEventsStatistics::new(EventType::ConfigurationError, Losses { seen, ..Default::default() });
     s.transport_cache_full = transport.records;
     s.transport_cache_full_hits = transport.hits;
+    s.spool_records_lost = transport.spool_lost;
     Some(s)
 }
 
@@ -533,11 +535,11 @@ mod tests {
     fn configuration_errors_are_counted_like_any_other_type() {
         use crate::transport::outbox::Drops;
         assert_eq!(configuration_error_statistics(0, Drops::default()), None);
-        let s = configuration_error_statistics(3, Drops { records: 2, hits: 2 }).unwrap();
+        let s = configuration_error_statistics(3, Drops { records: 2, hits: 2, ..Drops::default() }).unwrap();
         assert_eq!(s.source_event_type, EventType::ConfigurationError);
         assert_eq!((s.events_seen, s.dropped_events), (3, 0));
         assert_eq!((s.transport_cache_full, s.transport_cache_full_hits), (2, 2));
-        let s = configuration_error_statistics(0, Drops { records: 1, hits: 1 }).unwrap();
+        let s = configuration_error_statistics(0, Drops { records: 1, hits: 1, ..Drops::default() }).unwrap();
         assert_eq!((s.events_seen, s.transport_cache_full), (0, 1), "a drop is reported after its window");
     }
 

@@ -116,6 +116,11 @@ pub struct DroppedEventsStatistics {
     pub transport_cache_full: u64,
     /// The hit counts those dropped records carried.
     pub transport_cache_full_hits: u64,
+    /// Not part of this window's identity: records of this type found
+    /// unreadable (truncated, corrupt, invalid) in the `--spool-dir` journal
+    /// at start and lost; records of unknown type count in the first
+    /// DroppedEventsStatistics after the start, whatever its type.
+    pub spool_records_lost: u64,
     /// ConnectionCreate only: what was lost that is not an event.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkLosses>,
@@ -214,6 +219,7 @@ impl DroppedEventsStatistics {
             sources_unreadable: l.sources_unreadable,
             transport_cache_full: 0,
             transport_cache_full_hits: 0,
+            spool_records_lost: 0,
             network: None,
         }
     }

@@ -387,6 +387,16 @@ fn past_the_cache_bound_the_exact_dropped_count_is_reported() {
     std::fs::remove_file(cfg).unwrap();
 }
 
+/// A spool directory of its own (not created), the FAST configuration, and
+/// the agent's flags with both.
+fn spool_args(broker: &Broker, device: &str) -> (PathBuf, PathBuf, Vec<String>) {
+    let spool = std::env::temp_dir().join(marker("spool"));
+    let cfg = temp_file("cfg", FAST);
+    let mut args = mqtt_args(broker, device, Some(&cfg));
+    args.extend(["--spool-dir".into(), spool.display().to_string()]);
+    (spool, cfg, args)
+}
+
 #[test]
 fn with_a_spool_dir_an_agent_restart_loses_nothing() {
     if !ready("with_a_spool_dir_an_agent_restart_loses_nothing") {
@@ -394,10 +404,7 @@ fn with_a_spool_dir_an_agent_restart_loses_nothing() {
     }
     let (mut broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     broker.stop();
-    let spool = std::env::temp_dir().join(marker("spool"));
-    let cfg = temp_file("cfg", FAST);
-    let mut args = mqtt_args(&broker, &device, Some(&cfg));
-    args.extend(["--spool-dir".into(), spool.display().to_string()]);
+    let (spool, cfg, args) = spool_args(&broker, &device);
     let first = start(&args);
     let m = marker("spooled");
     exec_true(&m, 12);
@@ -412,6 +419,103 @@ fn with_a_spool_dir_an_agent_restart_loses_nothing() {
     let events = sub.events();
     assert_eq!(marker_hits(&events, &m), 12);
     assert_windows_account_for_every_event(&events, "ProcessCreate");
+    std::fs::remove_file(cfg).unwrap();
+    let _ = std::fs::remove_dir_all(spool);
+}
+
+/// Hits of a marker's ProcessCreate entries in a spool journal, read as
+/// the README documents it (no tombstones while the broker is down).
+fn journal_hits(spool: &std::path::Path, m: &str) -> u64 {
+    let c = cmdline(m);
+    let text = std::fs::read_to_string(spool.join("queue.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["event"]["payload"]["commandline"] == c.as_str())
+        .map(|r| r["hits"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn with_a_spool_dir_a_sigkill_during_an_outage_loses_nothing() {
+    if !ready("with_a_spool_dir_a_sigkill_during_an_outage_loses_nothing") {
+        return;
+    }
+    let (mut broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
+    broker.stop();
+    let (spool, cfg, args) = spool_args(&broker, &device);
+    let first = start(&args);
+    let m = marker("killed");
+    exec_true(&m, 30);
+    // Every marker exec has entered the cache once the journal holds them.
+    let deadline = Instant::now() + WAIT;
+    while journal_hits(&spool, &m) < 30 {
+        assert!(Instant::now() < deadline, "the journal holds {} of 30 marker execs", journal_hits(&spool, &m));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGKILL: no shutdown, no rewrite; the journal is all there is.
+    drop(first);
+    broker.restart().unwrap();
+    let second = start(&args);
+    sub.wait_until("the journaled events", WAIT, arrived(&sub, &m)).unwrap();
+    // The drop counts of the windows that follow account for the restart.
+    let after = marker("after");
+    exec_true(&after, 2);
+    sub.wait_until("events after the restart", WAIT, arrived(&sub, &after)).unwrap();
+    let logs = second.stop_logs().unwrap();
+    assert!(logs.iter().any(|l| l.contains("events from the previous run queued for sending")), "{logs:#?}");
+    assert!(!logs.iter().any(|l| l.contains("unreadable records lost")), "{logs:#?}");
+    let events = sub.events();
+    assert_eq!(marker_hits(&events, &m), 30);
+    assert_eq!(marker_hits(&events, &after), 2);
+    assert_windows_account_for_every_event(&events, "ProcessCreate");
+    for p in payloads(&events, "DroppedEventsStatistics") {
+        assert_eq!(p["spool_records_lost"], 0, "{p}");
+        assert_eq!(p["transport_cache_full"], 0, "{p}");
+    }
+    std::fs::remove_file(cfg).unwrap();
+    let _ = std::fs::remove_dir_all(spool);
+}
+
+#[test]
+fn a_damaged_spool_is_counted_and_the_agent_starts() {
+    if !ready("a_damaged_spool_is_counted_and_the_agent_starts") {
+        return;
+    }
+    let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
+    let (spool, cfg, args) = spool_args(&broker, &device);
+    std::fs::create_dir(&spool).unwrap();
+    // A foreign head, then two records that are not events, then a truncated one.
+    std::fs::write(
+        spool.join("queue.jsonl"),
+        "garbage\n\u{7f}ELF\n{\"seq\":1}\n{\"seq\":2,\"event_type\":\"ProcessCreate\",\"pri",
+    )
+    .unwrap();
+    let agent = start(&args);
+    let m = marker("after-damage");
+    exec_true(&m, 3);
+    sub.wait_until("events after a damaged spool", WAIT, arrived(&sub, &m)).unwrap();
+    let lost_reported = |msgs: &[mosquitto::Msg]| -> u64 {
+        msgs.iter()
+            .filter(|x| x.topic.ends_with("/events"))
+            .flat_map(|x| x.json()["events"].as_array().unwrap().clone())
+            .filter(|e| e["event_type"] == "DroppedEventsStatistics")
+            .map(|e| e["payload"]["spool_records_lost"].as_u64().unwrap())
+            .sum()
+    };
+    // At least once: a repeated envelope may count twice here, not below.
+    sub.wait_until("the lost records reported", WAIT, |msgs| lost_reported(msgs) >= 3).unwrap();
+    let logs = agent.stop_logs().unwrap();
+    assert!(logs.iter().any(|l| l.contains("3 unreadable records lost")), "{logs:#?}");
+    let events = sub.events();
+    assert_eq!(marker_hits(&events, &m), 3);
+    let lost: u64 =
+        payloads(&events, "DroppedEventsStatistics").iter().map(|p| p["spool_records_lost"].as_u64().unwrap()).sum();
+    assert_eq!(lost, 3, "counted once");
+    // World-writable: refused at start, with the reason.
+    std::fs::set_permissions(&spool, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = format!("{:#}", tests::Agent::start(&a).err().expect("a world-writable spool is refused"));
+    assert!(err.contains("lets group or others write it"), "{err}");
     std::fs::remove_file(cfg).unwrap();
     let _ = std::fs::remove_dir_all(spool);
 }

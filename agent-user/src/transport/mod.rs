@@ -1,6 +1,7 @@
 //! The MQTT transport: events queue by priority in a byte-bounded local
 //! cache ([`outbox`]), leave in envelopes ([`envelope`]) of at most
-//! maxMessageSizeInBytes, and survive restarts with `--spool-dir` ([`spool`]).
+//! maxMessageSizeInBytes, and survive restarts and crashes with `--spool-dir`
+//! (a journal of the cache, [`spool`]).
 //! The connection itself lives in [`mqtt`]. Nothing here knows about eBPF.
 pub mod envelope;
 pub mod mqtt;
@@ -20,11 +21,62 @@ use crate::{
 use outbox::Item;
 use outbox::{Carried, Drops, Outbox};
 
-/// What the agent and the connection task share: the cache, and a bell
-/// rung when something was added to it.
+/// What the agent and the connection task share: the cache, a bell rung
+/// when something was added to it, and the cache's journal (`--spool-dir`).
+/// Lock order: `journal` before `outbox`, never the other way.
 pub struct Shared {
     pub outbox: Mutex<Outbox>,
     pub wake: Notify,
+    pub journal: Mutex<Option<spool::Journal>>,
+}
+
+impl Shared {
+    fn new(outbox: Outbox, journal: Option<spool::Journal>) -> Shared {
+        Shared { outbox: Mutex::new(outbox), wake: Notify::new(), journal: Mutex::new(journal) }
+    }
+
+    /// Appends what changed in the cache to the journal, at once: a SIGKILL
+    /// after this loses none of it.
+    pub fn record(&self) {
+        let mut journal = self.journal.lock().expect("journal lock");
+        let Some(j) = journal.as_mut() else { return };
+        let changes = self.outbox.lock().expect("outbox lock").take_changes();
+        j.append(changes);
+    }
+
+    /// Rewrites the journal from the cache; the events it holds, or None
+    /// without a spool.
+    pub fn rewrite(&self) -> Option<Result<usize, spool::SpoolError>> {
+        let mut journal = self.journal.lock().expect("journal lock");
+        let j = journal.as_mut()?;
+        let (bytes, n) = {
+            let mut o = self.outbox.lock().expect("outbox lock");
+            (spool::snapshot(&mut o), o.len())
+        };
+        Some(j.rewrite(&bytes).map(|()| n))
+    }
+
+    /// Every SYNC_INTERVAL, on the spool thread: fsync what was appended,
+    /// or rewrite the journal when it is due.
+    fn tick(&self) {
+        let cache = self.outbox.lock().expect("outbox lock").settings().max_cache_bytes;
+        let due = match self.journal.lock().expect("journal lock").as_mut() {
+            Some(j) => j.due(std::time::Instant::now(), cache),
+            None => return,
+        };
+        match due {
+            spool::Due::Nothing => {}
+            // Failures are logged by the journal.
+            spool::Due::Rewrite => drop(self.rewrite()),
+            spool::Due::Sync(file) => {
+                if let Err(e) = file.sync_data() {
+                    if let Some(j) = self.journal.lock().expect("journal lock").as_mut() {
+                        j.sync_failed(e);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Requests to the connection task.
@@ -52,29 +104,51 @@ pub type DesiredRx = mpsc::UnboundedReceiver<Vec<u8>>;
 pub struct Transport {
     control: mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<()>,
+    /// Dropped last: the spool thread then syncs once more and ends.
+    _spool_thread: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Transport {
     /// Starts the connection task (on the current tokio runtime), after
-    /// loading the spool if there is one.
+    /// loading the spool if there is one; a spool directory another user
+    /// could write is refused.
     pub fn start(
         settings: mqtt::Settings,
         config: &Config,
     ) -> Result<(Transport, MqttSink, DesiredRx), mqtt::MqttError> {
         let mut outbox = Outbox::new(config.transport, std::time::Instant::now());
-        if let Some(dir) = &settings.spool_dir {
-            let n = spool::load(dir, &mut outbox)?;
-            if n > 0 {
-                log::info!("spool {}: {n} events from the previous run queued for sending", dir.display());
+        let journal = match &settings.spool_dir {
+            Some(dir) => {
+                let dir = spool::prepare(dir, config.transport.max_cache_bytes)?;
+                spool::load(&dir, &mut outbox).log(&dir);
+                Some(spool::Journal::new(dir))
             }
-        }
-        let shared = Arc::new(Shared { outbox: Mutex::new(outbox), wake: Notify::new() });
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(outbox, journal));
+        // The first rewrite drops what was unreadable and is the write
+        // probe: a read-only or full directory is warned about now.
+        let spool_thread = shared.rewrite().map(|_| {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("hitcount-spool".into())
+                .spawn(move || {
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(spool::SYNC_INTERVAL) {
+                        s.tick();
+                    }
+                    s.tick();
+                })
+                .map(|_| tx)
+        });
+        let spool_thread =
+            spool_thread.transpose().map_err(|e| mqtt::MqttError::Settings(format!("spool thread: {e}")))?;
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (desired_tx, desired_rx) = mpsc::unbounded_channel();
         let options = settings.options()?;
         let task = tokio::spawn(mqtt::run(settings, options, shared.clone(), control_rx, desired_tx));
         let sink = MqttSink { shared, control: control_tx.clone(), config: config.clone(), overflowing: false };
-        Ok((Transport { control: control_tx, task }, sink, desired_rx))
+        Ok((Transport { control: control_tx, task, _spool_thread: spool_thread }, sink, desired_rx))
     }
 
     /// Publishes (or spools) everything queued and disconnects.
@@ -106,7 +180,11 @@ impl Sink for MqttSink {
             let carried = match &e.payload {
                 Payload::DroppedEventsStatistics(s) => Some(Carried {
                     source: s.source_event_type,
-                    drops: Drops { records: s.transport_cache_full, hits: s.transport_cache_full_hits },
+                    drops: Drops {
+                        records: s.transport_cache_full,
+                        hits: s.transport_cache_full_hits,
+                        spool_lost: s.spool_records_lost,
+                    },
                 }),
                 _ => None,
             };
@@ -115,12 +193,15 @@ impl Sink for MqttSink {
             outbox.stage(t, priority, hits, carried, bytes);
         }
         drop(outbox);
+        self.shared.record();
         self.shared.wake.notify_one();
         Ok(())
     }
 
     fn take_transport_drops(&mut self, t: EventType) -> Drops {
-        self.shared.outbox.lock().expect("outbox lock").take_drops(t)
+        let drops = self.shared.outbox.lock().expect("outbox lock").take_drops(t);
+        self.shared.record();
+        drops
     }
 
     fn make_room(&mut self) {
@@ -138,11 +219,14 @@ impl Sink for MqttSink {
         } else if outbox.staged_bytes() == 0 {
             self.overflowing = false;
         }
+        drop(outbox);
+        self.shared.record();
     }
 
     fn configure(&mut self, config: &Config) {
         self.config = config.clone();
         self.shared.outbox.lock().expect("outbox lock").configure(config.transport);
+        self.shared.record();
         self.shared.wake.notify_one();
     }
 
@@ -183,8 +267,7 @@ mod tests {
 
     fn sink(config: Config) -> MqttSink {
         let (control, _) = mpsc::unbounded_channel();
-        let shared =
-            Arc::new(Shared { outbox: Mutex::new(Outbox::new(config.transport, Instant::now())), wake: Notify::new() });
+        let shared = Arc::new(Shared::new(Outbox::new(config.transport, Instant::now()), None));
         MqttSink { shared, control, config, overflowing: false }
     }
 
@@ -207,10 +290,7 @@ mod tests {
         let items: Vec<Item> = s.shared.outbox.lock().unwrap().all_items().into_iter().cloned().collect();
         assert_eq!(items.len(), 1);
         assert_eq!((items[0].event_type, items[0].priority), (EventType::DroppedEventsStatistics, Priority::High));
-        assert_eq!(
-            items[0].carried,
-            Some(Carried { source: EventType::ProcessTerminate, drops: Drops { records: 2, hits: 5 } })
-        );
+        assert_eq!(items[0].carried, Some(Carried { source: EventType::ProcessTerminate, drops: Drops::new(2, 5) }));
         let v: serde_json::Value = serde_json::from_slice(&items[0].bytes).unwrap();
         assert_eq!(v["payload"]["transport_cache_full_hits"], 5);
         c.set_priority(EventType::DroppedEventsStatistics, Priority::Off);

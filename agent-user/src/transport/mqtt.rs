@@ -585,6 +585,7 @@ pub async fn run(
             statistics_lost = lost;
         }
         c.pump();
+        shared.record();
     };
     shutdown(&mut c, &mut ev_rx, &resume_tx, &desired, &settings).await;
     poller.abort();
@@ -614,6 +615,7 @@ async fn shutdown(
             }
             Ok(None) | Err(_) => break,
         }
+        c.shared.record();
     }
     if c.connected {
         // A clean DISCONNECT suppresses the last will, so say it ourselves.
@@ -628,20 +630,22 @@ async fn shutdown(
         }
         log::info!("disconnected from the MQTT broker");
     }
-    let mut outbox = c.shared.outbox.lock().expect("outbox lock");
-    outbox.requeue_inflight();
-    // What is spooled obeys the bound too.
-    outbox.admit(false);
-    let left = outbox.len();
-    match &settings.spool_dir {
-        Some(dir) => match spool::write(dir, &outbox) {
-            Ok(n) => log::info!("spool {}: {n} unsent events kept for the next start", dir.display()),
-            Err(e) => log::error!("{e}; {left} unsent events are lost"),
-        },
-        None if left > 0 => {
+    let left = {
+        let mut outbox = c.shared.outbox.lock().expect("outbox lock");
+        outbox.requeue_inflight();
+        // What is spooled obeys the bound too.
+        outbox.admit(false);
+        outbox.len()
+    };
+    match (&settings.spool_dir, c.shared.rewrite()) {
+        (Some(dir), Some(Ok(n))) => log::info!("spool {}: {n} unsent events kept for the next start", dir.display()),
+        (_, Some(Err(e))) => {
+            log::error!("{e}; of {left} unsent events, the journal holds those it could write before")
+        }
+        _ if left > 0 => {
             log::warn!("{left} events were not sent (broker unreachable); --spool-dir keeps them across restarts")
         }
-        None => {}
+        _ => {}
     }
 }
 

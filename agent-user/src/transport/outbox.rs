@@ -25,18 +25,42 @@ use serde::{Deserialize, Serialize};
 use super::envelope::{split, Frame};
 use crate::config::{EventType, Priority, TransportSettings};
 
-/// Events (records) of one type dropped from the cache, and the hits they carried.
+/// Events (records) of one type dropped from the cache, the hits they
+/// carried, and spool records of that type found unreadable at start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Drops {
     pub records: u64,
     pub hits: u64,
+    #[serde(default)]
+    pub spool_lost: u64,
 }
 
 impl Drops {
-    fn add(&mut self, o: Drops) {
-        self.records += o.records;
-        self.hits += o.hits;
+    pub const fn new(records: u64, hits: u64) -> Drops {
+        Drops { records, hits, spool_lost: 0 }
     }
+
+    /// Saturating: counts read back from a spool are not trusted to be small.
+    pub fn add(&mut self, o: Drops) {
+        self.records = self.records.saturating_add(o.records);
+        self.hits = self.hits.saturating_add(o.hits);
+        self.spool_lost = self.spool_lost.saturating_add(o.spool_lost);
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Drops::default()
+    }
+}
+
+/// What changed in the cache since the journal last looked (see
+/// [`super::spool`]): events that entered, events that left (acknowledged
+/// or dropped), and the unreported drops when they changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub entered: Vec<Item>,
+    pub gone: Vec<u64>,
+    pub drops: Option<(BTreeMap<EventType, Drops>, u64)>,
 }
 
 /// Transport drops a DroppedEventsStatistics event reports.
@@ -108,6 +132,12 @@ pub struct Outbox {
     dropped: u64,
     /// Statistics events dropped because nothing else was left.
     pub statistics_lost: u64,
+    /// Spool records of unknown type found unreadable at start: reported by
+    /// the next DroppedEventsStatistics of any type.
+    spool_lost_unknown: u64,
+    /// Recorded for the journal while one is kept.
+    changes: Option<Changes>,
+    drops_changed: bool,
 }
 
 impl Outbox {
@@ -128,6 +158,9 @@ impl Outbox {
             drops: BTreeMap::new(),
             dropped: 0,
             statistics_lost: 0,
+            spool_lost_unknown: 0,
+            changes: None,
+            drops_changed: false,
         }
     }
 
@@ -254,7 +287,36 @@ impl Outbox {
     ) -> Item {
         let seq = self.next_seq;
         self.next_seq += 1;
-        Item { seq, event_type, priority, hits, carried, bytes }
+        let item = Item { seq, event_type, priority, hits, carried, bytes };
+        self.entered(&item);
+        item
+    }
+
+    fn entered(&mut self, item: &Item) {
+        if let Some(c) = &mut self.changes {
+            c.entered.push(item.clone());
+        }
+    }
+
+    fn gone(&mut self, seq: u64) {
+        if let Some(c) = &mut self.changes {
+            c.gone.push(seq);
+        }
+    }
+
+    /// From now on, changes are recorded for [`Outbox::take_changes`].
+    pub fn record_changes(&mut self) {
+        self.changes = Some(Changes::default());
+    }
+
+    /// What changed since the previous call (nothing if not recording).
+    pub fn take_changes(&mut self) -> Changes {
+        let Some(c) = &mut self.changes else { return Changes::default() };
+        let mut c = std::mem::take(c);
+        if std::mem::take(&mut self.drops_changed) {
+            c.drops = Some((self.drops.clone(), self.spool_lost_unknown));
+        }
+        c
     }
 
     fn add_pending(&mut self, item: Item) {
@@ -289,6 +351,7 @@ impl Outbox {
     pub fn restore(&mut self, mut item: Item) {
         item.seq = self.next_seq;
         self.next_seq += 1;
+        self.entered(&item);
         self.bytes += item.bytes.len() as u64;
         self.ready.push_back(item);
         self.enforce_limit();
@@ -358,6 +421,9 @@ impl Outbox {
         match self.inflight.remove(&id) {
             Some(items) => {
                 self.bytes -= items.iter().map(|i| i.bytes.len() as u64).sum::<u64>();
+                for i in &items {
+                    self.gone(i.seq);
+                }
                 true
             }
             None => false,
@@ -385,30 +451,49 @@ impl Outbox {
         self.enforce_limit();
     }
 
-    /// Drops not yet reported for `t`, reset to zero.
+    /// Drops not yet reported for `t`, reset to zero; spool records of
+    /// unknown type ride with the first type asked for.
     pub fn take_drops(&mut self, t: EventType) -> Drops {
-        self.drops.remove(&t).unwrap_or_default()
+        let mut d = self.drops.remove(&t).unwrap_or_default();
+        d.spool_lost = d.spool_lost.saturating_add(std::mem::take(&mut self.spool_lost_unknown));
+        self.drops_changed |= !d.is_zero();
+        d
     }
 
-    /// Drops not yet reported, by type (for the spool).
-    pub fn drops(&self) -> &BTreeMap<EventType, Drops> {
-        &self.drops
+    /// Drops not yet reported, by type, and unreadable spool records of
+    /// unknown type (for the spool).
+    pub fn drops(&self) -> (&BTreeMap<EventType, Drops>, u64) {
+        (&self.drops, self.spool_lost_unknown)
     }
 
     pub fn add_drops(&mut self, t: EventType, d: Drops) {
         self.drops.entry(t).or_default().add(d);
+        self.drops_changed = true;
+    }
+
+    /// Spool records lost whose event type cannot be told.
+    pub fn add_spool_lost_unknown(&mut self, n: u64) {
+        self.spool_lost_unknown = self.spool_lost_unknown.saturating_add(n);
+        self.drops_changed = true;
     }
 
     fn drop_item(&mut self, item: Item) {
         self.bytes -= item.bytes.len() as u64;
+        self.gone(item.seq);
+        self.count_dropped(item.event_type, item.hits, item.carried);
+    }
+
+    /// Counts one event dropped (from the cache, or from the spool before it
+    /// entered): what it carried returns to the counters.
+    pub fn count_dropped(&mut self, event_type: EventType, hits: u64, carried: Option<Carried>) {
         self.dropped += 1;
-        if let Some(c) = item.carried {
+        if let Some(c) = carried {
             self.add_drops(c.source, c.drops);
         }
-        if item.event_type == EventType::DroppedEventsStatistics {
+        if event_type == EventType::DroppedEventsStatistics {
             self.statistics_lost += 1;
         } else {
-            self.add_drops(item.event_type, Drops { records: 1, hits: item.hits });
+            self.add_drops(event_type, Drops::new(1, hits));
         }
     }
 
@@ -573,8 +658,8 @@ mod tests {
         }
         assert!(o.bytes() <= 10_000);
         assert_eq!(o.len(), 100);
-        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops { records: 50, hits: 150 });
-        assert_eq!(o.take_drops(EventType::ProcessTerminate), Drops { records: 50, hits: 150 });
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops::new(50, 150));
+        assert_eq!(o.take_drops(EventType::ProcessTerminate), Drops::new(50, 150));
         assert_eq!(o.take_drops(EventType::ProcessCreate), Drops::default(), "taken once");
         o.flush_all();
         let msgs = drain(&mut o);
@@ -585,23 +670,23 @@ mod tests {
     #[test]
     fn statistics_go_last_and_their_counts_are_never_lost() {
         let mut o = Outbox::new(settings(10_000, 100_000), Instant::now());
-        let carried = Carried { source: EventType::ProcessCreate, drops: Drops { records: 7, hits: 70 } };
+        let carried = Carried { source: EventType::ProcessCreate, drops: Drops::new(7, 70) };
         o.push(EventType::DroppedEventsStatistics, Priority::Low, 0, Some(carried), event(0, 100));
         for n in 1..150 {
             push(&mut o, EventType::ProcessCreate, Priority::Low, n, 100);
         }
         // The statistics event, the oldest, survived; 50 process events went.
-        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops { records: 50, hits: 50 });
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops::new(50, 50));
         assert!(o.all_items().iter().any(|i| i.event_type == EventType::DroppedEventsStatistics));
         // A cache of statistics alone: dropping one returns what it carried.
         let mut o = Outbox::new(settings(8200, 100_000), Instant::now());
         for n in 0..100 {
-            let c = Carried { source: EventType::ProcessTerminate, drops: Drops { records: 1, hits: 2 } };
+            let c = Carried { source: EventType::ProcessTerminate, drops: Drops::new(1, 2) };
             o.push(EventType::DroppedEventsStatistics, Priority::Low, 0, Some(c), event(n, 100));
         }
         let lost = o.statistics_lost;
         assert!(lost > 0);
-        assert_eq!(o.take_drops(EventType::ProcessTerminate), Drops { records: lost, hits: 2 * lost });
+        assert_eq!(o.take_drops(EventType::ProcessTerminate), Drops::new(lost, 2 * lost));
     }
 
     #[test]
@@ -667,7 +752,7 @@ mod tests {
         }
         // The cache (100 events), the staged bound (100) and the last window (50).
         assert_eq!(o.len(), 250);
-        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops { records: 2250, hits: 6750 });
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops::new(2250, 6750));
         assert_eq!(made_room, 2250);
         // The link catches up: the newest 250 leave in order, nothing more is dropped.
         o.flush_all();
@@ -692,7 +777,7 @@ mod tests {
         }
         o.admit(false);
         assert_eq!(o.len(), 100);
-        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops { records: 100, hits: 200 });
+        assert_eq!(o.take_drops(EventType::ProcessCreate), Drops::new(100, 200));
         assert_eq!(o.all_items()[0].bytes, event(100, 100), "the oldest went");
     }
 
