@@ -48,7 +48,9 @@ pub mod maps {
     pub const LISTENERS: &str = "LISTENERS";
     /// UDP/ICMP/raw sockets: socket cookie -> owner, filled at socket().
     pub const SOCK_OWNER: &str = "SOCK_OWNER";
-    /// Ring buffer of DNS answers ([`super::DnsEvent`]) snooped on ingress.
+    /// Ring buffer of DNS messages ([`super::DnsEvent`]): queries sent
+    /// (egress, to port 53) and answers received (ingress, from port 53), in
+    /// the order they passed, so that userspace matches each answer to its query.
     pub const DNS_EVENTS: &str = "DNS_EVENTS";
     /// Per-CPU scratch for network records.
     pub const NET_SCRATCH: &str = "NET_SCRATCH";
@@ -109,8 +111,9 @@ pub const FLOWS_ENTRIES: u32 = 16384;
 pub const PENDING_ENTRIES: u32 = 4096;
 pub const LISTENERS_ENTRIES: u32 = 1024;
 pub const SOCK_OWNER_ENTRIES: u32 = 4096;
-/// Bytes of the DNS ring buffer (a power of two pages).
-pub const DNS_RING_BYTES: u32 = 256 * 1024;
+/// Bytes of the DNS ring buffer (a power of two pages). Queries and answers
+/// share it: about 880 messages (220 lookups of A and AAAA) per drain.
+pub const DNS_RING_BYTES: u32 = 512 * 1024;
 /// A UDP/ICMP flow whose last packet is older than this is new again.
 pub const FLOW_IDLE_NS: u64 = 30_000_000_000;
 /// Payload bytes of a DNS message copied to userspace. Answers longer than
@@ -183,8 +186,11 @@ pub enum Counter {
     /// A TCP send/receive call whose socket could not be read: its bytes
     /// are in no record.
     TcpSocketUnreadable = 13,
+    /// DNS queries sent but not copied because the ring buffer was full:
+    /// their answers cannot be matched and name nothing.
+    DnsQueryRingFull = 14,
 }
-pub const COUNTER_COUNT: u32 = 14;
+pub const COUNTER_COUNT: u32 = 15;
 
 /// Identity of an aggregated process create record: command line + uid + type
 /// (seed 001: "identical when the command line and userid are identical").
@@ -327,20 +333,30 @@ pub struct ListenKey {
 }
 const _: () = assert!(size_of::<ListenKey>() == 8);
 
-/// One DNS message received (source port 53), as copied to the ring buffer.
+/// Kinds of a [`DnsEvent`].
+pub const DNS_KIND_QUERY: u8 = 1;
+pub const DNS_KIND_ANSWER: u8 = 2;
+
+/// One DNS message, as copied to the ring buffer: a query sent (to port 53)
+/// or an answer received (from port 53).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DnsEvent {
-    /// `bpf_ktime_get_boot_ns` when it arrived: TTLs count from here.
+    /// `bpf_ktime_get_boot_ns` when it passed: TTLs count from here, and
+    /// an answer must come within a few seconds of its query.
     pub ts_ns: u64,
-    pub netns: u32,
+    /// The 5-tuple and namespace, oriented from the device's socket as
+    /// connection keys are (local = this device), so that a query and its
+    /// answer have equal keys. `nonce` is 0.
+    pub key: ConnKey,
     /// Bytes of the DNS message in `data` (after the TCP length prefix, if any).
     pub len: u16,
-    pub proto: u8,
-    pub _pad: u8,
+    /// [`DNS_KIND_QUERY`] or [`DNS_KIND_ANSWER`].
+    pub kind: u8,
+    pub _pad: [u8; 5],
     pub data: [u8; DNS_CAP],
 }
-const _: () = assert!(size_of::<DnsEvent>() == 16 + DNS_CAP);
+const _: () = assert!(size_of::<DnsEvent>() == 72 + DNS_CAP);
 
 /// Per-CPU scratch for building network records.
 #[repr(C)]

@@ -16,7 +16,9 @@
 //! - `cgroup_skb/ingress` and `cgroup_skb/egress` on the cgroup v2 root see
 //!   every packet of every socket (`sk_filter` on receive, `ip_finish_output`
 //!   / `ip6_finish_output` on send): bytes per 5-tuple, new UDP/ICMP flows,
-//!   DNS answers. They always return 1 (allow).
+//!   DNS queries sent and answers received (both copied to the same ring
+//!   buffer, so userspace sees a query before its answer and accepts only
+//!   answers to queries). They always return 1 (allow).
 //! - `cgroup/sock_create` runs in the socket() caller: owners of UDP, ICMP
 //!   and raw sockets, keyed by socket cookie for the cgroup_skb programs.
 //! - `tracepoint/sock/sock_send_length` and `sock_recv_length` (6.3+; fired
@@ -32,8 +34,8 @@
 
 use agent_common::{
     ConnKey, Control, Counter, DnsEvent, ListenKey, Owner, TrafficValue, AF_INET, AF_INET6, DIR_IN, DIR_OUT, DNS_CAP,
-    FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT, FLAG_NET_TCP_BYTES_BY_CALL, FLOW_IDLE_NS, HEAD_LEN,
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    DNS_KIND_ANSWER, DNS_KIND_QUERY, FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT, FLAG_NET_TCP_BYTES_BY_CALL,
+    FLOW_IDLE_NS, HEAD_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -555,8 +557,9 @@ fn try_skb(ctx: &SkBuffContext, egress: bool) -> Result<(), i64> {
     let dns_query = egress && dns && payload > 0;
     add_traffic(&ctl, &key, bytes_in, bytes_out, dns_query, want_head, |v| fill_head(ctx, v, payload_off, payload));
 
-    if !egress && dns && payload > 0 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) {
-        copy_dns(ctx, &ctl, key.netns, proto, payload_off, payload);
+    // Before new_flow, which may zero the key's local port.
+    if dns && payload > 0 && (proto == IPPROTO_UDP || proto == IPPROTO_TCP) {
+        copy_dns(ctx, &ctl, &key, egress, payload_off, payload);
     }
     if proto != IPPROTO_TCP {
         new_flow(ctx, &ctl, &mut key, flow_id, egress)?;
@@ -648,16 +651,19 @@ fn fill_head(ctx: &SkBuffContext, v: &mut TrafficValue, off: u32, payload: u32) 
     }
 }
 
-/// Sends a received DNS message to userspace (host names for addresses).
+/// Sends a DNS message to userspace: a query sent (egress) or an answer
+/// received; userspace names addresses from answers that match a query.
+/// DNS over TCP: only a segment that starts with a message is of use, and
+/// only its first message (pipelined queries after it are not seen).
 #[inline(always)]
-fn copy_dns(ctx: &SkBuffContext, ctl: &Control, netns: u32, proto: u8, off: u32, payload: u32) {
+fn copy_dns(ctx: &SkBuffContext, ctl: &Control, key: &ConnKey, egress: bool, off: u32, payload: u32) {
     // DNS over TCP starts with a two-byte length.
-    let (off, payload) = if proto == IPPROTO_TCP { (off + 2, payload.saturating_sub(2)) } else { (off, payload) };
+    let (off, payload) = if key.proto == IPPROTO_TCP { (off + 2, payload.saturating_sub(2)) } else { (off, payload) };
     if payload < 12 {
         return; // shorter than a DNS header
     }
     let Some(mut entry) = DNS_EVENTS.reserve::<DnsEvent>(0) else {
-        count(ctl, Counter::DnsRingFull);
+        count(ctl, if egress { Counter::DnsQueryRingFull } else { Counter::DnsRingFull });
         return;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
@@ -666,15 +672,18 @@ fn copy_dns(ctx: &SkBuffContext, ctl: &Control, netns: u32, proto: u8, off: u32,
         n = DNS_CAP as u32;
     }
     ev.ts_ns = boot_ns();
-    ev.netns = netns;
-    ev.proto = proto;
-    ev._pad = 0;
+    copy(&mut ev.key, key);
+    ev.kind = if egress { DNS_KIND_QUERY } else { DNS_KIND_ANSWER };
+    ev._pad = [0; 5];
     // n is in 12..=DNS_CAP already; the mask restates that as 1..=DNS_CAP
     // in a form the verifier tracks (LLVM drops range checks it proved).
     const _: () = assert!(DNS_CAP.is_power_of_two());
     let n = ((n.wrapping_sub(1)) & (DNS_CAP as u32 - 1)) + 1;
     let ret = unsafe { gen::bpf_skb_load_bytes(ctx.as_ptr() as *const _, off, ev.data.as_mut_ptr() as *mut _, n) };
     if ret != 0 {
+        // Only when the packet is shorter than its headers said: counted
+        // like a full ring, the message is lost either way.
+        count(ctl, if egress { Counter::DnsQueryRingFull } else { Counter::DnsRingFull });
         entry.discard(0);
         return;
     }

@@ -140,6 +140,14 @@ pub struct NetworkLosses {
     pub dns_ring_full: u64,
     /// Names pushed out of the full DNS name cache (dnsCacheSizeConnectionCreate).
     pub dns_cache_full: u64,
+    /// DNS answers received that answer no query this device sent (same
+    /// 5-tuple and namespace, transaction id and question, within 5 s):
+    /// they named nothing. Spoofing attempts, or answers arriving too late.
+    pub dns_unsolicited: u64,
+    /// DNS queries sent that could not be kept for matching (ring buffer
+    /// full, or more than 1024 waiting): their answers name nothing and
+    /// count in `dns_unsolicited`.
+    pub dns_queries_lost: u64,
     /// Records whose network namespace could not be read (reported as netns 0).
     pub netns_unreadable: u64,
 }
@@ -327,9 +335,11 @@ mod tests {
     #[test]
     fn network_losses_are_flat_fields_outside_the_event_identity() {
         let mut d = DroppedEventsStatistics::new(EventType::ConnectionCreate, Losses { seen: 4, ..Default::default() });
-        d.network = Some(NetworkLosses { traffic_map_full: 7, dns_cache_full: 2, ..Default::default() });
+        d.network =
+            Some(NetworkLosses { traffic_map_full: 7, dns_cache_full: 2, dns_unsolicited: 3, ..Default::default() });
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!((v["traffic_map_full"].as_u64(), v["dns_cache_full"].as_u64()), (Some(7), Some(2)));
+        assert_eq!((v["dns_unsolicited"].as_u64(), v["dns_queries_lost"].as_u64()), (Some(3), Some(0)));
         assert_eq!(v["dns_ring_full"], 0);
         assert_eq!(v["dropped_events"], 0, "bytes and names are not events");
     }

@@ -254,8 +254,13 @@ fn icmp_echo_is_one_flow_with_exact_bytes() {
 
 /// A DNS query for `name` over `s` (connected to the server); returns the answer size.
 fn query(s: &UdpSocket, name: &str, id: u16) -> usize {
+    query_labels(s, &name.split('.').collect::<Vec<_>>(), id)
+}
+
+/// A DNS query for the name made of `labels` (each may hold a dot).
+fn query_labels(s: &UdpSocket, labels: &[&str], id: u16) -> usize {
     let mut q = vec![(id >> 8) as u8, id as u8, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-    for l in name.split('.') {
+    for l in labels {
         q.push(l.len() as u8);
         q.extend_from_slice(l.as_bytes());
     }
@@ -297,6 +302,76 @@ fn dns_answers_name_the_connection_that_follows() {
     let v6 = matching(&events, me, "TCP", &ns.peer_v6(), Some(7001));
     assert_eq!(sum(&v6, "hit_count"), 1);
     assert!(v6.iter().all(|p| p["host_name"].is_null()));
+    assert_windows_account_for_every_event(&events, CC);
+}
+
+/// The sum of a ConnectionCreate DroppedEventsStatistics field over all windows.
+fn network_loss(events: &[Value], field: &str) -> u64 {
+    let stats: Vec<_> =
+        payloads(events, "DroppedEventsStatistics").into_iter().filter(|p| p["source_event_type"] == CC).collect();
+    assert!(!stats.is_empty());
+    stats.iter().map(|p| p[field].as_u64().unwrap_or_else(|| panic!("{field}: {p}"))).sum()
+}
+
+#[test]
+fn unsolicited_dns_answers_name_nothing_and_are_counted() {
+    if !privileged("unsolicited_dns_answers_name_nothing_and_are_counted") {
+        return;
+    }
+    let mut ns = NetNs::new(23).unwrap();
+    let (host, peer) = (ns.host_v4(), ns.peer_v4());
+    ns.spawn(&["tcp-server", &peer, "7001", "10"]).unwrap();
+    let agent = Agent::start(&["--interval", "PT2S"]).unwrap();
+    // An open UDP port on this side, as any service has; no query is sent.
+    let open = UdpSocket::bind((host.as_str(), 0)).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = open.local_addr().unwrap().port().to_string();
+    let name = format!("bank-{}.hitcount.test", std::process::id());
+    const FORGED: u64 = 3;
+    ns.run(&["dns-forge", &peer, &host, &port, &name, &peer, &FORGED.to_string()]).unwrap();
+    let mut buf = [0u8; 512];
+    for _ in 0..FORGED {
+        // Delivered to the socket: the ingress program saw each one.
+        let (n, from) = open.recv_from(&mut buf).unwrap();
+        assert_eq!((from.port(), buf[2] & 0x80 != 0, n > 12), (53, true, true));
+    }
+    tcp_exchange(SocketAddr::new(peer.parse().unwrap(), 7001), 1, 5);
+    let events = agent.stop().unwrap();
+    let tcp = matching(&events, own_netns(), "TCP", &peer, Some(7001));
+    assert_eq!(sum(&tcp, "hit_count"), 1, "{tcp:#?}");
+    assert!(tcp.iter().all(|p| p["host_name"].is_null()), "an answer nobody asked for named it: {tcp:#?}");
+    // At least: other DNS traffic of this machine may be refused too.
+    let unsolicited = network_loss(&events, "dns_unsolicited");
+    assert!(unsolicited >= FORGED, "dns_unsolicited {unsolicited}");
+    assert_eq!(network_loss(&events, "dns_queries_lost"), 0);
+    assert_windows_account_for_every_event(&events, CC);
+}
+
+#[test]
+fn a_dot_inside_a_dns_label_is_reported_escaped() {
+    if !privileged("a_dot_inside_a_dns_label_is_reported_escaped") {
+        return;
+    }
+    let mut ns = NetNs::new(24).unwrap();
+    let peer = ns.peer_v4();
+    let zone = format!("svc-{}.hitcount.test", std::process::id());
+    // The label "evil.com" is one label: the name has 4 labels, not 5.
+    let wire = format!("evil.com.{zone}");
+    ns.spawn(&["dns", &peer, "53", &wire, &peer, "300"]).unwrap();
+    ns.spawn(&["tcp-server", &peer, "7001", "10"]).unwrap();
+    let agent = Agent::start(&["--interval", "PT2S"]).unwrap();
+    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.connect((peer.as_str(), 53)).unwrap();
+    let labels: Vec<&str> = ["evil.com"].into_iter().chain(zone.split('.')).collect();
+    assert_eq!(labels.len(), 4);
+    assert!(query_labels(&s, &labels, 7) > 12 + wire.len() + 6, "answered with a record");
+    tcp_exchange(SocketAddr::new(peer.parse().unwrap(), 7001), 1, 5);
+    let events = agent.stop().unwrap();
+    let tcp = matching(&events, own_netns(), "TCP", &peer, Some(7001));
+    assert_eq!(sum(&tcp, "hit_count"), 1, "{tcp:#?}");
+    let escaped = format!("evil\\.com.{zone}");
+    assert!(tcp.iter().all(|p| p["host_name"] == escaped.as_str()), "want {escaped}: {tcp:#?}");
     assert_windows_account_for_every_event(&events, CC);
 }
 
@@ -351,7 +426,14 @@ fn full_traffic_map_counts_the_lost_bytes() {
     let lost: u64 = field("traffic_map_full");
     // Sent within a second or two: at most three drains' maps of 4096 held them.
     assert!(lost >= DATAGRAMS as u64 - 3 * 4096, "traffic_map_full {lost}: {stats:#?}");
-    for name in ["tcp_socket_unreadable", "dns_ring_full", "dns_cache_full", "netns_unreadable"] {
+    for name in [
+        "tcp_socket_unreadable",
+        "dns_ring_full",
+        "dns_cache_full",
+        "dns_unsolicited",
+        "dns_queries_lost",
+        "netns_unreadable",
+    ] {
         let _: u64 = field(name); // present in every window
     }
     let process_stats = payloads(&events, "DroppedEventsStatistics")

@@ -18,15 +18,17 @@ pub const COUNTERS: [Counter; 3] = [Counter::ConnSeen, Counter::ConnMapFull, Cou
 /// namespaces), from its kernel counters and the DNS name cache; warned once
 /// per kind.
 pub fn network_losses(counters: &Counters, net: &mut NetState) -> NetworkLosses {
-    let (dns_evicted, dns_unparsed) = net.take_dns_losses();
-    if dns_unparsed > 0 {
-        log::debug!("ConnectionCreate: {dns_unparsed} DNS answers did not parse");
+    let dns = net.take_dns_losses();
+    if dns.unparsed > 0 {
+        log::debug!("ConnectionCreate: {} DNS messages did not parse", dns.unparsed);
     }
     let losses = NetworkLosses {
         traffic_map_full: counters.get(Counter::TrafficMapFull),
         tcp_socket_unreadable: counters.get(Counter::TcpSocketUnreadable),
         dns_ring_full: counters.get(Counter::DnsRingFull),
-        dns_cache_full: dns_evicted,
+        dns_cache_full: dns.cache_full,
+        dns_unsolicited: dns.unsolicited,
+        dns_queries_lost: counters.get(Counter::DnsQueryRingFull).saturating_add(dns.query_table_full),
         netns_unreadable: counters.get(Counter::NetReadFailed),
     };
     warn_network_losses(&losses);
@@ -99,6 +101,8 @@ fn warn_network_losses(l: &NetworkLosses) {
         (l.tcp_socket_unreadable, "TCP send/receive calls had an unreadable socket; their bytes are in no record"),
         (l.dns_ring_full, "DNS answers found the ring buffer full; their names are unknown"),
         (l.dns_cache_full, "DNS names were pushed out of the full name cache; raise dnsCacheSizeConnectionCreate"),
+        (l.dns_unsolicited, "DNS answers matched no query sent (5-tuple, id, question, 5 s); they named nothing"),
+        (l.dns_queries_lost, "DNS queries could not be kept for matching; their answers name nothing"),
         (l.netns_unreadable, "socket namespace reads failed; those records have netns 0"),
     ] {
         if n > 0 {

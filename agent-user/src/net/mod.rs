@@ -18,8 +18,8 @@ use std::{
 };
 
 use agent_common::{
-    ConnKey, ConnValue, DnsEvent, TrafficValue, AF_INET, AF_INET6, DIR_IN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    ConnKey, ConnValue, DnsEvent, TrafficValue, AF_INET, AF_INET6, DIR_IN, DNS_KIND_QUERY, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::aggregate::Aggregate;
@@ -212,10 +212,14 @@ pub fn traffic_sample(k: &ConnKey, v: &TrafficValue) -> Option<TrafficSample> {
     })
 }
 
-/// A DNS message received by the device, as the kernel copied it.
+/// A DNS message sent or received by the device, as the kernel copied it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsMessage {
-    pub netns: u32,
+    /// The 5-tuple and namespace, oriented from the device's socket: equal
+    /// for a query and its answer.
+    pub flow: Tuple,
+    /// A query sent (to port 53), else an answer received (from port 53).
+    pub query: bool,
     pub ts_ns: u64,
     pub data: Vec<u8>,
 }
@@ -229,7 +233,12 @@ pub fn dns_message(item: &[u8]) -> Option<DnsMessage> {
     // copes with the ring buffer's 8-byte alignment.
     let ev: DnsEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const DnsEvent) };
     let len = (ev.len as usize).min(ev.data.len());
-    Some(DnsMessage { netns: ev.netns, ts_ns: ev.ts_ns, data: ev.data[..len].to_vec() })
+    Some(DnsMessage {
+        flow: Tuple::from_key(&ev.key)?,
+        query: ev.kind == DNS_KIND_QUERY,
+        ts_ns: ev.ts_ns,
+        data: ev.data[..len].to_vec(),
+    })
 }
 
 /// Direction and owner of connections seen starting, so that their bytes in
@@ -284,17 +293,60 @@ pub struct NetDrained {
     pub dns: Vec<DnsMessage>,
 }
 
+/// What the DNS side of the collector lost or refused since the last call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsLosses {
+    /// Names pushed out of the full name cache.
+    pub cache_full: u64,
+    /// Answers that did not parse (or queries, which then match nothing).
+    pub unparsed: u64,
+    /// Answers to no query this device sent on that 5-tuple with that id
+    /// and question within the window: they named nothing.
+    pub unsolicited: u64,
+    /// Queries pushed out of the full table of queries waiting for an answer.
+    pub query_table_full: u64,
+}
+
 /// The collector's state between drains.
 #[derive(Debug)]
 pub struct NetState {
     memory: Memory,
     dns: dns::DnsCache,
-    dns_unparsed: u64,
+    queries: dns::QueryTable<Tuple>,
+    losses: DnsLosses,
 }
 
 impl NetState {
     pub fn new(dns_cache_size: usize) -> NetState {
-        NetState { memory: Memory::new(MEMORY_ENTRIES), dns: dns::DnsCache::new(dns_cache_size), dns_unparsed: 0 }
+        NetState {
+            memory: Memory::new(MEMORY_ENTRIES),
+            dns: dns::DnsCache::new(dns_cache_size),
+            queries: dns::QueryTable::new(dns::QUERY_TABLE_ENTRIES),
+            losses: DnsLosses::default(),
+        }
+    }
+
+    /// A DNS message: a query waits for its answer; an answer names its
+    /// addresses only if it answers a waiting query (the kernel copies both
+    /// in the order they passed, so a query comes before its answer).
+    fn dns_message(&mut self, m: &DnsMessage) {
+        if m.query {
+            match dns::parse_query(&m.data) {
+                Ok((id, question)) => self.queries.insert(m.flow, id, question, m.ts_ns),
+                Err(_) => self.losses.unparsed += 1,
+            }
+            return;
+        }
+        let Ok(r) = dns::parse_response(&m.data) else {
+            self.losses.unparsed += 1;
+            return;
+        };
+        let matched = r.question.is_some_and(|q| self.queries.answer(m.flow, r.id, q, m.ts_ns));
+        if matched {
+            r.answers.iter().for_each(|a| self.dns.insert(m.flow.netns, a, m.ts_ns));
+        } else {
+            self.losses.unsolicited += 1;
+        }
     }
 
     /// Turns one drain into window records: DNS answers first (they precede
@@ -302,10 +354,7 @@ impl NetState {
     /// joined by 5-tuple, then host names.
     pub fn ingest(&mut self, d: NetDrained, now_ns: u64) -> Vec<ConnRecord> {
         for m in &d.dns {
-            match dns::parse_answers(&m.data) {
-                Ok(answers) => answers.iter().for_each(|a| self.dns.insert(m.netns, a, m.ts_ns)),
-                Err(_) => self.dns_unparsed += 1,
-            }
+            self.dns_message(m);
         }
         let mut out = d.connections;
         let mut index: HashMap<Tuple, usize> = HashMap::new();
@@ -358,13 +407,19 @@ impl NetState {
             r.host_name = self.dns.lookup(r.tuple.netns, r.tuple.remote, at).map(str::to_string);
         }
         self.dns.expire(now_ns);
+        // A query still waiting may be answered in the next drain. A second
+        // of slack: an answer reserved in the ring before this drain but
+        // committed after it is read by the next one.
+        self.queries.expire(now_ns.saturating_sub(1_000_000_000));
         out
     }
 
-    /// DNS names pushed out of the full cache, and answers that did not
-    /// parse, since the last call.
-    pub fn take_dns_losses(&mut self) -> (u64, u64) {
-        (self.dns.take_evicted(), std::mem::take(&mut self.dns_unparsed))
+    /// What DNS lost or refused since the last call.
+    pub fn take_dns_losses(&mut self) -> DnsLosses {
+        let mut l = std::mem::take(&mut self.losses);
+        l.cache_full = self.dns.take_evicted();
+        l.query_table_full = self.queries.take_lost();
+        l
     }
 }
 
@@ -476,38 +531,140 @@ mod tests {
         assert_eq!(later[0].tuple, agg);
     }
 
+    /// The UDP flow to the resolver 10.0.0.53 from port `lport`, in `netns`.
+    fn resolver_flow(netns: u32, lport: u16) -> Tuple {
+        Tuple {
+            netns,
+            transport: Transport::Udp,
+            local: "10.0.0.1".parse().unwrap(),
+            local_port: lport,
+            remote: "10.0.0.53".parse().unwrap(),
+            remote_port: 53,
+        }
+    }
+
+    /// A query for `name` (id 0x1234) sent on `flow` at `ts_ns`.
+    fn sent(flow: Tuple, name: &str, ts_ns: u64) -> DnsMessage {
+        let mut data = dns::tests::response(name, &[]);
+        data[2..4].copy_from_slice(&[0x01, 0x00]); // QR clear, RD
+        DnsMessage { flow, query: true, ts_ns, data }
+    }
+
+    /// An answer (id 0x1234) naming `addr` for `name`, received on `flow` at `ts_ns`.
+    fn received(flow: Tuple, name: &str, addr: IpAddr, ts_ns: u64) -> DnsMessage {
+        DnsMessage { flow, query: false, ts_ns, data: dns::tests::response(name, &[(addr, 10)]) }
+    }
+
+    const S: u64 = 1_000_000_000;
+
     #[test]
     fn host_names_come_from_earlier_answers_within_ttl() {
         let mut s = NetState::new(16);
         let t = tuple(40000, 80);
-        let answer = dns::tests::response("svc.test", &[(t.remote, 10)]);
-        let dns = vec![DnsMessage { netns: 1, ts_ns: 1_000_000_000, data: answer }];
+        let flow = resolver_flow(1, 5000);
+        let dns = vec![sent(flow, "svc.test", S / 2), received(flow, "svc.test", t.remote, S)];
         let r = s.ingest(
-            NetDrained { connections: vec![conn(t, Direction::Out, 1, 2_000_000_000, 1)], dns, ..Default::default() },
-            3_000_000_000,
+            NetDrained { connections: vec![conn(t, Direction::Out, 1, 2 * S, 1)], dns, ..Default::default() },
+            3 * S,
         );
         assert_eq!(r[0].host_name.as_deref(), Some("svc.test"));
         // After the TTL the name no longer applies.
         let r = s.ingest(
-            NetDrained { connections: vec![conn(t, Direction::Out, 1, 12_000_000_000, 1)], ..Default::default() },
-            12_000_000_000,
+            NetDrained { connections: vec![conn(t, Direction::Out, 1, 12 * S, 1)], ..Default::default() },
+            12 * S,
         );
         assert_eq!(r[0].host_name, None);
         // Another namespace did not resolve it.
         let mut other = t;
         other.netns = 2;
-        let answer = dns::tests::response("svc.test", &[(t.remote, 10)]);
-        let dns = vec![DnsMessage { netns: 1, ts_ns: 20_000_000_000, data: answer }];
+        let dns = vec![sent(flow, "svc.test", 20 * S), received(flow, "svc.test", t.remote, 20 * S)];
         let r = s.ingest(
-            NetDrained {
-                connections: vec![conn(other, Direction::Out, 1, 21_000_000_000, 1)],
-                dns,
-                ..Default::default()
-            },
-            21_000_000_000,
+            NetDrained { connections: vec![conn(other, Direction::Out, 1, 21 * S, 1)], dns, ..Default::default() },
+            21 * S,
         );
         assert_eq!(r[0].host_name, None);
-        assert_eq!(s.take_dns_losses(), (0, 0));
+        assert_eq!(s.take_dns_losses(), DnsLosses::default());
+    }
+
+    /// Ingests `dns` and returns the host name a connection to `addr` right after gets.
+    fn name_after(s: &mut NetState, dns: Vec<DnsMessage>, addr: IpAddr, at: u64) -> Option<String> {
+        let mut t = tuple(40000, 80);
+        t.remote = addr;
+        let r = s
+            .ingest(NetDrained { connections: vec![conn(t, Direction::Out, 1, at, 1)], dns, ..Default::default() }, at);
+        r[0].host_name.clone()
+    }
+
+    #[test]
+    fn only_answers_to_queries_sent_name_anything() {
+        let mut s = NetState::new(16);
+        let flow = resolver_flow(1, 5000);
+        let addr = |i: u8| IpAddr::V4(Ipv4Addr::new(10, 9, 0, i));
+        // No query at all: one forged datagram from port 53.
+        assert_eq!(name_after(&mut s, vec![received(flow, "bank.test", addr(1), S)], addr(1), 2 * S), None);
+        assert_eq!(s.take_dns_losses(), DnsLosses { unsolicited: 1, ..Default::default() });
+        // A query, but the answer comes to another port, from another
+        // namespace, for another name, or too late.
+        let mut other_ns = flow;
+        other_ns.netns = 2;
+        let dns = vec![
+            sent(flow, "a.test", 10 * S),
+            received(resolver_flow(1, 5001), "a.test", addr(2), 10 * S + 1),
+            received(other_ns, "a.test", addr(3), 10 * S + 2),
+            received(flow, "b.test", addr(4), 10 * S + 3),
+            sent(flow, "c.test", 10 * S),
+            received(flow, "c.test", addr(5), 10 * S + dns::ANSWER_WINDOW_NS + 1),
+        ];
+        for i in 2..=5 {
+            assert_eq!(name_after(&mut s, dns.clone(), addr(i), 16 * S), None, "10.9.0.{i}");
+            s = NetState::new(16);
+        }
+        name_after(&mut s, dns, addr(1), 16 * S);
+        assert_eq!(s.take_dns_losses(), DnsLosses { unsolicited: 4, ..Default::default() });
+        // The real answer names the address; a second answer to the same
+        // query (a spoofer racing the resolver) is refused.
+        let dns = vec![
+            sent(flow, "a.test", 20 * S),
+            received(flow, "a.test", addr(6), 20 * S + 1),
+            received(flow, "a.test", addr(7), 20 * S + 2),
+        ];
+        assert_eq!(name_after(&mut s, dns.clone(), addr(6), 21 * S).as_deref(), Some("a.test"));
+        assert_eq!(name_after(&mut s, vec![], addr(7), 21 * S), None);
+        assert_eq!(s.take_dns_losses(), DnsLosses { unsolicited: 1, ..Default::default() });
+    }
+
+    #[test]
+    fn a_query_is_answered_in_a_later_drain() {
+        let mut s = NetState::new(16);
+        let flow = resolver_flow(1, 5000);
+        let addr: IpAddr = "10.9.0.9".parse().unwrap();
+        assert_eq!(name_after(&mut s, vec![sent(flow, "late.test", S)], addr, S + 1), None);
+        let dns = vec![received(flow, "late.test", addr, 5 * S)];
+        assert_eq!(name_after(&mut s, dns, addr, 6 * S + S / 2).as_deref(), Some("late.test"));
+        assert_eq!(s.take_dns_losses(), DnsLosses::default());
+        // Unparsable messages are counted apart from unsolicited ones.
+        let garbage = DnsMessage { flow, query: false, ts_ns: 7 * S, data: vec![0; 5] };
+        let mut query_garbage = garbage.clone();
+        query_garbage.query = true;
+        name_after(&mut s, vec![garbage, query_garbage], addr, 8 * S);
+        assert_eq!(s.take_dns_losses(), DnsLosses { unparsed: 2, ..Default::default() });
+    }
+
+    #[test]
+    fn a_forged_label_with_a_dot_is_named_escaped() {
+        let mut s = NetState::new(16);
+        let flow = resolver_flow(1, 5000);
+        let addr: IpAddr = "10.9.0.10".parse().unwrap();
+        // "evil.com" is one label of the question: the query really asked it.
+        let name = "evil.com.example.net";
+        let mut q = sent(flow, name, S);
+        let mut a = received(flow, name, addr, S + 1);
+        for m in [&mut q.data, &mut a.data] {
+            // Labels 4 "evil", 3 "com" become one label of 8 bytes.
+            assert_eq!(&m[12..21], b"\x04evil\x03com");
+            m.splice(12..21, *b"\x08evil.com");
+        }
+        assert_eq!(name_after(&mut s, vec![q, a], addr, 2 * S).as_deref(), Some("evil\\.com.example.net"));
     }
 
     #[test]
@@ -530,13 +687,32 @@ mod tests {
 
     #[test]
     fn dns_ring_items_decode() {
-        let mut ev =
-            DnsEvent { ts_ns: 5, netns: 3, len: 4, proto: IPPROTO_UDP, _pad: 0, data: [0; agent_common::DNS_CAP] };
+        let flow = resolver_flow(3, 5000);
+        let mut key = ConnKey::zeroed();
+        (key.netns, key.family, key.proto, key.lport, key.rport) = (3, AF_INET, IPPROTO_UDP, 5000, 53);
+        key.laddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        key.raddr[..4].copy_from_slice(&[10, 0, 0, 53]);
+        let mut ev = DnsEvent {
+            ts_ns: 5,
+            key,
+            len: 4,
+            kind: agent_common::DNS_KIND_ANSWER,
+            _pad: [0; 5],
+            data: [0; agent_common::DNS_CAP],
+        };
         ev.data[..4].copy_from_slice(b"abcd");
-        // SAFETY: plain data viewed as bytes.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(&ev as *const DnsEvent as *const u8, std::mem::size_of::<DnsEvent>()) };
-        assert_eq!(dns_message(bytes), Some(DnsMessage { netns: 3, ts_ns: 5, data: b"abcd".to_vec() }));
-        assert_eq!(dns_message(&bytes[..10]), None);
+        let decode = |ev: &DnsEvent| {
+            // SAFETY: plain data viewed as bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(ev as *const DnsEvent as *const u8, std::mem::size_of::<DnsEvent>())
+            };
+            assert_eq!(dns_message(&bytes[..10]), None);
+            dns_message(bytes)
+        };
+        assert_eq!(decode(&ev), Some(DnsMessage { flow, query: false, ts_ns: 5, data: b"abcd".to_vec() }));
+        ev.kind = DNS_KIND_QUERY;
+        assert_eq!(decode(&ev).map(|m| m.query), Some(true));
+        ev.key.family = 0;
+        assert_eq!(decode(&ev), None, "no address family");
     }
 }

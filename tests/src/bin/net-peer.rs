@@ -7,6 +7,9 @@
 //! net-peer udp-server ADDR PORT                    receive datagrams, answer nothing
 //! net-peer dns ADDR PORT NAME IPV4 TTL             answer A queries for NAME with IPV4 and TTL
 //! net-peer tcp-client ADDR PORT COUNT BYTES        COUNT connections, each sends BYTES, reads to EOF
+//! net-peer dns-forge ADDR TO_ADDR TO_PORT NAME IPV4 COUNT
+//!                                                  from ADDR port 53, send COUNT answers nobody asked
+//!                                                  for (ids 0..COUNT) naming IPV4 NAME, TTL 300
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -71,6 +74,21 @@ fn main() {
                 c.shutdown(Shutdown::Write).expect("shutdown");
                 let mut sink = Vec::new();
                 c.read_to_end(&mut sink).expect("read");
+            }
+        }
+        "dns-forge" => {
+            let s = UdpSocket::bind(addr(&a[2], "53")).expect("bind");
+            let to = addr(&a[3], &a[4]);
+            let ip: Ipv4Addr = a[6].parse().expect("ipv4");
+            for id in 0..a[7].parse::<u16>().expect("count") {
+                let mut q = vec![(id >> 8) as u8, id as u8, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+                for l in a[5].split('.') {
+                    q.push(l.len() as u8);
+                    q.extend_from_slice(l.as_bytes());
+                }
+                q.extend_from_slice(&[0, 0, 1, 0, 1]);
+                let r = answer(&q, &a[5].to_ascii_lowercase(), ip, 300).expect("an answer");
+                s.send_to(&r, to).expect("send");
             }
         }
         m => panic!("unknown mode {m}"),
