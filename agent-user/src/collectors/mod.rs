@@ -18,6 +18,7 @@ pub mod diagnostic;
 pub mod kernel;
 pub mod process_create;
 pub mod process_terminate;
+pub mod sbom;
 pub mod snapshot;
 pub mod window;
 
@@ -71,11 +72,17 @@ impl Taken {
     }
 
     pub fn fail_host(&mut self, e: &crate::hostfs::HostError) {
+        self.failures.push(e.into());
+    }
+}
+
+impl From<&crate::hostfs::HostError> for SourceFailure {
+    fn from(e: &crate::hostfs::HostError) -> SourceFailure {
         let reason = match e {
             crate::hostfs::HostError::Io { source, .. } => source.to_string(),
             other => other.to_string(),
         };
-        self.fail(e.path(), reason);
+        SourceFailure { source: e.path().to_string(), reason }
     }
 }
 
@@ -96,7 +103,7 @@ pub trait EventSource {
 
 /// Every snapshot collector, in the order their snapshots are taken.
 pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
-    vec![]
+    vec![Box::new(sbom::Sbom)]
 }
 
 /// Every user-space event source. Sources that cannot start here (no
