@@ -58,43 +58,47 @@ impl<'a> Stanza<'a> {
     }
 }
 
-/// Splits a status file into stanzas. A line that is neither a field nor a
-/// continuation refuses its stanza (one problem, with its line); the rest
-/// of the file is still read. A file cut short ends its last stanza there.
-pub fn stanzas(text: &str) -> (Vec<Stanza<'_>>, Vec<Problem>) {
-    let mut out = Vec::new();
+/// Reads a status file stanza by stanza, handing each to `each` (one at a
+/// time: a 5,000-package database is never held as fields). A line that is
+/// neither a field nor a continuation refuses its stanza (one problem, with
+/// its line); the rest of the file is still read. A file cut short ends its
+/// last stanza there. `each` returns false to stop.
+pub fn for_each_stanza<'a>(text: &'a str, mut each: impl FnMut(&Stanza<'a>) -> bool) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let mut cur: Option<Stanza> = None;
+    let mut cur = Stanza { line: 0, fields: Vec::new() };
     let mut broken = false;
     for (i, raw) in text.split('\n').enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         let n = i + 1;
         if line.trim().is_empty() {
-            if let Some(s) = cur.take() {
-                if !broken {
-                    out.push(s);
-                }
+            if !cur.fields.is_empty() && !broken && !each(&cur) {
+                return problems;
             }
+            cur.fields.clear();
             broken = false;
             continue;
         }
         if broken {
             continue;
         }
-        let s = cur.get_or_insert_with(|| Stanza { line: n, fields: Vec::new() });
+        if cur.fields.is_empty() {
+            cur.line = n;
+        }
         if line.starts_with([' ', '\t']) {
-            match s.fields.last_mut() {
+            match cur.fields.last_mut() {
                 Some(f) => f.continuation.push(line),
                 None => {
                     problems.push(Problem::new(n, "continuation line before any field: record refused"));
                     broken = true;
+                    // Keeps the stanza non-empty until its blank line.
+                    cur.fields.push(Field { name: "", first: "", continuation: Vec::new() });
                 }
             }
             continue;
         }
         match line.split_once(':') {
             Some((name, value)) if !name.is_empty() && !name.contains(char::is_whitespace) => {
-                s.fields.push(Field { name, first: value, continuation: Vec::new() })
+                cur.fields.push(Field { name, first: value, continuation: Vec::new() })
             }
             _ => {
                 problems.push(Problem::new(n, "neither `Field: value` nor a continuation line: record refused"));
@@ -102,12 +106,10 @@ pub fn stanzas(text: &str) -> (Vec<Stanza<'_>>, Vec<Problem>) {
             }
         }
     }
-    if let Some(s) = cur {
-        if !broken {
-            out.push(s);
-        }
+    if !cur.fields.is_empty() && !broken {
+        each(&cur);
     }
-    (out, problems)
+    problems
 }
 
 /// Whether a `Status:` value (want, error flag, status: deb-control(5),
@@ -149,19 +151,16 @@ pub fn package(s: &Stanza<'_>, manager: Manager, distro: &Distro) -> Result<Opti
 
 /// Every stanza of a dpkg or opkg status file.
 pub fn parse_as(text: &str, manager: Manager, distro: &Distro) -> Parsed {
-    let (stanzas, problems) = stanzas(text);
-    let mut parsed = Parsed { problems, ..Parsed::default() };
-    for s in &stanzas {
-        match package(s, manager, distro) {
-            Ok(Some(p)) => {
-                if !parsed.push(p, s.line) {
-                    break;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => parsed.problems.push(e),
+    let mut parsed = Parsed::default();
+    let problems = for_each_stanza(text, |s| match package(s, manager, distro) {
+        Ok(Some(p)) => parsed.push(p, s.line),
+        Ok(None) => true,
+        Err(e) => {
+            parsed.problems.push(e);
+            true
         }
-    }
+    });
+    parsed.problems.extend(problems);
     parsed.problems.sort_by_key(|p| p.line);
     parsed
 }

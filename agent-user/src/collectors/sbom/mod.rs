@@ -258,8 +258,10 @@ impl Snapshot for Sbom {
     fn take(&mut self, cx: &Context<'_>) -> Taken {
         let inv = inventory(cx.host);
         let mut taken = Taken { failures: inv.failures, ..Taken::default() };
-        for (key, p) in &inv.packages {
-            taken.push(key.clone(), p);
+        taken.items.reserve_exact(inv.packages.len());
+        // Each package freed as its payload is made: one copy at a time.
+        for (key, p) in inv.packages {
+            taken.push(key, &p);
         }
         taken
     }
