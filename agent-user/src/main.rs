@@ -215,6 +215,15 @@ fn sbom(args: SbomArgs) -> anyhow::Result<()> {
     for f in &inv.failures {
         log::warn!("{}: {}", f.source, f.reason);
     }
+    if inv.packages.is_empty() && inv.failures.is_empty() {
+        // Legitimate on a device without a package manager, and what a
+        // wrong --host-root looks like: say which.
+        log::warn!(
+            "no package database under {} (looked for {})",
+            args.host_root.display(),
+            collectors::sbom::database_paths().collect::<Vec<_>>().join(", ")
+        );
+    }
     let meta = export::Meta::now().context("reading /dev/urandom for the document's UUID")?;
     let mut out = std::io::stdout().lock();
     // A closed pipe (`| head`) is an error to report, not a panic.

@@ -198,6 +198,11 @@ const DATABASES: [(&str, Manager); 6] = [
     ("/var/lib/opkg/status", Manager::Opkg),
 ];
 
+/// Where the databases are looked for, as `hitcount sbom` tells.
+pub fn database_paths() -> impl Iterator<Item = &'static str> {
+    DATABASES.iter().map(|(p, _)| *p)
+}
+
 fn read(host: &HostFs, path: &str, format: Manager, distro: &Distro) -> Result<Parsed, SourceFailure> {
     let parse = match format {
         Manager::Rpm => return rpm::read(host, path, distro),
