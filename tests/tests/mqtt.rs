@@ -733,8 +733,9 @@ fn a_desired_change_is_reported_and_snapshots_are_taken_again() {
     .map(|t| (format!("eventPriority{t}"), Value::from("Off")))
     .collect();
     sub.publish_desired(&Value::Object(all_off).to_string()).unwrap();
-    let blinded =
-        |_: &[mosquitto::Msg]| sub.events().iter().filter(|e| e["event_type"] == "ConfigurationChange").count() == 2;
+    let blinded = |_: &[mosquitto::Msg]| {
+        sub.events().iter().filter(|e| e["event_type"] == "ConfigurationChange").count() == 2
+    };
     sub.wait_until("the change that switches everything off", WAIT, blinded).unwrap();
     let last = sub.events().into_iter().filter(|e| e["event_type"] == "ConfigurationChange").last().unwrap();
     let properties: Vec<&str> =
