@@ -27,6 +27,8 @@ enum Command {
     Check,
     /// Take one snapshot of the snapshot collectors now and print its events as JSON lines.
     Snapshot(SnapshotArgs),
+    /// Print the installed packages (every package database found) as an SBoM document.
+    Sbom(SbomArgs),
     /// Show, describe or validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -43,6 +45,16 @@ struct SnapshotArgs {
     /// Where the host's root file system is (default /; /host in a container).
     #[arg(long, value_name = "DIR")]
     host_root: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SbomArgs {
+    /// Document format: CycloneDX 1.5 JSON, SPDX 2.3 JSON, or the SBoM event payloads as a JSON array.
+    #[arg(long, value_enum, default_value_t)]
+    format: collectors::sbom::export::Format,
+    /// Where the host's root file system is (default /; /host in a container).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    host_root: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -195,6 +207,31 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `hitcount sbom`: the inventory as a document on stdout; databases that
+/// could not be read are warnings on stderr, the document still printed.
+fn sbom(args: SbomArgs) -> anyhow::Result<()> {
+    use collectors::sbom::{export, inventory};
+    let inv = inventory(&agent_user::hostfs::HostFs::new(&args.host_root));
+    for f in &inv.failures {
+        log::warn!("{}: {}", f.source, f.reason);
+    }
+    if inv.packages.is_empty() && inv.failures.is_empty() {
+        // Legitimate on a device without a package manager, and what a
+        // wrong --host-root looks like: say which.
+        log::warn!(
+            "no package database under {} (looked for {})",
+            args.host_root.display(),
+            collectors::sbom::database_paths().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let meta = export::Meta::now().context("reading /dev/urandom for the document's UUID")?;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is an error to report, not a panic.
+    std::io::Write::write_all(&mut out, (export::render(args.format, &inv, &meta) + "\n").as_bytes())
+        .context("writing the document to stdout")?;
+    Ok(())
+}
+
 fn mqtt_settings(args: &RunArgs, url: &str) -> anyhow::Result<mqtt::Settings> {
     let password = match &args.mqtt_password_file {
         Some(p) => {
@@ -293,6 +330,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Snapshot(args) => snapshot(args),
+        Command::Sbom(args) => sbom(args),
         Command::Check => {
             let checks = check::run_checks();
             for c in &checks {

@@ -105,6 +105,8 @@ fn peer_packages() -> Result<()> {
         // The hardware suite checks vendor names against these databases.
         ("/usr/share/misc/pci.ids", "pci.ids"),
         ("/usr/share/misc/usb.ids", "usb.ids"),
+        // The SBoM tests build an rpm and make an rpm database with it.
+        ("/usr/bin/rpmbuild", "rpm"),
     ]
     .into_iter()
     .filter(|(path, _)| !Path::new(path).exists())
@@ -114,6 +116,29 @@ fn peer_packages() -> Result<()> {
         return Ok(());
     }
     setup::apt_install(&missing)
+}
+
+/// The official validators the SBoM tests check the exported documents
+/// with, from PyPI. Not fatal: without PyPI the tests that need them record
+/// a skip saying so.
+fn sbom_validators() {
+    let present = || {
+        std::process::Command::new("python3")
+            .args(["-c", "import cyclonedx.validation.json, spdx_tools"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if present() {
+        return;
+    }
+    eprintln!("setup: python3 -m pip install cyclonedx-python-lib[json-validation] spdx-tools");
+    let mut pip = std::process::Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet", "cyclonedx-python-lib[json-validation]", "spdx-tools"])
+        .stdin(Stdio::null());
+    if let Err(e) = cmd::run(&mut pip) {
+        eprintln!("setup: SBoM validators not installed ({e:#}); the tests that need them will be skipped");
+    }
 }
 
 fn privileged_tier(artifacts: &Artifacts, suites: &[String], extra_args: &ExtraArgs) -> Result<Option<Counts>> {
@@ -126,6 +151,9 @@ fn privileged_tier(artifacts: &Artifacts, suites: &[String], extra_args: &ExtraA
     }
 
     peer_packages()?;
+    if suites.is_empty() || suites.iter().any(|s| s == "sbom") {
+        sbom_validators();
+    }
     // The image takes a static build: only for the suite that runs it.
     let image =
         if suites.is_empty() || suites.iter().any(|s| s == "container") { container_image(artifacts)? } else { None };

@@ -22,6 +22,7 @@ pub mod listening_ports;
 pub mod local_users;
 pub mod process_create;
 pub mod process_terminate;
+pub mod sbom;
 pub mod snapshot;
 pub mod system_information;
 pub mod window;
@@ -76,11 +77,17 @@ impl Taken {
     }
 
     pub fn fail_host(&mut self, e: &crate::hostfs::HostError) {
+        self.failures.push(e.into());
+    }
+}
+
+impl From<&crate::hostfs::HostError> for SourceFailure {
+    fn from(e: &crate::hostfs::HostError) -> SourceFailure {
         let reason = match e {
             crate::hostfs::HostError::Io { source, .. } => source.to_string(),
             other => other.to_string(),
         };
-        self.fail(e.path(), reason);
+        SourceFailure { source: e.path().to_string(), reason }
     }
 }
 
@@ -106,6 +113,7 @@ pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
         Box::new(local_users::LocalUsers),
         Box::new(listening_ports::ListeningPorts),
         Box::new(connected_hardware::ConnectedHardware),
+        Box::new(sbom::Sbom),
     ]
 }
 

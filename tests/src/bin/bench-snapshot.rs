@@ -4,7 +4,9 @@
 //! doing no work (`hitcount config defaults`), interleaved; then the bytes
 //! of snapshot traffic a day at the defaults (snapshotFrequency PT13H plus
 //! one at start), with and without snapshotDeltas, from a running agent
-//! taking a snapshot every second.
+//! taking a snapshot every second. Then SBoM alone (`hitcount snapshot
+//! --only SBoM`) on this machine and on a generated fake root holding a
+//! dpkg database of 5,000 packages shaped like real stanzas.
 use std::{
     os::unix::process::ExitStatusExt,
     process::{Command, Stdio},
@@ -24,6 +26,9 @@ struct Args {
     /// Snapshots taken by the running agent for the traffic figures.
     #[arg(long, default_value_t = 10)]
     snapshots: u64,
+    /// Packages in the generated dpkg database of the SBoM figures.
+    #[arg(long, default_value_t = 5000)]
+    packages: usize,
 }
 
 /// Every snapshot type on, kernel collectors off.
@@ -88,6 +93,70 @@ fn traffic(config: &str, snapshots: u64) -> Result<(Vec<usize>, u64)> {
     Ok((per, items))
 }
 
+/// A dpkg status file of `n` installed packages, each stanza shaped like a
+/// real one (~900 bytes: depends, conffiles, a multi-line description).
+fn dpkg_status(n: usize) -> String {
+    let mut s = String::with_capacity(n * 1000);
+    for i in 0..n {
+        s.push_str(&format!(
+            "Package: bench-package-{i}\nStatus: install ok installed\nPriority: optional\nSection: libs\n\
+             Installed-Size: {}\nMaintainer: Bench Maintainers <bench-{}@lists.example.invalid>\n\
+             Architecture: amd64\nMulti-Arch: same\nSource: bench-source-{}\nVersion: 1:{}.{}.{}-{}+deb12u{}\n\
+             Depends: libc6 (>= 2.34), libgcc-s1 (>= 3.0), libstdc++6 (>= 12), zlib1g (>= 1:1.2.0)\n\
+             Conffiles:\n /etc/bench-{i}/main.conf 0ab612e5ba5d8ba5d4a5ba0c8a1b9f0b\n\
+             Description: benchmark package number {i} of a generated database\n \
+             This long description has several lines, as real ones do, so that the\n \
+             parser skips as many bytes per package as it would on a real host.\n .\n \
+             A last paragraph after an empty line, to be folded or skipped.\nHomepage: https://example.invalid/{i}\n\n",
+            100 + i % 9000,
+            i % 97,
+            i / 3,
+            i % 7,
+            i % 31,
+            i % 101,
+            1 + i % 5,
+            i % 9
+        ));
+    }
+    s
+}
+
+/// Median CPU (ms) and peak RSS (KiB) of `hitcount snapshot --only SBoM
+/// [--host-root root]` and of the no-work baseline, interleaved.
+fn sbom_figures(runs: usize, root: Option<&std::path::Path>) -> Result<(f64, f64, f64, f64, usize)> {
+    let (mut cpu, mut base_cpu, mut rss, mut base_rss) = (vec![], vec![], vec![], vec![]);
+    let mut bytes = 0;
+    for _ in 0..runs {
+        let mut cmd = Command::new(hitcount_bin());
+        cmd.args(["snapshot", "--only", "SBoM"]);
+        if let Some(r) = root {
+            cmd.arg("--host-root").arg(r);
+        }
+        let s = measure(&mut cmd)?;
+        let b = measure(Command::new(hitcount_bin()).args(["config", "defaults"]))?;
+        cpu.push(s.cpu.as_secs_f64() * 1e3);
+        base_cpu.push(b.cpu.as_secs_f64() * 1e3);
+        rss.push(s.max_rss_kib as f64);
+        base_rss.push(b.max_rss_kib as f64);
+        bytes = s.stdout_bytes;
+    }
+    let m = |v: &[f64]| median(v).unwrap_or(0.0);
+    Ok((m(&cpu), m(&base_cpu), m(&rss), m(&base_rss), bytes))
+}
+
+fn print_sbom(what: &str, (cpu, base_cpu, rss, base_rss, bytes): (f64, f64, f64, f64, usize)) {
+    println!(
+        "  {what}: CPU {cpu:.1} ms (baseline {base_cpu:.1} ms, ratio {:.2}, extra {:.1} ms); peak RSS {:.2} MiB \
+         (baseline {:.2} MiB, ratio {:.2}, extra {:.2} MiB); output {bytes} bytes",
+        cpu / base_cpu.max(1e-9),
+        cpu - base_cpu,
+        rss / 1024.0,
+        base_rss / 1024.0,
+        rss / base_rss.max(1e-9),
+        (rss - base_rss) / 1024.0
+    );
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     tests::bench::require_root()?;
@@ -121,6 +190,18 @@ fn main() -> Result<()> {
         m(&snap_rss) / m(&base_rss).max(1e-9),
         out_bytes
     );
+
+    println!(
+        "SBoM alone (`hitcount snapshot --only SBoM`, {} runs, medians, interleaved with the baseline):",
+        args.runs
+    );
+    print_sbom("this machine", sbom_figures(args.runs, None)?);
+    let root = std::env::temp_dir().join(marker("bench-sbom-root"));
+    std::fs::create_dir_all(root.join("var/lib/dpkg"))?;
+    std::fs::write(root.join("var/lib/dpkg/status"), dpkg_status(args.packages))?;
+    let fixture = sbom_figures(args.runs, Some(&root));
+    let _ = std::fs::remove_dir_all(&root);
+    print_sbom(&format!("generated root, {} dpkg packages", args.packages), fixture?);
 
     let every_second = format!("{{{ALL_ON},\"snapshotFrequency\":\"PT1S\"");
     let (full, items) = traffic(&format!("{every_second}}}"), args.snapshots)?;
