@@ -117,7 +117,7 @@ pub struct RawConfig {
     /// Priority of Login events (no collector yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_priority_login: Option<Priority>,
-    /// Priority of FirewallConfiguration snapshots (no collector yet).
+    /// Priority of FirewallConfiguration snapshots (firewall rules and chain policies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_priority_firewall_configuration: Option<Priority>,
     /// Priority of OSBaseline snapshots (no collector yet).
@@ -148,6 +148,9 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub snapshot_full_every: Option<u32>,
+    /// FirewallConfiguration: read the rules of every network namespace found under /proc, not only the agent's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall_all_namespaces: Option<bool>,
     /// Properties a desired (remote) configuration may not change, by name; `*` locks them all. Local only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_configuration_locked: Option<Vec<String>>,
@@ -272,6 +275,8 @@ pub struct Config {
     pub host_root: std::path::PathBuf,
     /// Properties a remote configuration may not set (`*`: all of them).
     pub remote_locked: Vec<String>,
+    /// FirewallConfiguration reads every network namespace, not only its own.
+    pub firewall_all_namespaces: bool,
 }
 
 /// How snapshot collectors send (seed 004's snapshotFrequency, and deltas).
@@ -355,6 +360,7 @@ impl Default for Config {
             snapshots: SnapshotSettings::default(),
             host_root: std::path::PathBuf::from("/"),
             remote_locked: Vec::new(),
+            firewall_all_namespaces: false,
         }
     }
 }
@@ -672,6 +678,7 @@ impl RawConfig {
         }
         set(&mut c.process_collector_enabled, self.collector_enabled_process);
         set(&mut c.snapshots.deltas, self.snapshot_deltas);
+        set(&mut c.firewall_all_namespaces, self.firewall_all_namespaces);
         if let Some(n) = self.snapshot_full_every {
             if (1..=SNAPSHOT_FULL_EVERY_MAX).contains(&n) {
                 c.snapshots.full_every = n;
@@ -823,6 +830,7 @@ impl Config {
             collector_enabled_process: Some(self.process_collector_enabled),
             snapshot_deltas: Some(self.snapshots.deltas),
             snapshot_full_every: Some(self.snapshots.full_every),
+            firewall_all_namespaces: Some(self.firewall_all_namespaces),
             host_root: Some(self.host_root.clone()),
             remote_configuration_locked: Some(self.remote_locked.clone()),
             ..RawConfig::default()
