@@ -15,6 +15,7 @@ use crate::{config::Config, events::EventType, hostfs::HostFs};
 
 pub mod connection_create;
 pub mod diagnostic;
+pub mod firewall;
 pub mod kernel;
 pub mod process_create;
 pub mod process_terminate;
@@ -96,7 +97,7 @@ pub trait EventSource {
 
 /// Every snapshot collector, in the order their snapshots are taken.
 pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
-    vec![]
+    vec![Box::new(firewall::FirewallConfiguration)]
 }
 
 /// Every user-space event source. Sources that cannot start here (no
