@@ -102,6 +102,9 @@ fn peer_packages() -> Result<()> {
         ("/usr/sbin/mosquitto", "mosquitto"),
         ("/usr/bin/mosquitto_passwd", "mosquitto-clients"),
         ("/usr/bin/ping", "iputils-ping"),
+        // The firewall suite's rules, and its oracle (`nft -j list ruleset`).
+        ("/usr/sbin/nft", "nftables"),
+        ("/usr/sbin/iptables-legacy", "iptables"),
     ]
     .into_iter()
     .filter(|(path, _)| !Path::new(path).exists())
