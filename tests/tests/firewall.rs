@@ -9,44 +9,28 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use tests::{hitcount_bin, marker, privileged};
+use tests::{hitcount_bin, marker, privileged, BareNetns};
 
-/// A network namespace, deleted on drop whatever the test's outcome.
-struct Netns {
-    name: String,
-}
+/// The test's namespace: a failed command fails the test.
+struct Netns(BareNetns);
 
 impl Netns {
     fn new() -> Netns {
-        // `ip netns` names are short: the marker's tail is unique enough.
-        let m = marker("fw");
-        let name = format!("hcfw{}", &m[m.len().saturating_sub(9)..]);
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add").success();
-        assert!(ok, "ip netns add {name}");
-        Netns { name }
+        Netns(BareNetns::new("fw").expect("a test namespace"))
     }
 
     fn inode(&self) -> u64 {
-        std::fs::metadata(format!("/run/netns/{}", self.name)).expect("netns file").ino()
+        self.0.inode()
     }
 
-    /// Runs `cmd` in the namespace and returns its stdout; a failure fails the test.
     fn run(&self, cmd: &[&str]) -> String {
-        let out = Command::new("ip").args(["netns", "exec", &self.name]).args(cmd).output().expect("ip netns exec");
-        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.0.run(cmd).unwrap()
     }
 
     fn sh(&self, script: &str) {
         for line in script.lines().map(str::trim).filter(|l| !l.is_empty()) {
             self.run(&["sh", "-c", line]);
         }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -348,11 +332,7 @@ fn every_namespace_with_firewall_all_namespaces() {
     let ns = Netns::new();
     ns.sh("iptables-legacy -A INPUT -p tcp --dport 2323 -j REJECT");
     // A namespace is found through a process in it.
-    let mut holder = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "sleep", "30"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("a process in the namespace");
+    let mut holder = ns.0.command(&["sleep", "30"]).stdout(Stdio::null()).spawn().expect("a process in the namespace");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let cfg = std::env::temp_dir().join(format!("{}.json", marker("fw-all")));
     let run = |content: &str| {
