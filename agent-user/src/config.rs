@@ -117,7 +117,7 @@ pub struct RawConfig {
     /// Priority of Login events (no collector yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_priority_login: Option<Priority>,
-    /// Priority of FirewallConfiguration snapshots (no collector yet).
+    /// Priority of FirewallConfiguration snapshots (firewall rules and chain policies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_priority_firewall_configuration: Option<Priority>,
     /// Priority of OSBaseline snapshots (no collector yet).
@@ -148,6 +148,9 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub snapshot_full_every: Option<u32>,
+    /// FirewallConfiguration: read the rules of every network namespace found under /proc, not only the agent's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall_all_namespaces: Option<bool>,
     /// Properties a desired (remote) configuration may not change, by name; `*` locks them all. Local only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_configuration_locked: Option<Vec<String>>,
@@ -283,6 +286,8 @@ pub struct Config {
     /// SystemInformation overrides of the detected hardware vendor and model.
     pub hardware_vendor: Option<String>,
     pub hardware_model: Option<String>,
+    /// FirewallConfiguration reads every network namespace, not only its own.
+    pub firewall_all_namespaces: bool,
 }
 
 /// Longest hardware vendor or model override, in bytes.
@@ -371,6 +376,7 @@ impl Default for Config {
             remote_locked: Vec::new(),
             hardware_vendor: None,
             hardware_model: None,
+            firewall_all_namespaces: false,
         }
     }
 }
@@ -688,6 +694,7 @@ impl RawConfig {
         }
         set(&mut c.process_collector_enabled, self.collector_enabled_process);
         set(&mut c.snapshots.deltas, self.snapshot_deltas);
+        set(&mut c.firewall_all_namespaces, self.firewall_all_namespaces);
         if let Some(n) = self.snapshot_full_every {
             if (1..=SNAPSHOT_FULL_EVERY_MAX).contains(&n) {
                 c.snapshots.full_every = n;
@@ -855,6 +862,7 @@ impl Config {
             collector_enabled_process: Some(self.process_collector_enabled),
             snapshot_deltas: Some(self.snapshots.deltas),
             snapshot_full_every: Some(self.snapshots.full_every),
+            firewall_all_namespaces: Some(self.firewall_all_namespaces),
             host_root: Some(self.host_root.clone()),
             remote_configuration_locked: Some(self.remote_locked.clone()),
             system_information_hardware_vendor: Some(self.hardware_vendor.clone().unwrap_or_default()),

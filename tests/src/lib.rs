@@ -479,3 +479,51 @@ pub fn own_netns() -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0)
 }
+
+/// A bare network namespace (no links), for state that lives in one: its
+/// firewall rules, say. Commands run in it with [`BareNetns::run`];
+/// dropping it deletes the namespace and everything in it.
+pub struct BareNetns {
+    pub name: String,
+}
+
+impl BareNetns {
+    pub fn new(tag: &str) -> Result<BareNetns> {
+        // `ip netns` names are short: the marker's tail is unique enough.
+        let m = marker(tag);
+        let name = format!("hc{tag}{}", &m[m.len().saturating_sub(9)..]);
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().context("ip netns add")?.success();
+        if !ok {
+            bail!("ip netns add {name} failed");
+        }
+        Ok(BareNetns { name })
+    }
+
+    /// Inode of the namespace, as reported in `netns`.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name)).map(|m| m.ino()).unwrap_or(0)
+    }
+
+    /// `cmd` run in the namespace; its stdout, or why it failed.
+    pub fn run(&self, cmd: &[&str]) -> Result<String> {
+        let out = Command::new("ip").args(["netns", "exec", &self.name]).args(cmd).output().context("ip netns exec")?;
+        if !out.status.success() {
+            bail!("{cmd:?} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A command that runs `args` in the namespace (`ip netns exec` execs in place).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+}
+
+impl Drop for BareNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}

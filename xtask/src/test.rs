@@ -107,6 +107,9 @@ fn peer_packages() -> Result<()> {
         ("/usr/share/misc/usb.ids", "usb.ids"),
         // The SBoM tests build an rpm and make an rpm database with it.
         ("/usr/bin/rpmbuild", "rpm"),
+        // The firewall suite's rules, and its oracle (`nft -j list ruleset`).
+        ("/usr/sbin/nft", "nftables"),
+        ("/usr/sbin/iptables-legacy", "iptables"),
     ]
     .into_iter()
     .filter(|(path, _)| !Path::new(path).exists())

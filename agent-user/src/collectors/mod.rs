@@ -16,6 +16,7 @@ use crate::{config::Config, events::EventType, hostfs::HostFs};
 pub mod connected_hardware;
 pub mod connection_create;
 pub mod diagnostic;
+pub mod firewall;
 pub mod ids;
 pub mod kernel;
 pub mod listening_ports;
@@ -113,6 +114,7 @@ pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
         Box::new(local_users::LocalUsers),
         Box::new(listening_ports::ListeningPorts),
         Box::new(connected_hardware::ConnectedHardware),
+        Box::new(firewall::FirewallConfiguration),
         Box::new(sbom::Sbom),
     ]
 }

@@ -6,7 +6,9 @@
 //! one at start), with and without snapshotDeltas, from a running agent
 //! taking a snapshot every second. Then SBoM alone (`hitcount snapshot
 //! --only SBoM`) on this machine and on a generated fake root holding a
-//! dpkg database of 5,000 packages shaped like real stanzas.
+//! dpkg database of 5,000 packages shaped like real stanzas. Last, FirewallConfiguration with 10,000
+//! nftables rules loaded in a test namespace (`nft -f` of a generated file)
+//! against the same command in an empty namespace.
 use std::{
     os::unix::process::ExitStatusExt,
     process::{Command, Stdio},
@@ -16,7 +18,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::Value;
-use tests::{bench::median, hitcount_bin, marker, Agent};
+use tests::{bench::median, hitcount_bin, marker, Agent, BareNetns};
 
 #[derive(Parser)]
 struct Args {
@@ -29,6 +31,73 @@ struct Args {
     /// Packages in the generated dpkg database of the SBoM figures.
     #[arg(long, default_value_t = 5000)]
     packages: usize,
+    /// nftables rules loaded for the FirewallConfiguration figures.
+    #[arg(long, default_value_t = 10_000)]
+    firewall_rules: usize,
+}
+
+/// An nft script of `n` distinct rules (source prefix and port vary) in one
+/// base chain of an inet table.
+fn ruleset(n: usize) -> String {
+    let mut s =
+        String::from("table inet hcbench {\n  chain input {\n    type filter hook input priority 0; policy accept;\n");
+    for i in 0..n {
+        s += &format!(
+            "    ip saddr 10.{}.{}.0/24 tcp dport {} counter accept\n",
+            i / 256 % 256,
+            i % 256,
+            1024 + i % 60000
+        );
+    }
+    s + "  }\n}\n"
+}
+
+/// FirewallConfiguration with `rules` rules loaded vs none: wall time, CPU
+/// and peak RSS of `hitcount snapshot --only FirewallConfiguration`.
+fn firewall(runs: usize, rules: usize) -> Result<()> {
+    let empty = BareNetns::new("fwb")?;
+    let full = BareNetns::new("fwb")?;
+    let script = std::env::temp_dir().join(format!("{}.nft", marker("bench-fw")));
+    std::fs::write(&script, ruleset(rules))?;
+    let loaded = full.run(&["nft", "-f", script.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&script);
+    loaded?;
+    let bin = hitcount_bin();
+    let args = [bin.to_str().unwrap(), "snapshot", "--only", "FirewallConfiguration"];
+    let (mut wall, mut cpu, mut rss, mut base_wall, mut base_cpu, mut base_rss) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut out = 0;
+    for _ in 0..runs {
+        let t = std::time::Instant::now();
+        let s = measure(&mut full.command(&args))?;
+        wall.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = std::time::Instant::now();
+        let b = measure(&mut empty.command(&args))?;
+        base_wall.push(t.elapsed().as_secs_f64() * 1e3);
+        cpu.push(s.cpu.as_secs_f64() * 1e3);
+        rss.push(s.max_rss_kib as f64);
+        base_cpu.push(b.cpu.as_secs_f64() * 1e3);
+        base_rss.push(b.max_rss_kib as f64);
+        out = s.stdout_bytes;
+    }
+    let m = |v: &[f64]| median(v).unwrap_or(0.0);
+    println!(
+        "FirewallConfiguration, {rules} nftables rules vs an empty namespace ({runs} runs, medians, interleaved):"
+    );
+    println!(
+        "  wall: {:.1} ms (empty {:.1} ms, ratio {:.2}); CPU: {:.1} ms (empty {:.1} ms, ratio {:.2}); peak RSS: {:.1} MiB (empty {:.1} MiB, ratio {:.2}); output {} bytes",
+        m(&wall),
+        m(&base_wall),
+        m(&wall) / m(&base_wall).max(1e-9),
+        m(&cpu),
+        m(&base_cpu),
+        m(&cpu) / m(&base_cpu).max(1e-9),
+        m(&rss) / 1024.0,
+        m(&base_rss) / 1024.0,
+        m(&rss) / m(&base_rss).max(1e-9),
+        out
+    );
+    Ok(())
 }
 
 /// Every snapshot type on, kernel collectors off.
@@ -90,8 +159,7 @@ fn traffic(config: &str, snapshots: u64) -> Result<(Vec<usize>, u64)> {
     let events = agent.stop()?;
     let _ = std::fs::remove_file(&path);
     let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
-    let per: Vec<usize> =
-        (1..=snapshots).map(|n| snapshot_bytes(&lines, n)).take_while(|&b| b > 0).collect();
+    let per: Vec<usize> = (1..=snapshots).map(|n| snapshot_bytes(&lines, n)).take_while(|&b| b > 0).collect();
     let items = events.iter().filter(|e| e["snapshot"]["sequence"] == 1).count() as u64;
     Ok((per, items))
 }
@@ -231,5 +299,5 @@ fn main() -> Result<()> {
         delta_avg,
         full_avg
     );
-    Ok(())
+    firewall(args.runs, args.firewall_rules)
 }
