@@ -210,10 +210,10 @@ impl Aggregate for ProcessRecord {
     fn key(&self) -> ProcessKey {
         (self.kind, self.uid, self.argv.clone(), self.truncated, self.event_pid, self.nonce, self.rollup)
     }
-    /// Per executable (or, when unknown, comm), uid and type.
+    /// Per executable (or, when unknown, `[comm]`), uid and type.
     fn rolled_up(mut self) -> Option<Self> {
-        let name = if self.executable.is_empty() { &self.comm } else { &self.executable };
-        self.argv = name.as_bytes().to_vec();
+        let name = if self.executable.is_empty() { format!("[{}]", self.comm) } else { self.executable.clone() };
+        self.argv = name.into_bytes();
         (self.truncated, self.event_pid, self.nonce, self.rollup) = (false, 0, 0, true);
         Some(self)
     }
@@ -406,7 +406,7 @@ mod tests {
                 (0, ProcessKind::Exec, b"/bin/x".to_vec(), 1),
                 (1000, ProcessKind::Fork, b"/bin/x".to_vec(), 1),
                 (1000, ProcessKind::Exec, b"/bin/x".to_vec(), 2),
-                (1000, ProcessKind::Exec, b"kworker".to_vec(), 1),
+                (1000, ProcessKind::Exec, b"[kworker]".to_vec(), 1),
             ]
         );
         assert!(out.iter().filter(|r| r.rollup).all(|r| (r.event_pid, r.nonce) == (0, 0)));
