@@ -54,7 +54,23 @@ pub mod maps {
     pub const DNS_EVENTS: &str = "DNS_EVENTS";
     /// Per-CPU scratch for network records.
     pub const NET_SCRATCH: &str = "NET_SCRATCH";
+    /// Kernel rollups, generation 0 and 1: where an event goes when its
+    /// staging map (PROC, EXIT, CONN) is full, keyed coarser (process: the
+    /// executable in place of argv; exit: the signal in place of the wait
+    /// status; connection: ports 0), [`super::ROLLUP_ENTRIES`] each.
+    pub const PROCR_0: &str = "PROCR_0";
+    pub const PROCR_1: &str = "PROCR_1";
+    pub const EXITR_0: &str = "EXITR_0";
+    pub const EXITR_1: &str = "EXITR_1";
+    pub const CONNR_0: &str = "CONNR_0";
+    pub const CONNR_1: &str = "CONNR_1";
 }
+
+/// Entries of each kernel rollup map, per generation (one drain period).
+/// Small: it only has to hold the distinct coarse keys of one second in
+/// which the staging map overflowed, which a storm of ports or command
+/// lines of one program does not multiply.
+pub const ROLLUP_ENTRIES: u32 = 128;
 
 /// Program names (the Rust function names of the entry points).
 pub mod programs {
@@ -189,8 +205,14 @@ pub enum Counter {
     /// DNS queries sent but not copied because the ring buffer was full:
     /// their answers cannot be matched and name nothing.
     DnsQueryRingFull = 14,
+    /// Events that found their staging map full and were added to the
+    /// kernel rollup map instead (so they are in a record, not lost). A full
+    /// rollup map too counts the event in `*MapFull`.
+    ProcRolledUp = 15,
+    ExitRolledUp = 16,
+    ConnRolledUp = 17,
 }
-pub const COUNTER_COUNT: u32 = 15;
+pub const COUNTER_COUNT: u32 = 18;
 
 /// Identity of an aggregated process create record: command line + uid + type
 /// (seed 001: "identical when the command line and userid are identical").

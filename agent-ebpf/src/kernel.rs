@@ -106,12 +106,16 @@ pub fn boot_ns() -> u64 {
     unsafe { gen::bpf_ktime_get_boot_ns() }
 }
 
+/// The staging map had no room for a new key: nothing was counted yet.
+pub struct MapFull;
+
 /// Adds one hit to `key`, creating its record from `init` when it is new.
 ///
 /// The first lookup is the common path: most events repeat a key. A new key
 /// is inserted with `BPF_NOEXIST`; if another CPU inserted it first we add to
 /// theirs. The hit count is in `init` already (1), so a fresh insert is done.
-/// Returns `Err(full_counter)` when the map has no room.
+/// Returns `Err(MapFull)` when the map has no room: the caller tries its
+/// rollup map ([`add_rollup`]), which counts the event either way.
 #[inline(always)]
 pub fn add_hit<K, V>(
     ctl: &Control,
@@ -119,23 +123,44 @@ pub fn add_hit<K, V>(
     key: &K,
     hit_of: impl Fn(*mut V) -> *mut u64,
     init: impl FnOnce() -> Option<*const V>,
-    full: Counter,
     race: Counter,
-) {
+) -> Result<(), MapFull> {
     if let Some(v) = map.get_ptr_mut(key) {
         atomic_inc(hit_of(v));
-        return;
+        return Ok(());
     }
-    let Some(value) = init() else { return };
+    let Some(value) = init() else { return Ok(()) };
     match map.insert(key, unsafe { &*value }, BPF_NOEXIST as u64) {
-        Ok(()) => {}
+        Ok(()) => Ok(()),
         // -EEXIST: inserted by another CPU since our lookup.
-        Err(-17) => match map.get_ptr_mut(key) {
-            Some(v) => atomic_inc(hit_of(v)),
-            None => count(ctl, race),
-        },
-        // -E2BIG (map full) or -ENOMEM: the event has no record.
-        Err(_) => count(ctl, full),
+        Err(-17) => {
+            match map.get_ptr_mut(key) {
+                Some(v) => atomic_inc(hit_of(v)),
+                None => count(ctl, race),
+            }
+            Ok(())
+        }
+        // -E2BIG (map full) or -ENOMEM.
+        Err(_) => Err(MapFull),
+    }
+}
+
+/// The staging map was full: adds the hit to the coarser `key` of the
+/// rollup map, its new record being `value` (already filled for the
+/// staging insert). Counts `rolled`, or `full` when the rollup map is full
+/// too: then the event has no record.
+#[inline(always)]
+pub fn add_rollup<K, V>(
+    ctl: &Control,
+    map: &HashMap<K, V>,
+    key: &K,
+    hit_of: impl Fn(*mut V) -> *mut u64,
+    value: *const V,
+    [rolled, full, race]: [Counter; 3],
+) {
+    match add_hit(ctl, map, key, hit_of, || Some(value), race) {
+        Ok(()) => count(ctl, rolled),
+        Err(MapFull) => count(ctl, full),
     }
 }
 

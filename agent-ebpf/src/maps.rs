@@ -3,7 +3,7 @@
 use agent_common::{
     ConnKey, ConnValue, Control, ExitKey, ExitValue, ListenKey, NetScratch, Owner, ProcKey, ProcValue, Scratch,
     TaskExe, TrafficValue, COUNTER_COUNT, DNS_RING_BYTES, FLOWS_ENTRIES, LISTENERS_ENTRIES, PENDING_ENTRIES,
-    SOCK_OWNER_ENTRIES, TASK_EXE_ENTRIES,
+    ROLLUP_ENTRIES, SOCK_OWNER_ENTRIES, TASK_EXE_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -18,6 +18,17 @@ pub static PROC_1: HashMap<ProcKey, ProcValue> = HashMap::with_max_entries(256, 
 pub static EXIT_0: HashMap<ExitKey, ExitValue> = HashMap::with_max_entries(256, 0);
 #[map(name = "EXIT_1")]
 pub static EXIT_1: HashMap<ExitKey, ExitValue> = HashMap::with_max_entries(256, 0);
+
+// Kernel rollups: where a new record goes when its staging map above is
+// full, under a coarser key (agent-common `maps::PROCR_0`).
+#[map(name = "PROCR_0")]
+pub static PROCR_0: HashMap<ProcKey, ProcValue> = HashMap::with_max_entries(ROLLUP_ENTRIES, 0);
+#[map(name = "PROCR_1")]
+pub static PROCR_1: HashMap<ProcKey, ProcValue> = HashMap::with_max_entries(ROLLUP_ENTRIES, 0);
+#[map(name = "EXITR_0")]
+pub static EXITR_0: HashMap<ExitKey, ExitValue> = HashMap::with_max_entries(ROLLUP_ENTRIES, 0);
+#[map(name = "EXITR_1")]
+pub static EXITR_1: HashMap<ExitKey, ExitValue> = HashMap::with_max_entries(ROLLUP_ENTRIES, 0);
 
 #[map(name = "TASK_EXE")]
 pub static TASK_EXE: LruHashMap<u32, TaskExe> = LruHashMap::with_max_entries(TASK_EXE_ENTRIES, 0);
@@ -39,6 +50,10 @@ pub const ZEROES_WORDS: usize = 128;
 pub static CONN_0: HashMap<ConnKey, ConnValue> = HashMap::with_max_entries(256, 0);
 #[map(name = "CONN_1")]
 pub static CONN_1: HashMap<ConnKey, ConnValue> = HashMap::with_max_entries(256, 0);
+#[map(name = "CONNR_0")]
+pub static CONNR_0: HashMap<ConnKey, ConnValue> = HashMap::with_max_entries(ROLLUP_ENTRIES, 0);
+#[map(name = "CONNR_1")]
+pub static CONNR_1: HashMap<ConnKey, ConnValue> = HashMap::with_max_entries(ROLLUP_ENTRIES, 0);
 #[map(name = "TRAF_0")]
 pub static TRAF_0: HashMap<ConnKey, TrafficValue> = HashMap::with_max_entries(1024, 0);
 #[map(name = "TRAF_1")]

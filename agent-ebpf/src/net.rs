@@ -47,10 +47,13 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{
-        add_hit, atomic_add, atomic_swap, boot_ns, control, copy, count, current_task, offsets, read_argv, read_field,
-        TpRecord,
+        add_hit, add_rollup, atomic_add, atomic_swap, boot_ns, control, copy, count, current_task, offsets, read_argv,
+        read_field, TpRecord,
     },
-    maps::{CONN_0, CONN_1, DNS_EVENTS, FLOWS, LISTENERS, NET_SCRATCH, PENDING, SOCK_OWNER, TRAF_0, TRAF_1},
+    maps::{
+        CONNR_0, CONNR_1, CONN_0, CONN_1, DNS_EVENTS, FLOWS, LISTENERS, NET_SCRATCH, PENDING, SOCK_OWNER, TRAF_0,
+        TRAF_1,
+    },
 };
 
 /// TCP states, include/net/tcp_states.h.
@@ -196,12 +199,13 @@ fn record_conn(ctl: &Control, key: &mut ConnKey, direction: u8) -> Result<(), i6
     let scratch = unsafe { &mut *NET_SCRATCH.get_ptr_mut(0).ok_or(0)? };
     let value = &mut scratch.conn as *mut agent_common::ConnValue;
     let owner = &scratch.owner as *const Owner;
-    let map = if ctl.generation & 1 == 0 { &CONN_0 } else { &CONN_1 };
-    add_hit(
+    let (map, rollups) = if ctl.generation & 1 == 0 { (&CONN_0, &CONNR_0) } else { (&CONN_1, &CONNR_1) };
+    let hit_of = |v: *mut agent_common::ConnValue| unsafe { &mut (*v).hit_count as *mut u64 };
+    let staged = add_hit(
         ctl,
         map,
         key,
-        |v| unsafe { &mut (*v).hit_count as *mut u64 },
+        hit_of,
         || {
             let v = unsafe { &mut *value };
             v.hit_count = 1;
@@ -211,9 +215,14 @@ fn record_conn(ctl: &Control, key: &mut ConnKey, direction: u8) -> Result<(), i6
             copy(&mut v.owner, unsafe { &*owner });
             Some(value as *const agent_common::ConnValue)
         },
-        Counter::ConnMapFull,
         Counter::ConnRaceLost,
     );
+    if staged.is_err() {
+        // A storm of ports must not hide a new peer: ports 0 (README, Output).
+        (key.lport, key.rport, key.nonce) = (0, 0, 0);
+        let counters = [Counter::ConnRolledUp, Counter::ConnMapFull, Counter::ConnRaceLost];
+        add_rollup(ctl, rollups, key, hit_of, value, counters);
+    }
     Ok(())
 }
 

@@ -22,8 +22,11 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{add_hit, boot_ns, control, copy, count, current_task, current_task_btf, load, offsets, read_field, zero},
-    maps::{EXIT_0, EXIT_1, PROC_0, PROC_1, SCRATCH, TASK_EXE},
+    kernel::{
+        add_hit, add_rollup, boot_ns, control, copy, count, current_task, current_task_btf, load, offsets, read_field,
+        zero,
+    },
+    maps::{EXITR_0, EXITR_1, EXIT_0, EXIT_1, PROCR_0, PROCR_1, PROC_0, PROC_1, SCRATCH, TASK_EXE},
 };
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
@@ -121,14 +124,14 @@ fn record_process(scratch: &mut agent_common::Scratch, kind: u8, task: *const u8
     if read_argv(task, key, ctl.cmdline_max).is_err() {
         count(ctl, Counter::ArgvReadFailed);
     }
-    let key = &scratch.proc_key;
     let value = &mut scratch.proc_value as *mut ProcValue;
-    let map = if ctl.generation & 1 == 0 { &PROC_0 } else { &PROC_1 };
-    add_hit(
+    let (map, rollups) = if ctl.generation & 1 == 0 { (&PROC_0, &PROCR_0) } else { (&PROC_1, &PROCR_1) };
+    let hit_of = |v: *mut ProcValue| unsafe { &mut (*v).hit_count as *mut u64 };
+    let staged = add_hit(
         ctl,
         map,
-        key,
-        |v| unsafe { &mut (*v).hit_count as *mut u64 },
+        &scratch.proc_key,
+        hit_of,
         || {
             let v = unsafe { &mut *value };
             v.hit_count = 1;
@@ -138,9 +141,23 @@ fn record_process(scratch: &mut agent_common::Scratch, kind: u8, task: *const u8
             v.comm = bpf_get_current_comm().unwrap_or([0; 16]);
             Some(value as *const ProcValue)
         },
-        Counter::ProcMapFull,
         Counter::ProcRaceLost,
     );
+    if staged.is_err() {
+        // A storm of command lines must not hide a new program: the
+        // executable takes argv's place (README, Output). Zeroed first, so
+        // the bytes after the path are zero and equal paths are equal keys.
+        let key = &mut scratch.proc_key;
+        zero(key);
+        key.uid = bpf_get_current_uid_gid() as u32;
+        key.kind = kind;
+        let exe = &scratch.proc_value.exe;
+        unsafe {
+            gen::bpf_probe_read_kernel_str(key.cmdline.as_mut_ptr() as *mut _, EXE_CAP as u32, exe.as_ptr() as *const _)
+        };
+        let counters = [Counter::ProcRolledUp, Counter::ProcMapFull, Counter::ProcRaceLost];
+        add_rollup(ctl, rollups, &scratch.proc_key, hit_of, value, counters);
+    }
 }
 
 /// Copies argv (`mm->arg_start..arg_end`, NUL-separated as the process laid
@@ -196,20 +213,27 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         key.pid = tgid;
         key.nonce = boot_ns();
     }
-    let map = if ctl.generation & 1 == 0 { &EXIT_0 } else { &EXIT_1 };
+    let (map, rollups) = if ctl.generation & 1 == 0 { (&EXIT_0, &EXITR_0) } else { (&EXIT_1, &EXITR_1) };
     let mut value = ExitValue { hit_count: 1, first_seen_ns: 0, pid: tgid, exe_is_comm };
     let value_ptr = &mut value as *mut ExitValue;
-    add_hit(
+    let hit_of = |v: *mut ExitValue| unsafe { &mut (*v).hit_count as *mut u64 };
+    let staged = add_hit(
         &ctl,
         map,
         &scratch.exit_key,
-        |v| unsafe { &mut (*v).hit_count as *mut u64 },
+        hit_of,
         || {
             unsafe { (*value_ptr).first_seen_ns = boot_ns() };
             Some(value_ptr as *const ExitValue)
         },
-        Counter::ExitMapFull,
         Counter::ExitRaceLost,
     );
+    if staged.is_err() {
+        // Per executable and killing signal: exit codes fold, a crash stays apart.
+        let key = &mut scratch.exit_key;
+        (key.exit_code, key.pid, key.nonce) = (key.exit_code & 0x7f, 0, 0);
+        let counters = [Counter::ExitRolledUp, Counter::ExitMapFull, Counter::ExitRaceLost];
+        add_rollup(&ctl, rollups, &scratch.exit_key, hit_of, value_ptr, counters);
+    }
     Ok(())
 }

@@ -20,7 +20,7 @@ use aya::{
 };
 
 use crate::{
-    aggregate::{ProcessKind, ProcessRecord, TerminateRecord},
+    aggregate::{Aggregate, ProcessKind, ProcessRecord, TerminateRecord},
     net::{self, NetDrained},
 };
 
@@ -107,6 +107,10 @@ pub struct Drainer {
     exit: [HashMap<MapData, ExitKey, ExitValue>; 2],
     conn: [HashMap<MapData, ConnKey, ConnValue>; 2],
     traf: [HashMap<MapData, ConnKey, TrafficValue>; 2],
+    /// Kernel rollups: where events went when PROC, EXIT or CONN was full.
+    procr: [HashMap<MapData, ProcKey, ProcValue>; 2],
+    exitr: [HashMap<MapData, ExitKey, ExitValue>; 2],
+    connr: [HashMap<MapData, ConnKey, ConnValue>; 2],
     dns: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     zeros: Vec<u64>,
@@ -128,6 +132,9 @@ impl Drainer {
             exit: [take(ebpf, maps::EXIT_0)?, take(ebpf, maps::EXIT_1)?],
             conn: [take(ebpf, maps::CONN_0)?, take(ebpf, maps::CONN_1)?],
             traf: [take(ebpf, maps::TRAF_0)?, take(ebpf, maps::TRAF_1)?],
+            procr: [take(ebpf, maps::PROCR_0)?, take(ebpf, maps::PROCR_1)?],
+            exitr: [take(ebpf, maps::EXITR_0)?, take(ebpf, maps::EXITR_1)?],
+            connr: [take(ebpf, maps::CONNR_0)?, take(ebpf, maps::CONNR_1)?],
             dns: take(ebpf, maps::DNS_EVENTS)?,
             counters: take(ebpf, maps::COUNTERS)?,
             zeros: vec![0; aya::util::nr_cpus().map_err(|(_, e)| DrainError::Cpus(e))?],
@@ -160,14 +167,22 @@ impl Drainer {
         self.write_control()?;
         self.quiesce.wait();
 
-        let processes =
+        let mut processes: Vec<ProcessRecord> =
             drain_map(&mut self.proc[old], maps::PROC_0)?.into_iter().map(|(k, v)| process_record(&k, &v)).collect();
-        let terminations =
+        let mut terminations: Vec<TerminateRecord> =
             drain_map(&mut self.exit[old], maps::EXIT_0)?.into_iter().map(|(k, v)| terminate_record(&k, &v)).collect();
-        let connections = drain_map(&mut self.conn[old], maps::CONN_0)?
+        let mut connections: Vec<net::ConnRecord> = drain_map(&mut self.conn[old], maps::CONN_0)?
             .into_iter()
             .filter_map(|(k, v)| net::conn_record(&k, &v))
             .collect();
+        // Kernel rollups become rollup records (rolled_up normalises them as
+        // the window cache would: a process rollup's argv is its executable).
+        let procr = drain_map(&mut self.procr[old], maps::PROCR_0)?;
+        processes.extend(procr.into_iter().filter_map(|(k, v)| process_record(&k, &v).rolled_up()));
+        let exitr = drain_map(&mut self.exitr[old], maps::EXITR_0)?;
+        terminations.extend(exitr.into_iter().filter_map(|(k, v)| terminate_record(&k, &v).rolled_up()));
+        let connr = drain_map(&mut self.connr[old], maps::CONNR_0)?;
+        connections.extend(connr.into_iter().filter_map(|(k, v)| net::conn_record(&k, &v)?.rolled_up()));
         let traffic = drain_map(&mut self.traf[old], maps::TRAF_0)?
             .into_iter()
             .filter_map(|(k, v)| net::traffic_sample(&k, &v))
@@ -248,6 +263,7 @@ pub fn process_record(k: &ProcKey, v: &ProcValue) -> ProcessRecord {
         ppid: v.ppid,
         executable,
         comm: c_string(&v.comm),
+        rollup: false,
     }
 }
 
@@ -261,6 +277,7 @@ pub fn terminate_record(k: &ExitKey, v: &ExitValue) -> TerminateRecord {
         hit_count: v.hit_count,
         first_seen_ns: v.first_seen_ns,
         pid: v.pid,
+        rollup: false,
     }
 }
 

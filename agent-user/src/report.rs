@@ -99,14 +99,23 @@ pub struct DroppedEventsStatistics {
     pub events_seen: u64,
     /// Sum of the counts below: events with no record in any output.
     pub dropped_events: u64,
-    /// Hits of records pushed out of a full window cache (oldest first).
+    /// Hits in no record after a full window cache pushed records out
+    /// (oldest first): those not folded into a rollup, and those of rollups
+    /// pushed out of the full rollup cache.
     pub cache_full: u64,
+    /// Hits carried by this window's rollup records (part of the records' sum).
+    pub rolled_up: u64,
+    /// Of those, events the kernel folded into a rollup because its staging
+    /// map was full (otherwise they would be in `kernel_map_full`).
+    pub kernel_rolled_up: u64,
     /// Events whose new record did not fit in the kernel map between two drains.
     pub kernel_map_full: u64,
     /// Events whose record vanished between insert and update (not seen in practice).
     pub kernel_insert_race: u64,
     /// Records pushed out of a full window cache.
     pub records_evicted: u64,
+    /// Rollup records pushed out of the full rollup cache.
+    pub rollups_evicted: u64,
     /// Snapshot types: sources that could not be read (named in the
     /// snapshot's `failed_sources`). Not events: not in dropped_events.
     pub sources_unreadable: u64,
@@ -210,6 +219,8 @@ pub struct Losses {
     /// Records pushed out of the full window cache, or items past a snapshot's bound.
     pub evicted: Evictions,
     pub kernel_map_full: u64,
+    /// Events the kernel folded into its rollup map (already in the records).
+    pub kernel_rolled_up: u64,
     pub kernel_insert_race: u64,
     pub sources_unreadable: u64,
 }
@@ -221,9 +232,12 @@ impl DroppedEventsStatistics {
             events_seen: l.seen,
             dropped_events: l.evicted.hits.saturating_add(l.kernel_map_full).saturating_add(l.kernel_insert_race),
             cache_full: l.evicted.hits,
+            rolled_up: l.evicted.rolled_up,
+            kernel_rolled_up: l.kernel_rolled_up,
             kernel_map_full: l.kernel_map_full,
             kernel_insert_race: l.kernel_insert_race,
             records_evicted: l.evicted.records,
+            rollups_evicted: l.evicted.rollups_evicted,
             sources_unreadable: l.sources_unreadable,
             transport_cache_full: 0,
             transport_cache_full_hits: 0,
@@ -318,13 +332,15 @@ mod tests {
     fn dropped_statistics_sum() {
         let losses = Losses {
             seen: 20,
-            evicted: Evictions { records: 2, hits: 5 },
+            evicted: Evictions { records: 2, hits: 5, rolled_up: 6, rollups_evicted: 1 },
             kernel_map_full: 3,
+            kernel_rolled_up: 2,
             kernel_insert_race: 1,
             sources_unreadable: 4,
         };
         let d = DroppedEventsStatistics::new(EventType::ProcessCreate, losses);
-        assert_eq!(d.dropped_events, 9);
+        assert_eq!(d.dropped_events, 9, "rolled-up hits are in records, not dropped");
+        assert_eq!((d.rolled_up, d.kernel_rolled_up, d.rollups_evicted), (6, 2, 1));
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["source_event_type"], "ProcessCreate");
         assert_eq!(v["records_evicted"], 2);

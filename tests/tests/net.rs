@@ -390,19 +390,71 @@ fn full_connection_cache_counts_every_lost_event() {
     }
     let events = agent.stop().unwrap();
     let mut per_window = std::collections::HashMap::new();
-    for e in events.iter().filter(|e| e["event_type"] == CC) {
+    for e in events.iter().filter(|e| e["event_type"] == CC && e["payload"]["rollup"] != true) {
         *per_window.entry(e["window_start"].as_str().unwrap().to_string()).or_insert(0) += 1;
     }
     assert!(per_window.values().all(|&n| n <= 8), "{per_window:?}");
     // 40 connections seen from both namespaces cannot fit in 8-record windows.
     let reported = sum(&matching(&events, own_netns(), "TCP", &peer, Some(7001)), "hit_count");
     assert!(reported < 40, "{reported}");
+    // What was pushed out is in the rollup of this peer (ports 0), exactly.
+    let rollup = matching(&events, own_netns(), "TCP", &peer, Some(0));
+    assert!(rollup.iter().all(|p| p["rollup"] == true && p["local_port"] == 0), "{rollup:#?}");
+    assert_eq!(reported + sum(&rollup, "hit_count"), 40, "{rollup:#?}");
     let (seen, dropped) = assert_windows_account_for_every_event(&events, CC);
     assert!(seen >= 80, "{seen}");
-    assert!(dropped >= 80 - 8 * per_window.len() as u64, "dropped {dropped}");
-    assert!(payloads(&events, "DroppedEventsStatistics")
-        .iter()
-        .any(|p| p["source_event_type"] == CC && p["dropped_events"].as_u64().unwrap() > 0));
+    let stats: Vec<_> =
+        payloads(&events, "DroppedEventsStatistics").into_iter().filter(|p| p["source_event_type"] == CC).collect();
+    let rolled_up: u64 = stats.iter().map(|p| p["rolled_up"].as_u64().unwrap()).sum();
+    assert!(dropped + rolled_up >= 80 - 8 * per_window.len() as u64, "dropped {dropped}, rolled up {rolled_up}");
+    assert!(stats.iter().any(|p| p["records_evicted"].as_u64().unwrap() > 0));
+}
+
+#[test]
+fn port_storm_cannot_hide_a_connection_to_another_address() {
+    if !privileged("port_storm_cannot_hide_a_connection_to_another_address") {
+        return;
+    }
+    let mut ns = NetNs::new(23).unwrap();
+    let (peer, marker_peer) = (ns.peer_v4(), ns.peer_v6());
+    ns.spawn(&["tcp-server", &marker_peer, "7001", "0"]).unwrap();
+    // Default sizes: 256 records per window, 512 staged per drain; one window (PT1H, flushed at stop).
+    let agent = Agent::start(&[]).unwrap();
+    let peer_ip: std::net::IpAddr = peer.parse().unwrap();
+    const STORM: u16 = 20_000;
+    let started = Instant::now();
+    for port in 10_000..10_000 + STORM {
+        // Nothing listens there: each connect is refused, one connection event each.
+        assert!(TcpStream::connect((peer_ip, port)).is_err(), "port {port} accepted");
+        if port == 10_000 + STORM / 2 {
+            tcp_exchange(SocketAddr::new(marker_peer.parse().unwrap(), 7001), 1, 1);
+        }
+    }
+    let storm_time = started.elapsed();
+    let events = agent.stop().unwrap();
+    let me = own_netns();
+    let marker = matching(&events, me, "TCP", &marker_peer, None);
+    assert_eq!(sum(&marker, "hit_count"), 1, "the marker is in the window: {marker:#?}");
+    assert!(marker.iter().all(|p| p["direction"] == "out" && p["uid"] == 0), "{marker:#?}");
+    let storm = matching(&events, me, "TCP", &peer, None);
+    assert_eq!(sum(&storm, "hit_count"), STORM as u64, "every storm connection is in a record or a rollup");
+    let rollups: Vec<_> = storm.iter().filter(|p| p["rollup"] == true).collect();
+    assert!(!rollups.is_empty() && rollups.iter().all(|p| p["remote_port"] == 0 && p["local_port"] == 0));
+    let (seen, dropped) = assert_windows_account_for_every_event(&events, CC);
+    assert!(seen > STORM as u64, "{seen}");
+    let stats: Vec<_> =
+        payloads(&events, "DroppedEventsStatistics").into_iter().filter(|p| p["source_event_type"] == CC).collect();
+    let field = |name: &str| -> u64 { stats.iter().map(|p| p[name].as_u64().unwrap()).sum() };
+    let (rolled_up, kernel_rolled_up) = (field("rolled_up"), field("kernel_rolled_up"));
+    eprintln!(
+        "storm of {STORM} in {storm_time:?}: seen {seen}, rolled up {rolled_up} (kernel {kernel_rolled_up}), \
+         dropped {dropped}, records {}",
+        records(&events).len()
+    );
+    assert!(rolled_up >= STORM as u64 - 256, "{stats:#?}");
+    // 20,000 connects in a few seconds overflow the 512-entry staging map of a drain.
+    assert!(kernel_rolled_up > 0, "the kernel fallback was not exercised: {stats:#?}");
+    assert_eq!(field("kernel_map_full"), 0, "{stats:#?}");
 }
 
 #[test]

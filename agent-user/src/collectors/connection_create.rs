@@ -11,8 +11,9 @@ use crate::{
     report::{commandline, NetworkLosses},
 };
 
-/// The kernel counters of its windows: seen, map full, insert race.
-pub const COUNTERS: [Counter; 3] = [Counter::ConnSeen, Counter::ConnMapFull, Counter::ConnRaceLost];
+/// The kernel counters of its windows: seen, map full, insert race, rolled up.
+pub const COUNTERS: [Counter; 4] =
+    [Counter::ConnSeen, Counter::ConnMapFull, Counter::ConnRaceLost, Counter::ConnRolledUp];
 
 /// What a closed window lost that is not a connection event (bytes, names,
 /// namespaces), from its kernel counters and the DNS name cache; warned once
@@ -64,6 +65,9 @@ pub struct ConnectionCreate {
     pub commandline: String,
     /// Inode of the network namespace (as in /proc/PID/ns/net).
     pub netns: u32,
+    /// A rollup: connections pushed out of a full cache, ports 0 (README, Output).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rollup: bool,
 }
 
 pub fn connection_create(r: &ConnRecord, clock: BootClock) -> ConnectionCreate {
@@ -91,6 +95,7 @@ pub fn connection_create(r: &ConnRecord, clock: BootClock) -> ConnectionCreate {
         uid: r.owner.uid,
         commandline,
         netns: t.netns,
+        rollup: r.rollup,
     }
 }
 
@@ -115,6 +120,7 @@ fn warn_network_losses(l: &NetworkLosses) {
 mod tests {
     use super::*;
     use crate::{
+        aggregate::Aggregate,
         enrich::BootClock,
         report::{Payload, Window},
     };
@@ -142,6 +148,7 @@ mod tests {
             dns_queries: 0,
             head: vec![0x16, 0x03, 0x01, 0x02, 0, 0, 0, 0],
             host_name: Some("x".into()),
+            rollup: false,
         };
         let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH + Duration::from_secs(60) };
         let v =
@@ -164,6 +171,12 @@ mod tests {
                     "netns": 4026531840u32
                 }
             })
+        );
+        let rollup = ConnRecord { rollup: true, ..r.clone() }.rolled_up().unwrap();
+        let v = serde_json::to_value(connection_create(&rollup, BootClock::from_offset(0))).unwrap();
+        assert_eq!(
+            (v["rollup"].as_bool(), v["local_port"].as_u64(), v["remote_port"].as_u64()),
+            (Some(true), Some(0), Some(0))
         );
         let mut unknown = r.clone();
         unknown.owner = Owner::default();

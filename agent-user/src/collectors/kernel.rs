@@ -132,10 +132,11 @@ impl<R: Aggregate> EventWindow<R> {
         self.opened_wall = now;
         if evicted.records > 0 {
             log::warn!(
-                "{}: window cache full ({} records); discarded the {} oldest ({} events); raise cacheSize{}",
+                "{}: window cache full ({} records); pushed out the {} oldest, {} events kept in rollups, {} lost; raise cacheSize{}",
                 self.name,
                 self.cache.capacity(),
                 evicted.records,
+                evicted.rolled_up,
                 evicted.hits,
                 self.name
             );
@@ -228,11 +229,11 @@ impl KernelWindows {
 
 impl<R> Closed<R> {
     /// One event per record (made by `payload`) and the window's losses from
-    /// the kernel counters `[seen, map full, insert race]`.
+    /// the kernel counters `[seen, map full, insert race, rolled up]`.
     fn report(
         self,
         t: EventType,
-        [seen, full, race]: [Counter; 3],
+        [seen, full, race, rolled]: [Counter; 4],
         network: Option<NetworkLosses>,
         mut payload: impl FnMut(&R) -> Payload,
     ) -> ClosedWindow {
@@ -245,6 +246,7 @@ impl<R> Closed<R> {
             seen: self.counters.get(seen),
             evicted: self.evicted,
             kernel_map_full: map_full,
+            kernel_rolled_up: self.counters.get(rolled),
             kernel_insert_race: self.counters.get(race),
             sources_unreadable: 0,
         };

@@ -10,8 +10,9 @@ use crate::{
     report::{commandline, Enrichment},
 };
 
-/// The kernel counters of its windows: seen, map full, insert race.
-pub const COUNTERS: [Counter; 3] = [Counter::ProcSeen, Counter::ProcMapFull, Counter::ProcRaceLost];
+/// The kernel counters of its windows: seen, map full, insert race, rolled up.
+pub const COUNTERS: [Counter; 4] =
+    [Counter::ProcSeen, Counter::ProcMapFull, Counter::ProcRaceLost, Counter::ProcRolledUp];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProcessCreate {
@@ -28,6 +29,9 @@ pub struct ProcessCreate {
     pub kind: &'static str,
     pub hit_count: u64,
     pub truncated: bool,
+    /// A rollup: records pushed out of a full cache, per executable (README, Output).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rollup: bool,
 }
 
 pub fn process_create(r: &ProcessRecord, e: &mut Enrichment<'_>) -> ProcessCreate {
@@ -45,6 +49,7 @@ pub fn process_create(r: &ProcessRecord, e: &mut Enrichment<'_>) -> ProcessCreat
         },
         hit_count: r.hit_count,
         truncated: r.truncated,
+        rollup: r.rollup,
     }
 }
 
@@ -74,6 +79,7 @@ mod tests {
             ppid: 9,
             executable: "/bin/a".into(),
             comm: "a".into(),
+            rollup: false,
         };
         let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH + Duration::from_secs(60) };
         let v = serde_json::to_value(w.event(Payload::ProcessCreate(process_create(&r, &mut e)))).unwrap();

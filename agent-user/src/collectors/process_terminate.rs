@@ -8,8 +8,9 @@ use crate::{
     enrich::{rfc3339, BootClock},
 };
 
-/// The kernel counters of its windows: seen, map full, insert race.
-pub const COUNTERS: [Counter; 3] = [Counter::ExitSeen, Counter::ExitMapFull, Counter::ExitRaceLost];
+/// The kernel counters of its windows: seen, map full, insert race, rolled up.
+pub const COUNTERS: [Counter; 4] =
+    [Counter::ExitSeen, Counter::ExitMapFull, Counter::ExitRaceLost, Counter::ExitRolledUp];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProcessTerminate {
@@ -21,6 +22,9 @@ pub struct ProcessTerminate {
     pub signal: Option<u32>,
     pub process_id: u32,
     pub hit_count: u64,
+    /// A rollup: exits pushed out of a full cache, per executable and signal (README, Output).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rollup: bool,
 }
 
 /// Splits a wait status (`task_struct.exit_code`) into exit status and signal.
@@ -40,6 +44,7 @@ pub fn process_terminate(r: &TerminateRecord, clock: BootClock) -> ProcessTermin
         signal,
         process_id: r.pid,
         hit_count: r.hit_count,
+        rollup: r.rollup,
     }
 }
 

@@ -280,7 +280,7 @@ mod tests {
         let sent =
             snapshot_events(EventType::ListeningPorts, t, &mut History::default(), SnapshotSettings::default(), W);
         assert_eq!(sent.events.len(), MAX_ITEMS);
-        assert_eq!(sent.losses.evicted, Evictions { records: 3, hits: 3 });
+        assert_eq!(sent.losses.evicted, Evictions { records: 3, hits: 3, ..Default::default() });
         assert_eq!(sent.losses.seen, MAX_ITEMS as u64 + 3);
     }
 }

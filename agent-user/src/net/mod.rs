@@ -137,12 +137,30 @@ pub struct ConnRecord {
     /// First payload bytes (either direction), for the application protocol.
     pub head: Vec<u8>,
     pub host_name: Option<String>,
+    /// A rollup (ports 0) of records pushed out of a full cache (or the
+    /// kernel's full staging map).
+    pub rollup: bool,
 }
 
+/// A record's identity: the 5-tuple (and nonce); a rollup's adds direction
+/// and the owner's uid and comm, and has ports 0.
+pub type ConnIdentity = (Tuple, u64, Option<(Direction, u32, String)>);
+
 impl Aggregate for ConnRecord {
-    type Key = (Tuple, u64);
-    fn key(&self) -> (Tuple, u64) {
-        (self.tuple, self.nonce)
+    type Key = ConnIdentity;
+    fn key(&self) -> ConnIdentity {
+        let rollup = self.rollup.then(|| (self.direction, self.owner.uid, self.owner.comm.clone()));
+        (self.tuple, self.nonce, rollup)
+    }
+    /// Per namespace, protocol, local and remote address, direction, owner
+    /// uid and program: a storm of ports folds into one record, a new peer
+    /// or program stays apart.
+    fn rolled_up(mut self) -> Option<Self> {
+        (self.tuple.local_port, self.tuple.remote_port, self.nonce, self.rollup) = (0, 0, 0, true);
+        Some(self)
+    }
+    fn is_rollup(&self) -> bool {
+        self.rollup
     }
     fn hits(&self) -> u64 {
         self.hit_count
@@ -197,6 +215,7 @@ pub fn conn_record(k: &ConnKey, v: &ConnValue) -> Option<ConnRecord> {
         dns_queries: 0,
         head: Vec::new(),
         host_name: None,
+        rollup: false,
     })
 }
 
@@ -358,7 +377,9 @@ impl NetState {
         }
         let mut out = d.connections;
         let mut index: HashMap<Tuple, usize> = HashMap::new();
-        for (i, r) in out.iter().enumerate() {
+        // Kernel rollups (ports 0) stand for many 5-tuples: no traffic
+        // record joins them, and they are no connection to remember.
+        for (i, r) in out.iter().enumerate().filter(|(_, r)| !r.rollup) {
             index.entry(r.tuple).or_insert(i);
             self.memory.remember(r.tuple, r.direction, &r.owner);
         }
@@ -400,6 +421,7 @@ impl NetState {
                 dns_queries: t.dns_queries,
                 head: t.head,
                 host_name: None,
+                rollup: false,
             });
         }
         for r in &mut out {
@@ -452,6 +474,7 @@ mod tests {
             dns_queries: 0,
             head: vec![],
             host_name: None,
+            rollup: false,
         }
     }
 
@@ -683,6 +706,74 @@ mod tests {
             (1, 10, Direction::Out, 42, 7)
         );
         assert_eq!(ev.hits, 0);
+    }
+
+    #[test]
+    fn port_storm_cannot_hide_a_connection_to_a_new_address() {
+        let mut c = WindowCache::new(256);
+        let marker = Tuple { remote: "10.0.0.9".parse().unwrap(), ..tuple(41000, 22) };
+        let mut added = 0;
+        for port in 0..20_000u16 {
+            c.add(conn(tuple(30000 + port % 30000, 1000 + port), Direction::Out, 1, port as u64, 5));
+            added += 1;
+            if port == 100 {
+                c.add(conn(marker, Direction::Out, 1, port as u64, 6));
+                added += 1;
+            }
+        }
+        let (out, ev) = c.take();
+        let rollups: Vec<_> = out.iter().filter(|r| r.rollup).collect();
+        assert_eq!(out.len() - rollups.len(), 256);
+        let got: Vec<_> = rollups.iter().map(|r| (r.tuple.remote.to_string(), r.hit_count)).collect();
+        assert_eq!(got, [("10.0.0.2".into(), 20_000 - 256), ("10.0.0.9".into(), 1)]);
+        assert!(rollups.iter().all(|r| (r.tuple.local_port, r.tuple.remote_port, r.nonce) == (0, 0, 0)));
+        assert_eq!(rollups[1].owner.pid, 6, "the marker's own owner");
+        assert_eq!((ev.hits, ev.rolled_up), (0, 20_000 - 256 + 1));
+        assert_eq!(out.iter().map(|r| r.hit_count).sum::<u64>() + ev.hits, added);
+    }
+
+    #[test]
+    fn connection_rollups_keep_direction_and_program_apart() {
+        let mut c = WindowCache::new(1);
+        let mut root = conn(tuple(40001, 80), Direction::Out, 1, 1, 1);
+        root.owner.uid = 1000;
+        let mut other_program = conn(tuple(40002, 80), Direction::Out, 1, 2, 2);
+        other_program.owner.comm = "nc".into();
+        let inbound = conn(tuple(80, 40003), Direction::In, 1, 3, 3);
+        let per_event = ConnRecord { nonce: 77, ..conn(tuple(40004, 81), Direction::Out, 1, 4, 4) };
+        let same = conn(tuple(40005, 82), Direction::Out, 2, 5, 5);
+        c.add_batch(vec![root, other_program, inbound, per_event, same, conn(tuple(1, 1), Direction::Out, 1, 9, 9)]);
+        let (out, ev) = c.take();
+        let got: Vec<_> = out
+            .iter()
+            .filter(|r| r.rollup)
+            .map(|r| (r.direction, r.owner.uid, r.owner.comm.clone(), r.hit_count))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Direction::Out, 1000, "curl".into(), 1),
+                (Direction::Out, 0, "nc".into(), 1),
+                (Direction::In, 0, "curl".into(), 1),
+                (Direction::Out, 0, "curl".into(), 3),
+            ]
+        );
+        assert_eq!(ev.hits, 0);
+    }
+
+    #[test]
+    fn kernel_rollups_join_no_traffic() {
+        let mut s = NetState::new(16);
+        let icmp = Tuple { transport: Transport::Icmp, ..tuple(0, 0) };
+        let mut kernel_rollup = conn(icmp, Direction::Out, 9, 1, 1);
+        kernel_rollup.rollup = true;
+        let out = s.ingest(
+            NetDrained { connections: vec![kernel_rollup], traffic: vec![traffic(icmp, 64, 64, 2)], dns: vec![] },
+            3,
+        );
+        assert_eq!(out.len(), 2, "the ICMP flow's bytes are its own record: {out:#?}");
+        assert_eq!((out[0].rollup, out[0].bytes_in, out[0].hit_count), (true, 0, 9));
+        assert_eq!((out[1].rollup, out[1].bytes_in, out[1].hit_count), (false, 64, 0));
     }
 
     #[test]
