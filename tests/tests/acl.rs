@@ -16,9 +16,12 @@ const OPERATOR: &str = "hitcount-operator";
 
 /// An MQTT client logged in as `user` on the broker's authenticated
 /// listener, recording (topic, payload) of everything it receives.
+/// (topic, payload) of every message received.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 struct Peer {
     client: Client,
-    got: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    got: Received,
     /// Subscribed again at every reconnect (a clean session forgets them).
     filters: Arc<Mutex<Vec<String>>>,
 }
@@ -29,7 +32,7 @@ impl Peer {
         o.set_credentials(user, password);
         o.set_keep_alive(Duration::from_secs(30));
         let (client, mut connection) = Client::new(o, 100);
-        let got = Arc::new(Mutex::new(Vec::new()));
+        let got: Received = Arc::new(Mutex::new(Vec::new()));
         let filters: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
         let (sink, resubscribe, again) = (got.clone(), client.clone(), filters.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -935,7 +935,7 @@ fn a_desired_change_is_reported_and_snapshots_are_taken_again() {
     let blinded =
         |_: &[mosquitto::Msg]| sub.events().iter().filter(|e| e["event_type"] == "ConfigurationChange").count() == 2;
     sub.wait_until("the change that switches everything off", WAIT, blinded).unwrap();
-    let last = sub.events().into_iter().filter(|e| e["event_type"] == "ConfigurationChange").last().unwrap();
+    let last = sub.events().into_iter().rfind(|e| e["event_type"] == "ConfigurationChange").unwrap();
     let properties: Vec<&str> =
         last["payload"]["changes"].as_array().unwrap().iter().map(|c| c["property"].as_str().unwrap()).collect();
     for p in ["eventPriorityProcessCreate", "eventPriorityDroppedEventsStatistics", "eventPriorityLocalUsers"] {
