@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod fuzz;
 mod image;
 mod run;
 mod setup;
@@ -70,6 +71,14 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fuzz the parsers (cargo-fuzz targets in fuzz/, nightly; installs cargo-fuzz if missing).
+    Fuzz {
+        /// One target (`cargo fuzz list` in fuzz/); default: every target in turn.
+        target: Option<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Build, then run a benchmark from the `tests` crate.
     Bench {
         /// Which benchmark to run.
@@ -126,6 +135,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let artifacts = build::build(&setup, false)?;
             test::run(&artifacts, &test::Options { unit_only, privileged_only, suites: &suite, extra_args: &args })?;
         }
+        Command::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds)?,
         Command::Bench { bench, args } => {
             let artifacts = build::build(&setup, false)?;
             return bench::run(&artifacts, bench, &args);

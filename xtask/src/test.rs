@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::build::{self, Artifacts, EBPF_OBJECT_VAR};
 use crate::image::{self, IMAGE_VAR};
-use crate::{cmd, setup};
+use crate::{cmd, fuzz, setup};
 
 /// The integration tests find the agent binary here.
 pub const BIN_VAR: &str = "HITCOUNT_BIN";
@@ -68,8 +68,9 @@ pub fn run(artifacts: &Artifacts, options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Everything that runs without privileges, on the default toolchain. The
-/// eBPF crate only builds for the BPF target. Of the `tests` crate only the
+/// Everything that runs without privileges, on the default toolchain, then
+/// the fuzz targets (their corpus replayed on stable, then each fuzzed
+/// briefly on nightly). The eBPF crate only builds for the BPF target. Of the `tests` crate only the
 /// unit tests of its library and binaries (the benchmarks' parsers) belong
 /// here; its integration tests are the privileged tier.
 fn unit_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<()> {
@@ -83,6 +84,11 @@ fn unit_tier(artifacts: &Artifacts, extra_args: &ExtraArgs) -> Result<()> {
             cargo.arg("--").args(extra_args.harness);
         }
         cmd::run(&mut cargo).context("unit tier failed")?;
+    }
+    fuzz::replay(&artifacts.ebpf_object)?;
+    match fuzz::test_seconds()? {
+        0 => println!("unit tier: fuzzing skipped ({}=0)", fuzz::SECONDS_VAR),
+        seconds => fuzz::run(None, seconds).context("unit tier failed")?,
     }
     println!("unit tier: passed");
     Ok(())
