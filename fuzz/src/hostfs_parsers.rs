@@ -1,7 +1,11 @@
 //! The pure parsers of host files, each given the same bytes. A collector
 //! that adds a parser adds its line to `PARSERS` and its seeds to
 //! `corpus/hostfs_parsers/`.
-use agent_user::{enrich::parse_passwd, listeners};
+use agent_user::{
+    collectors::{connected_hardware::hotplug, ids, local_users, sbom, system_information::netlink},
+    enrich::parse_passwd,
+    listeners,
+};
 
 /// Each parser with the properties its result must have.
 const PARSERS: &[(&str, fn(&[u8]))] = &[
@@ -22,6 +26,29 @@ const PARSERS: &[(&str, fn(&[u8]))] = &[
         for name in parse_passwd(&text).values() {
             assert!(!name.is_empty() && !name.contains([':', '\n']), "user name {name:?}");
         }
+    }),
+    ("/etc/passwd, /etc/group, /etc/shadow (LocalUsers)", |d| {
+        let text = String::from_utf8_lossy(d);
+        let (p, g, s) = (local_users::parse_passwd(&text), local_users::parse_group(&text), local_users::parse_shadow(&text));
+        let _ = local_users::local_users(&p.entries, &g.entries, Some(&s.entries));
+    }),
+    ("/var/lib/dpkg/status, opkg status, apk installed (SBoM)", |d| {
+        let text = String::from_utf8_lossy(d);
+        let distro = sbom::Distro::default();
+        let _ = (sbom::dpkg::parse(&text, &distro), sbom::opkg::parse(&text, &distro), sbom::apk::parse(&text, &distro));
+    }),
+    ("rpm header blob (SBoM)", |d| {
+        let _ = sbom::rpm::package(d, &sbom::Distro::default());
+    }),
+    ("rtnetlink address dump (SystemInformation)", |d| {
+        let mut out = netlink::Addresses::default();
+        let _ = netlink::parse_dump(d, 1, &mut out);
+    }),
+    ("kernel uevent (ConnectedHardware hotplug)", |d| {
+        let _ = hotplug::parse_uevent(d);
+    }),
+    ("pci.ids / usb.ids", |d| {
+        let _ = ids::lookup(&String::from_utf8_lossy(d), 0x1af4, Some(0x1000));
     }),
 ];
 
