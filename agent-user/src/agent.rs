@@ -555,4 +555,27 @@ mod tests {
         let at = format!("{{{}}}", " ".repeat(65_534));
         assert_eq!(desired_config(&local, at.as_bytes()).unwrap(), Config::default());
     }
+
+    #[test]
+    fn a_closed_window_sends_its_events_then_its_statistics_unless_they_are_off() {
+        let t = std::time::UNIX_EPOCH;
+        let w = Window { start: t, end: t + std::time::Duration::from_secs(5) };
+        let events = vec![w.collected(EventType::LocalUsers, serde_json::json!({"user_name": "root"}))];
+        let losses = Losses { seen: 3, sources_unreadable: 1, ..Default::default() };
+        let transport = Drops { records: 2, hits: 4, spool_lost: 1 };
+        let mut c = Config::default();
+        let sent = closed_events(&c, EventType::LocalUsers, w, events.clone(), losses, None, transport);
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0], events[0], "the events first, unchanged");
+        let Payload::DroppedEventsStatistics(s) = &sent[1].payload else { panic!("{:?}", sent[1]) };
+        assert_eq!(s.source_event_type, EventType::LocalUsers);
+        assert_eq!((s.events_seen, s.sources_unreadable), (3, 1));
+        assert_eq!((s.transport_cache_full, s.transport_cache_full_hits, s.spool_records_lost), (2, 4, 1));
+        assert_eq!(
+            (sent[1].window_start.as_str(), sent[1].window_end.as_str()),
+            ("1970-01-01T00:00:00.000Z", "1970-01-01T00:00:05.000Z")
+        );
+        c.set_priority(EventType::DroppedEventsStatistics, Priority::Off);
+        assert_eq!(closed_events(&c, EventType::LocalUsers, w, events.clone(), losses, None, transport), events);
+    }
 }
