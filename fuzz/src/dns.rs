@@ -7,8 +7,9 @@ use agent_user::net::{
     dns_message,
 };
 
-/// RFC 1035 3.1, as read_name enforces it.
-const NAME_MAX: usize = 255;
+/// RFC 1035 3.1: 255 bytes on the wire, as read_name enforces it. In
+/// presentation form a byte may print as four (`\DDD`).
+const NAME_MAX: usize = 4 * 255;
 /// The smallest resource record: a one-byte root name, type, class, TTL,
 /// RDLENGTH and four bytes of A data.
 const MIN_A_RECORD: usize = 1 + 10 + 4;
