@@ -444,7 +444,11 @@ pub fn parse_dump(mut buf: &[u8]) -> Result<Dump, NftError> {
             NLMSG_DONE | NLMSG_ERROR => {
                 let code = body.get(..4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
                 if code < 0 {
-                    return Err(NftError::Kernel(-code));
+                    // i32::MIN has no positive counterpart: no errno is that large.
+                    return Err(match code.checked_neg() {
+                        Some(errno) => NftError::Kernel(errno),
+                        None => NftError::Invalid { what: "netlink error", why: format!("code {code} is no errno") },
+                    });
                 }
                 continue;
             }
@@ -1158,6 +1162,14 @@ mod tests {
         assert_eq!(parse_dump(&m), Err(NftError::Kernel(libc::EPERM)));
         let m = [20u8, 0, 0, 0, 1, 10, 0x12, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
         assert_eq!(parse_dump(&m), Err(NftError::Interrupted));
+    }
+
+    #[test]
+    fn an_error_code_without_an_errno_is_invalid_not_a_panic() {
+        // Found by the firewall fuzz target: negating i32::MIN overflowed.
+        let mut m = vec![20, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&i32::MIN.to_ne_bytes());
+        assert!(matches!(parse_dump(&m), Err(NftError::Invalid { what: "netlink error", .. })));
     }
 
     #[test]

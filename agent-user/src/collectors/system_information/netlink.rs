@@ -76,8 +76,9 @@ pub fn parse_dump(buf: &[u8], seq: u32, out: &mut Addresses) -> Result<bool, Net
             match kind {
                 NLMSG_DONE => return Ok(true),
                 NLMSG_ERROR => {
-                    let errno = u32_at(body, 0).ok_or(NetlinkError::Malformed(at))? as i32;
-                    return Err(NetlinkError::Kernel(-errno));
+                    let code = u32_at(body, 0).ok_or(NetlinkError::Malformed(at))? as i32;
+                    // A negative errno; i32::MIN has no positive counterpart.
+                    return Err(code.checked_neg().map_or(NetlinkError::Malformed(at), NetlinkError::Kernel));
                 }
                 RTM_NEWADDR => parse_ifaddr(body, out).ok_or(NetlinkError::Malformed(at))?,
                 _ => {}
@@ -249,6 +250,10 @@ mod tests {
         err[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
         err[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
         assert!(matches!(parse_dump(&err, 7, &mut Addresses::default()), Err(NetlinkError::Kernel(libc::EPERM))));
+        // No errno is i32::MIN: negating it overflowed (the firewall
+        // parser's fuzz finding, the same code here).
+        err[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        assert!(matches!(parse_dump(&err, 7, &mut Addresses::default()), Err(NetlinkError::Malformed(0))));
         // One interface with more addresses than kept.
         let one = |i: u8| {
             let mut m = vec![0u8; NLMSG_HDR + IFADDRMSG + 8];
