@@ -298,6 +298,15 @@ impl Msg {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("{} is not JSON: {e}", self.topic))
     }
+
+    /// The `state` of a status message (`online`, `offline`); empty for
+    /// any other message.
+    pub fn status_state(&self) -> String {
+        if !self.topic.ends_with("/status") {
+            return String::new();
+        }
+        self.json()["state"].as_str().unwrap_or_default().to_string()
+    }
 }
 
 /// A QoS 1 subscriber with a persistent session on the broker's plain

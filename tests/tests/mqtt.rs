@@ -27,11 +27,6 @@ fn ready(test: &str) -> bool {
     true
 }
 
-/// The `state` of a status message (`online`, `offline`).
-fn state(m: &mosquitto::Msg) -> String {
-    m.json()["state"].as_str().unwrap_or_default().to_string()
-}
-
 /// Every snapshot event type (README, event table).
 const SNAPSHOT_TYPES: [&str; 7] = [
     "SystemInformation",
@@ -132,14 +127,16 @@ fn envelopes_arrive_under_the_size_bound_with_status_and_reported() {
     let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     let cfg = temp_file("cfg", FAST);
     let agent = start(&mqtt_args(&broker, &device, Some(&cfg)));
-    sub.wait_until("status online", WAIT, |m| m.iter().any(|x| x.topic.ends_with("/status") && state(x) == "online"))
-        .unwrap();
+    sub.wait_until("status online", WAIT, |m| {
+        m.iter().any(|x| x.topic.ends_with("/status") && x.status_state() == "online")
+    })
+    .unwrap();
     let m = marker("env");
     exec_true(&m, 25);
     sub.wait_until("the marker's events", WAIT, arrived(&sub, &m)).unwrap();
     agent.stop().unwrap();
     sub.wait_until("status offline", WAIT, |m| {
-        m.iter().rfind(|x| x.topic.ends_with("/status")).is_some_and(|x| state(x) == "offline")
+        m.iter().rfind(|x| x.topic.ends_with("/status")).is_some_and(|x| x.status_state() == "offline")
     })
     .unwrap();
 
@@ -165,7 +162,7 @@ fn envelopes_arrive_under_the_size_bound_with_status_and_reported() {
     let late = Subscriber::connect(&broker, &device).unwrap();
     late.wait_until("retained reported and status", WAIT, |m| m.len() >= 2).unwrap();
     let status = late.on("status");
-    assert_eq!((status.len(), state(&status[0]).as_str(), status[0].retain), (1, "offline", true));
+    assert_eq!((status.len(), status[0].status_state().as_str(), status[0].retain), (1, "offline", true));
     let late_reported = late.on("config/reported");
     assert!(late_reported[0].retain);
     assert_eq!(late_reported[0].json(), reported);
@@ -836,8 +833,9 @@ fn the_last_will_marks_a_vanished_agent_offline() {
     }
     let (broker, device, sub) = broker_with_subscriber(Auth::Plain, None);
     let agent = start(&mqtt_args(&broker, &device, None));
-    let last_status =
-        |msgs: &[mosquitto::Msg]| msgs.iter().rfind(|x| x.topic.ends_with("/status")).map(state).unwrap_or_default();
+    let last_status = |msgs: &[mosquitto::Msg]| {
+        msgs.iter().rfind(|x| x.topic.ends_with("/status")).map(mosquitto::Msg::status_state).unwrap_or_default()
+    };
     sub.wait_until("status online", WAIT, |m| last_status(m) == "online").unwrap();
     // SIGKILL: no chance to say goodbye; the broker publishes the will.
     drop(agent);

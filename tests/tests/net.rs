@@ -676,7 +676,7 @@ fn listeners_are_seeded_again_when_the_network_collector_comes_back() {
     agent.stop().unwrap();
     // Published after everything queued: every window's events are in.
     sub.wait_until("status offline", wait, |m| {
-        m.iter().rfind(|x| x.topic.ends_with("/status")).is_some_and(|x| x.payload == b"offline")
+        m.iter().rfind(|x| x.topic.ends_with("/status")).is_some_and(|x| x.status_state() == "offline")
     })
     .unwrap();
     std::fs::remove_file(&cfg).unwrap();
