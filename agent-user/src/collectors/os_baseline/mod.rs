@@ -259,11 +259,16 @@ pub struct Host<'a> {
     firewall: fn() -> firewall::Reading,
     inventory: OnceCell<sbom::Inventory>,
     sshd: OnceCell<Result<Option<sshd::Effective>, String>>,
-    mounts: OnceCell<Result<Vec<parsers::Mount>, String>>,
+    /// The table's path and its mounts.
+    mounts: OnceCell<Result<(&'static str, Vec<parsers::Mount>), String>>,
     modprobe: OnceCell<Vec<(String, parsers::Modprobe)>>,
     login_defs: OnceCell<Result<Vec<(String, String, usize)>, String>>,
     pub(crate) accounts: OnceCell<accounts::Files>,
     rulesets: OnceCell<firewall::Reading>,
+    /// The host namespace's listening TCP and UDP sockets: (transport,
+    /// port, evidence). Read once: a /proc/net table walks every socket of
+    /// every namespace, costly on a busy host.
+    listening: OnceCell<Result<Vec<(listening_ports::Transport, u16, String)>, String>>,
     /// Bytes read through sshd Include so far, bounded by MAX_INCLUDE_BYTES.
     included: std::cell::Cell<u64>,
 }
@@ -285,6 +290,7 @@ impl<'a> Host<'a> {
             accounts: OnceCell::new(),
             rulesets: OnceCell::new(),
             included: std::cell::Cell::new(0),
+            listening: OnceCell::new(),
         }
     }
 
@@ -359,12 +365,12 @@ impl<'a> Host<'a> {
         Ok(out)
     }
 
-    fn mounts(&self) -> &Result<Vec<parsers::Mount>, String> {
+    fn mounts(&self) -> &Result<(&'static str, Vec<parsers::Mount>), String> {
         self.mounts.get_or_init(|| {
             // The host's mounts are its init's; /proc/self/mounts is the agent's own.
             for path in ["/proc/1/mounts", "/proc/self/mounts"] {
                 match self.fs.read_bounded(path, crate::hostfs::MAX_FILE_BYTES) {
-                    Ok(b) => return Ok(parsers::parse_mounts(&String::from_utf8_lossy(&b))),
+                    Ok(b) => return Ok((path, parsers::parse_mounts(&String::from_utf8_lossy(&b)))),
                     Err(e) if e.is_not_found() => continue,
                     Err(e) => return Err(e.to_string()),
                 }
@@ -421,11 +427,11 @@ pub fn run(p: &Procedure, host: &Host<'_>) -> Outcome {
         Procedure::Sysctl { keys, expect } => sysctl(host, keys, expect),
         Procedure::MountOption { mount_point, option } => match host.mounts() {
             Err(e) => Outcome::Error(e.clone()),
-            Ok(m) => match parsers::mount_at(m, mount_point) {
+            Ok((table, m)) => match parsers::mount_at(m, mount_point) {
                 None => Outcome::NotApplicable,
                 Some(m) if m.options.iter().any(|o| o == option) => Outcome::Pass,
                 Some(m) => Outcome::Fail(format!(
-                    "{mount_point} mounted without {option}: options {} (/proc/1/mounts line {})",
+                    "{mount_point} mounted without {option}: options {} ({table} line {})",
                     m.options.join(","),
                     m.line
                 )),
@@ -636,26 +642,35 @@ fn ports_not_listening(host: &Host<'_>, ports: &[(listening_ports::Transport, u1
     if ports.is_empty() {
         return Outcome::NotApplicable;
     }
-    let mut found = Vec::new();
-    for (table, transport) in listening_ports::TABLES {
-        if !ports.iter().any(|(t, _)| *t == transport) {
-            continue;
-        }
-        let text = match crate::procfs::net_table(host.fs, 1, table) {
-            Ok(t) => t.unwrap_or_default(),
-            Err(e) => return Outcome::Error(e.to_string()),
-        };
-        for f in listening_ports::listening(0, transport, &text) {
-            let (addr, port) = f.socket.local;
-            if ports.contains(&(transport, port)) {
-                found.push(format!("{} {addr}:{port} listening (/proc/1/net/{table})", transport.name()));
+    let sockets = host.listening.get_or_init(|| {
+        let mut found = Vec::new();
+        for (table, transport) in listening_ports::TABLES {
+            if transport == listening_ports::Transport::Raw {
+                continue;
+            }
+            let text = crate::procfs::net_table(host.fs, 1, table).map_err(|e| e.to_string())?.unwrap_or_default();
+            for f in listening_ports::listening(0, transport, &text) {
+                let (addr, port) = f.socket.local;
+                found.push((
+                    transport,
+                    port,
+                    format!("{} {addr}:{port} listening (/proc/1/net/{table})", transport.name()),
+                ));
             }
         }
-    }
-    if found.is_empty() {
-        Outcome::Pass
-    } else {
-        Outcome::Fail(evidence(&found))
+        Ok(found)
+    });
+    match sockets {
+        Err(e) => Outcome::Error(e.clone()),
+        Ok(all) => {
+            let found: Vec<String> =
+                all.iter().filter(|(t, p, _)| ports.contains(&(*t, *p))).map(|(_, _, e)| e.clone()).collect();
+            if found.is_empty() {
+                Outcome::Pass
+            } else {
+                Outcome::Fail(evidence(&found))
+            }
+        }
     }
 }
 

@@ -41,6 +41,10 @@ pub fn split_line(line: &str) -> Option<(String, &str)> {
         return None;
     }
     let end = t.find(|c: char| c.is_whitespace() || c == '=').unwrap_or(t.len());
+    if end == 0 {
+        // `=value` names no keyword: sshd refuses the file; nothing to take.
+        return None;
+    }
     let keyword = t[..end].to_ascii_lowercase();
     // One `=` may separate keyword and value, with blanks around it.
     let rest = t[end..].trim_start();
@@ -197,6 +201,13 @@ mod tests {
         assert_eq!(e["permitrootlogin"], Setting { value: "yes".into(), file: "/etc/ssh/sshd_config".into(), line: 2 });
         assert_eq!(e["maxauthtries"].value, "3");
         assert_eq!(e["banner"].value, "/etc/is sue");
+    }
+
+    #[test]
+    fn a_line_without_a_keyword_is_skipped() {
+        // Found by the hostfs_parsers fuzz target (fuzz/regressions/hostfs_parsers/).
+        let e = effective("f", "= yes\n=x\nMaxSessions 3\n", &mut no_includes).unwrap();
+        assert_eq!(e.keys().collect::<Vec<_>>(), ["maxsessions"]);
     }
 
     #[test]

@@ -307,6 +307,8 @@ fn mount_options_of_the_visible_mount() {
     // The agent's own table when pid 1's is not visible.
     let r = Root::new().file("/proc/self/mounts", "tmpfs /dev/shm tmpfs rw,nosuid,nodev,noexec 0 0\n");
     assert_eq!(r.outcome("1.1.2.2.4"), Outcome::Pass);
+    let r = Root::new().file("/proc/self/mounts", "tmpfs /dev/shm tmpfs rw 0 0\n");
+    assert_eq!(r.outcome("1.1.2.2.4"), fail("/dev/shm mounted without noexec: options rw (/proc/self/mounts line 1)"));
 }
 
 #[test]
