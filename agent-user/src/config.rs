@@ -120,7 +120,7 @@ pub struct RawConfig {
     /// Priority of FirewallConfiguration snapshots (firewall rules and chain policies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_priority_firewall_configuration: Option<Priority>,
-    /// Priority of OSBaseline snapshots (no collector yet).
+    /// Priority of OSBaseline snapshots (CIS checks that fail).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(rename = "eventPriorityOSBaseline")]
     pub event_priority_os_baseline: Option<Priority>,
@@ -151,6 +151,12 @@ pub struct RawConfig {
     /// FirewallConfiguration: read the rules of every network namespace found under /proc, not only the agent's own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firewall_all_namespaces: Option<bool>,
+    /// OSBaseline: groups of checks not run, by name (Services, SshServer...; the README lists them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_groups_disabled: Option<Vec<String>>,
+    /// OSBaseline: checks not run, by CIS number ("3.3.5").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_checks_disabled: Option<Vec<String>>,
     /// Properties a desired (remote) configuration may not change, by name; `*` locks them all. Local only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_configuration_locked: Option<Vec<String>>,
@@ -288,6 +294,14 @@ pub struct Config {
     pub hardware_model: Option<String>,
     /// FirewallConfiguration reads every network namespace, not only its own.
     pub firewall_all_namespaces: bool,
+    pub baseline: BaselineSettings,
+}
+
+/// OSBaseline's checks left out (names validated against its table).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BaselineSettings {
+    pub groups_disabled: Vec<String>,
+    pub checks_disabled: Vec<String>,
 }
 
 /// Longest hardware vendor or model override, in bytes.
@@ -377,6 +391,7 @@ impl Default for Config {
             hardware_vendor: None,
             hardware_model: None,
             firewall_all_namespaces: false,
+            baseline: BaselineSettings::default(),
         }
     }
 }
@@ -705,6 +720,35 @@ impl RawConfig {
                 });
             }
         }
+        use crate::collectors::os_baseline;
+        for (field, v, known, into) in [
+            (
+                "baselineGroupsDisabled",
+                &self.baseline_groups_disabled,
+                (|n: &str| os_baseline::groups().contains(&n)) as fn(&str) -> bool,
+                &mut c.baseline.groups_disabled,
+            ),
+            (
+                "baselineChecksDisabled",
+                &self.baseline_checks_disabled,
+                os_baseline::is_check,
+                &mut c.baseline.checks_disabled,
+            ),
+        ] {
+            let Some(names) = v else { continue };
+            let bad: Vec<String> = names
+                .iter()
+                .filter(|n| !known(n))
+                .take(8)
+                .map(|n| format!("{:?}", n.escape_debug().to_string()))
+                .collect();
+            if bad.is_empty() {
+                *into = names.clone();
+            } else {
+                let what = if field == "baselineGroupsDisabled" { "groups" } else { "checks" };
+                errors.push(FieldError { field: field.into(), reason: format!("unknown {what}: {}", bad.join(", ")) });
+            }
+        }
         if let Some(locked) = &self.remote_configuration_locked {
             let known = property_names();
             let mut bad = locked.iter().filter(|n| *n != "*" && !known.contains(n)).peekable();
@@ -863,6 +907,8 @@ impl Config {
             snapshot_deltas: Some(self.snapshots.deltas),
             snapshot_full_every: Some(self.snapshots.full_every),
             firewall_all_namespaces: Some(self.firewall_all_namespaces),
+            baseline_groups_disabled: Some(self.baseline.groups_disabled.clone()),
+            baseline_checks_disabled: Some(self.baseline.checks_disabled.clone()),
             host_root: Some(self.host_root.clone()),
             remote_configuration_locked: Some(self.remote_locked.clone()),
             system_information_hardware_vendor: Some(self.hardware_vendor.clone().unwrap_or_default()),

@@ -2,7 +2,7 @@
 //! that adds a parser adds its line to `PARSERS` and its seeds to
 //! `corpus/hostfs_parsers/`.
 use agent_user::{
-    collectors::{connected_hardware::hotplug, ids, local_users, sbom, system_information::netlink},
+    collectors::{connected_hardware::hotplug, ids, local_users, os_baseline, sbom, system_information::netlink},
     enrich::parse_passwd,
     listeners,
 };
@@ -29,13 +29,15 @@ const PARSERS: &[(&str, fn(&[u8]))] = &[
     }),
     ("/etc/passwd, /etc/group, /etc/shadow (LocalUsers)", |d| {
         let text = String::from_utf8_lossy(d);
-        let (p, g, s) = (local_users::parse_passwd(&text), local_users::parse_group(&text), local_users::parse_shadow(&text));
+        let (p, g, s) =
+            (local_users::parse_passwd(&text), local_users::parse_group(&text), local_users::parse_shadow(&text));
         let _ = local_users::local_users(&p.entries, &g.entries, Some(&s.entries));
     }),
     ("/var/lib/dpkg/status, opkg status, apk installed (SBoM)", |d| {
         let text = String::from_utf8_lossy(d);
         let distro = sbom::Distro::default();
-        let _ = (sbom::dpkg::parse(&text, &distro), sbom::opkg::parse(&text, &distro), sbom::apk::parse(&text, &distro));
+        let _ =
+            (sbom::dpkg::parse(&text, &distro), sbom::opkg::parse(&text, &distro), sbom::apk::parse(&text, &distro));
     }),
     ("rpm header blob (SBoM)", |d| {
         let _ = sbom::rpm::package(d, &sbom::Distro::default());
@@ -46,6 +48,28 @@ const PARSERS: &[(&str, fn(&[u8]))] = &[
     }),
     ("kernel uevent (ConnectedHardware hotplug)", |d| {
         let _ = hotplug::parse_uevent(d);
+    }),
+    ("sshd_config with Include files (OSBaseline)", |d| {
+        let text = String::from_utf8_lossy(d);
+        // Every Include reads the same bytes again: the depth bound must end it.
+        let mut include = |p: &str| Ok(vec![(p.to_string(), text.to_string())]);
+        if let Ok(e) = os_baseline::sshd::effective("/etc/ssh/sshd_config", &text, &mut include) {
+            assert!(e.keys().all(|k| !k.is_empty() && k.chars().all(|c| !c.is_whitespace() && c != '=')));
+        }
+        let _ = os_baseline::sshd::glob_match(d, b"sshd_config.d/10-x.conf");
+        let _ = os_baseline::sshd::seconds(&text);
+    }),
+    ("modprobe.d, login.defs, /proc/PID/mounts (OSBaseline)", |d| {
+        let text = String::from_utf8_lossy(d);
+        use os_baseline::parsers::Modprobe;
+        for m in os_baseline::parsers::parse_modprobe(&text) {
+            let (Modprobe::Install { module, .. } | Modprobe::Blacklist { module, .. }) = m;
+            assert!(!module.contains('-'), "names are normalized: {module:?}");
+        }
+        let defs = os_baseline::parsers::parse_login_defs(&text);
+        assert!(defs.len() <= text.lines().count());
+        let mounts = os_baseline::parsers::parse_mounts(&text);
+        assert!(mounts.iter().all(|m| m.line >= 1 && m.line <= text.lines().count()));
     }),
     ("pci.ids / usb.ids", |d| {
         let _ = ids::lookup(&String::from_utf8_lossy(d), 0x1af4, Some(0x1000));

@@ -21,6 +21,7 @@ pub mod ids;
 pub mod kernel;
 pub mod listening_ports;
 pub mod local_users;
+pub mod os_baseline;
 pub mod process_create;
 pub mod process_terminate;
 pub mod sbom;
@@ -116,6 +117,7 @@ pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
         Box::new(connected_hardware::ConnectedHardware),
         Box::new(firewall::FirewallConfiguration),
         Box::new(sbom::Sbom),
+        Box::new(os_baseline::OsBaseline::default()),
     ]
 }
 

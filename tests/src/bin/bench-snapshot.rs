@@ -6,7 +6,8 @@
 //! one at start), with and without snapshotDeltas, from a running agent
 //! taking a snapshot every second. Then SBoM alone (`hitcount snapshot
 //! --only SBoM`) on this machine and on a generated fake root holding a
-//! dpkg database of 5,000 packages shaped like real stanzas. Last, FirewallConfiguration with 10,000
+//! dpkg database of 5,000 packages shaped like real stanzas; OSBaseline
+//! alone (its full table of checks) on this machine. Last, FirewallConfiguration with 10,000
 //! nftables rules loaded in a test namespace (`nft -f` of a generated file)
 //! against the same command in an empty namespace.
 use std::{
@@ -192,14 +193,14 @@ fn dpkg_status(n: usize) -> String {
     s
 }
 
-/// Median CPU (ms) and peak RSS (KiB) of `hitcount snapshot --only SBoM
+/// Median CPU (ms) and peak RSS (KiB) of `hitcount snapshot --only TYPE
 /// [--host-root root]` and of the no-work baseline, interleaved.
-fn sbom_figures(runs: usize, root: Option<&std::path::Path>) -> Result<(f64, f64, f64, f64, usize)> {
+fn alone_figures(only: &str, runs: usize, root: Option<&std::path::Path>) -> Result<(f64, f64, f64, f64, usize)> {
     let (mut cpu, mut base_cpu, mut rss, mut base_rss) = (vec![], vec![], vec![], vec![]);
     let mut bytes = 0;
     for _ in 0..runs {
         let mut cmd = Command::new(hitcount_bin());
-        cmd.args(["snapshot", "--only", "SBoM"]);
+        cmd.args(["snapshot", "--only", only]);
         if let Some(r) = root {
             cmd.arg("--host-root").arg(r);
         }
@@ -215,7 +216,7 @@ fn sbom_figures(runs: usize, root: Option<&std::path::Path>) -> Result<(f64, f64
     Ok((m(&cpu), m(&base_cpu), m(&rss), m(&base_rss), bytes))
 }
 
-fn print_sbom(what: &str, (cpu, base_cpu, rss, base_rss, bytes): (f64, f64, f64, f64, usize)) {
+fn print_alone(what: &str, (cpu, base_cpu, rss, base_rss, bytes): (f64, f64, f64, f64, usize)) {
     println!(
         "  {what}: CPU {cpu:.1} ms (baseline {base_cpu:.1} ms, ratio {:.2}, extra {:.1} ms); peak RSS {:.2} MiB \
          (baseline {:.2} MiB, ratio {:.2}, extra {:.2} MiB); output {bytes} bytes",
@@ -266,13 +267,18 @@ fn main() -> Result<()> {
         "SBoM alone (`hitcount snapshot --only SBoM`, {} runs, medians, interleaved with the baseline):",
         args.runs
     );
-    print_sbom("this machine", sbom_figures(args.runs, None)?);
+    print_alone("this machine", alone_figures("SBoM", args.runs, None)?);
     let root = std::env::temp_dir().join(marker("bench-sbom-root"));
     std::fs::create_dir_all(root.join("var/lib/dpkg"))?;
     std::fs::write(root.join("var/lib/dpkg/status"), dpkg_status(args.packages))?;
-    let fixture = sbom_figures(args.runs, Some(&root));
+    let fixture = alone_figures("SBoM", args.runs, Some(&root));
     let _ = std::fs::remove_dir_all(&root);
-    print_sbom(&format!("generated root, {} dpkg packages", args.packages), fixture?);
+    print_alone(&format!("generated root, {} dpkg packages", args.packages), fixture?);
+    println!(
+        "OSBaseline alone (`hitcount snapshot --only OSBaseline`: every check, {} runs, medians, interleaved with the baseline):",
+        args.runs
+    );
+    print_alone("this machine", alone_figures("OSBaseline", args.runs, None)?);
 
     let every_second = format!("{{{ALL_ON},\"snapshotFrequency\":\"PT1S\"");
     let (full, items) = traffic(&format!("{every_second}}}"), args.snapshots)?;

@@ -235,7 +235,7 @@ fn emit(taken: &mut Taken, reading: Reading, netns: u64, budget: &mut usize, pas
 }
 
 /// Reads both backends in the calling thread's network namespace.
-fn read_here() -> Reading {
+pub fn read_here() -> Reading {
     let mut r = Reading::default();
     nftables::read(&mut r);
     xtables::read(&mut r);
