@@ -190,7 +190,7 @@ fn push_components(todo: &mut Vec<std::ffi::OsString>, path: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn tree() -> (tempdir::Dir, HostFs) {
