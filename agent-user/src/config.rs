@@ -55,7 +55,7 @@ pub enum LoginSource {
     Utmp,
     /// The audit netlink multicast group (not implemented yet).
     Audit,
-    /// auth.log or secure (not implemented yet).
+    /// auth.log or secure: sshd's and dropbear's lines (only when named).
     Syslog,
 }
 
@@ -234,8 +234,8 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65536))]
     pub cache_size_login: Option<u32>,
-    /// Where Login events come from: `auto` (every source that works here) or a list of
-    /// `pam`, `utmp`, `audit`, `syslog`.
+    /// Where Login events come from: `auto` (utmp today) or a list of `pam`, `utmp`, `audit`,
+    /// `syslog` (pam and audit are not implemented yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login_source: Option<Vec<LoginSource>>,
 
@@ -1267,7 +1267,10 @@ mod tests {
         let c = parse(r#"{"loginSource":["utmp","pam","utmp"],"cacheSizeLogin":7,"aggregationIntervalLogin":"PT30S"}"#)
             .unwrap();
         assert_eq!(c.login_sources, [LoginSource::Utmp, LoginSource::Pam], "duplicates dropped, order kept");
-        assert_eq!(c.event_settings(EventType::Login).map(|s| (s.cache_size, s.interval)), Some((7, Duration::from_secs(30))));
+        assert_eq!(
+            c.event_settings(EventType::Login).map(|s| (s.cache_size, s.interval)),
+            Some((7, Duration::from_secs(30)))
+        );
         assert_eq!(Config::default().login_sources, [LoginSource::Auto]);
         assert_eq!(Config::default().login.cache_size, 256);
         let e = load_layer(r#"{"loginSource":["utmp","sylog"]}"#, "f", &RawConfig::default()).unwrap_err();

@@ -2,7 +2,7 @@
 //! that adds a parser adds its line to `PARSERS` and its seeds to
 //! `corpus/hostfs_parsers/`.
 use agent_user::{
-    collectors::{connected_hardware::hotplug, ids, local_users, login::utmp, sbom, system_information::netlink},
+    collectors::{connected_hardware::hotplug, ids, local_users, login::{syslog, utmp}, sbom, system_information::netlink},
     enrich::parse_passwd,
     listeners,
 };
@@ -57,6 +57,13 @@ const PARSERS: &[(&str, fn(&[u8]))] = &[
                 assert!(!r.user.contains(|c: char| c.is_control()), "escaped: {r:?}");
                 let _ = utmp::Sessions::btmp(r.clone());
                 let _ = sessions.wtmp(r, false);
+            }
+        }
+    }),
+    ("auth.log lines (Login syslog)", |d| {
+        for line in String::from_utf8_lossy(d).lines() {
+            if let Some(e) = syslog::parse_line(line) {
+                assert!(e.user_name.len() <= 256 && !e.user_name.contains(|c: char| c.is_control()), "{e:?}");
             }
         }
     }),

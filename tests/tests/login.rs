@@ -13,8 +13,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use tests::{payloads, privileged, run, skip, Agent, NetNs};
 use serde_json::Value;
+use tests::{payloads, privileged, run, skip, Agent, NetNs};
 
 const PORT: u16 = 2222;
 const PASSWORD: &str = "hc-Login-pw-1";
@@ -139,7 +139,14 @@ impl Sshd {
     }
 
     /// `sshpass -p PASSWORD ssh OPTIONS user@sshd COMMAND`, with `input` on stdin; its stdout.
-    fn ssh(&self, user: &str, password: &str, options: &[&str], command: &[&str], input: &str) -> Result<(bool, String)> {
+    fn ssh(
+        &self,
+        user: &str,
+        password: &str,
+        options: &[&str],
+        command: &[&str],
+        input: &str,
+    ) -> Result<(bool, String)> {
         let mut child = Command::new("sshpass")
             .args(["-p", password, "ssh", "-p", &PORT.to_string()])
             .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])

@@ -3,14 +3,16 @@
 //! identical (operation, user_name, executable, remote_address, service)
 //! are one record with a hit count, so a password brute force is one event.
 //!
-//! Sources (`loginSource`): utmp (wtmp and btmp, [`utmp`]). pam, audit and
-//! syslog are accepted names with no reader yet; naming one alone collects
-//! nothing and says so once.
+//! Sources (`loginSource`): utmp (wtmp and btmp, [`utmp`]) and syslog
+//! (auth.log, [`syslog`]). pam and audit are accepted names with no reader
+//! yet; naming one alone collects nothing and says so once.
 use serde::Serialize;
 
 use super::{Context, EventSource, Taken};
-use crate::{config::LoginSource, events::EventType};
+use crate::{config::LoginSource, events::EventType, hostfs::HostFs};
 
+pub mod follow;
+pub mod syslog;
 pub mod utmp;
 
 /// What a local login reports as its remote address (seed 002:
@@ -43,7 +45,7 @@ pub struct LoginEvent {
     pub remote_port: Option<u16>,
     /// The PAM service (`sshd`, `login`, `su`) where the source knows it.
     pub service: Option<String>,
-    /// The source that saw it: `utmp`.
+    /// The source that saw it: `utmp` or `syslog`.
     pub source: &'static str,
 }
 
@@ -91,13 +93,14 @@ pub fn escape(raw: &[u8], max: usize) -> String {
 /// The Login event source.
 pub struct Login {
     utmp: Option<utmp::Utmp>,
+    syslog: Option<syslog::Syslog>,
     /// The sources named but not available, said once.
     warned: bool,
 }
 
 impl Login {
     pub fn new() -> Login {
-        Login { utmp: None, warned: false }
+        Login { utmp: None, syslog: None, warned: false }
     }
 }
 
@@ -108,7 +111,8 @@ impl Default for Login {
 }
 
 /// Whether `wanted` (the configured list) reads `source`; auto takes every
-/// source that works here (today: utmp).
+/// source that works here (today: utmp; syslog only when named, as devices
+/// with utmp log the same logins there too).
 pub fn reads(wanted: &[LoginSource], source: LoginSource) -> bool {
     wanted.contains(&source) || (wanted.contains(&LoginSource::Auto) && source == LoginSource::Utmp)
 }
@@ -131,18 +135,22 @@ impl EventSource for Login {
         if !cx.config.collects(EventType::Login) {
             // Off: the files are not followed, and when it is on again the past is not news.
             self.utmp = None;
+            self.syslog = None;
             return taken;
         }
         let wanted = &cx.config.login_sources;
         if !self.warned {
             self.warned = true;
-            let missing: Vec<&str> = [LoginSource::Pam, LoginSource::Audit, LoginSource::Syslog]
+            let missing: Vec<&str> = [LoginSource::Pam, LoginSource::Audit]
                 .into_iter()
                 .filter(|s| wanted.contains(s))
                 .map(LoginSource::name)
                 .collect();
             if !missing.is_empty() {
-                log::warn!("Login: loginSource {} not implemented yet; reading only utmp", missing.join(", "));
+                log::warn!(
+                    "Login: loginSource {} not implemented yet; reading only utmp and syslog",
+                    missing.join(", ")
+                );
             }
         }
         let mut events = Vec::new();
@@ -151,6 +159,11 @@ impl EventSource for Login {
         } else {
             self.utmp = None;
         }
+        if reads(wanted, LoginSource::Syslog) {
+            self.syslog.get_or_insert_with(syslog::Syslog::default).poll(cx.host, &mut taken, &mut events);
+        } else {
+            self.syslog = None;
+        }
         for e in events {
             taken.push(e.key(), &e);
         }
@@ -158,9 +171,65 @@ impl EventSource for Login {
     }
 }
 
+/// What `hitcount check` says of each Login source on this host: whether
+/// it can see anything, and why not.
+pub fn source_checks(host: &HostFs) -> Vec<(LoginSource, bool, String)> {
+    let file = |path: &str| match host.resolve(path).map(std::fs::metadata) {
+        Ok(Ok(m)) if m.is_file() => Ok(m.len()),
+        Ok(Ok(_)) => Err(format!("{path} is not a file")),
+        Ok(Err(e)) => Err(format!("{path}: {e}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut out = Vec::new();
+    let (w, b) = (file(utmp::WTMP), file(utmp::BTMP));
+    let detail = match (&w, &b) {
+        (Ok(_), Ok(_)) => format!(
+            "follows {} (Login, Logout; sessions with a terminal) and {} (LoginFailed); {}-byte records",
+            utmp::WTMP,
+            utmp::BTMP,
+            utmp::NATIVE.size
+        ),
+        _ => format!(
+            "{}; glibc never creates these files: without wtmp no Login or Logout, without btmp no LoginFailed",
+            [w.as_ref().err(), b.as_ref().err()].into_iter().flatten().cloned().collect::<Vec<_>>().join("; ")
+        ),
+    };
+    out.push((LoginSource::Utmp, w.is_ok() && b.is_ok(), detail));
+    out.push((LoginSource::Pam, false, "not implemented yet".to_string()));
+    out.push((LoginSource::Audit, false, "not implemented yet".to_string()));
+    let log = syslog::FILES.into_iter().find(|p| file(p).is_ok());
+    out.push(match log {
+        Some(p) => (LoginSource::Syslog, true, format!("follows {p} (sshd, dropbear) when loginSource names syslog")),
+        None => (
+            LoginSource::Syslog,
+            false,
+            format!("no {} here (no syslog daemon writes one)", syslog::FILES.join(" or ")),
+        ),
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_say_which_sources_can_see_anything() {
+        let dir = crate::hostfs::tests::tempdir::Dir::new("login-check");
+        std::fs::create_dir_all(dir.0.join("var/log")).unwrap();
+        std::fs::write(dir.0.join("var/log/wtmp"), b"").unwrap();
+        let host = HostFs::new(&dir.0);
+        let ok = |c: &[(LoginSource, bool, String)]| c.iter().map(|(s, ok, _)| (*s, *ok)).collect::<Vec<_>>();
+        let c = source_checks(&host);
+        use LoginSource::*;
+        assert_eq!(ok(&c), [(Utmp, false), (Pam, false), (Audit, false), (Syslog, false)]);
+        assert!(c[0].2.contains("/var/log/btmp"), "{}", c[0].2);
+        std::fs::write(dir.0.join("var/log/btmp"), b"").unwrap();
+        std::fs::write(dir.0.join("var/log/secure"), b"").unwrap();
+        let c = source_checks(&host);
+        assert_eq!(ok(&c), [(Utmp, true), (Pam, false), (Audit, false), (Syslog, true)]);
+        assert!(c[3].2.contains("/var/log/secure"), "{}", c[3].2);
+    }
 
     #[test]
     fn names_are_escaped_and_bounded() {
@@ -199,5 +268,7 @@ mod tests {
         assert!(!reads(&[Auto], Pam));
         assert!(!reads(&[Pam], Utmp));
         assert!(reads(&[Pam, Utmp], Utmp));
+        assert!(!reads(&[Auto], Syslog), "syslog only when named");
+        assert!(reads(&[Syslog], Syslog));
     }
 }

@@ -5,25 +5,19 @@
 //! are 32-bit (384-byte records); elsewhere (aarch64) they are `long` and
 //! `struct timeval` (400 bytes, 8-byte aligned).
 //!
-//! Followed by a bounded read of what was appended since the last poll:
-//! a file that shrank was truncated and one whose inode changed was rotated,
-//! and both are read again from the start.
+//! Followed by a bounded read of what was appended since the last poll
+//! ([`super::follow`]).
 use std::{
     collections::HashMap,
-    io::{Read, Seek, SeekFrom},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::unix::fs::MetadataExt,
 };
 
-use super::{escape, LoginEvent, Operation};
+use super::{escape, follow::Follower, LoginEvent, Operation};
 use crate::{collectors::Taken, hostfs::HostFs};
 
 pub const WTMP: &str = "/var/log/wtmp";
 pub const BTMP: &str = "/var/log/btmp";
 
-/// Bytes read from one file per poll (about 2,700 records); the rest is
-/// read at the next polls, so a brute-force storm is paced, not dropped.
-pub const READ_MAX: u64 = 1 << 20;
 /// Bytes of wtmp read at start to learn the sessions already open, so that
 /// their Logout names the user.
 pub const PRIME_MAX: u64 = 256 << 10;
@@ -48,11 +42,8 @@ pub const LAYOUT_384: Layout = Layout { size: 384, addr: 348 };
 pub const LAYOUT_400: Layout = Layout { size: 400, addr: 360 };
 
 /// The layout of the records this host's glibc writes.
-pub const NATIVE: Layout = if cfg!(target_arch = "x86_64") || cfg!(target_pointer_width = "32") {
-    LAYOUT_384
-} else {
-    LAYOUT_400
-};
+pub const NATIVE: Layout =
+    if cfg!(target_arch = "x86_64") || cfg!(target_pointer_width = "32") { LAYOUT_384 } else { LAYOUT_400 };
 
 // Offsets common to both layouts.
 const PID: usize = 4;
@@ -185,101 +176,34 @@ fn event(operation: Operation, r: &Record) -> LoginEvent {
     }
 }
 
-/// Where one followed file was read up to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Position {
-    dev: u64,
-    ino: u64,
-    offset: u64,
-}
-
-/// One followed file (wtmp or btmp).
-#[derive(Debug)]
-pub struct Follower {
-    pub path: &'static str,
-    layout: Layout,
-    at: Option<Position>,
-}
-
-impl Follower {
-    pub fn new(path: &'static str, layout: Layout) -> Follower {
-        Follower { path, layout, at: None }
-    }
-
-    /// Records appended since the last call. The first call starts at the
-    /// end (the past is not news) and returns the last `prime` bytes' worth
-    /// of records, for [`Sessions`] to learn from. A missing file is no
-    /// failure: it has nothing to say until it appears.
-    pub fn read(&mut self, host: &HostFs, prime: u64, taken: &mut Taken) -> (Vec<Record>, bool) {
-        let real = match host.resolve(self.path) {
-            Ok(p) => p,
-            Err(e) => {
-                taken.fail_host(&e);
-                return (Vec::new(), false);
-            }
-        };
-        let mut file = match std::fs::File::open(&real) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Appears later: read from its start then.
-                self.at.get_or_insert(Position { dev: 0, ino: 0, offset: 0 });
-                return (Vec::new(), false);
-            }
-            Err(e) => {
-                taken.fail(self.path, e);
-                return (Vec::new(), false);
-            }
-        };
-        let meta = match file.metadata() {
-            Ok(m) => m,
-            Err(e) => {
-                taken.fail(self.path, e);
-                return (Vec::new(), false);
-            }
-        };
-        let size = meta.len();
-        let whole = size - size % self.layout.size as u64;
-        let (start, priming) = match self.at {
-            None => (whole.saturating_sub(prime - prime % self.layout.size as u64), true),
-            // Rotated (another file now) or truncated: its records are all new.
-            Some(p) if (p.dev, p.ino) != (meta.dev(), meta.ino()) || size < p.offset => (0, false),
-            Some(p) => (p.offset, false),
-        };
-        let end = if priming { whole } else { size.min(start + READ_MAX) };
-        let mut buf = Vec::new();
-        let read = file
-            .seek(SeekFrom::Start(start))
-            .and_then(|_| (&mut file).take(end - start).read_to_end(&mut buf));
-        if let Err(e) = read {
-            taken.fail(self.path, e);
-            return (Vec::new(), false);
-        }
-        let (records, rest) = parse(&buf, self.layout);
-        // A partial record at the end is read again, whole, at the next poll.
-        self.at = Some(Position { dev: meta.dev(), ino: meta.ino(), offset: start + (buf.len() - rest) as u64 });
-        (records, priming)
-    }
-}
-
 /// The utmp source: wtmp and btmp followed, events made.
 #[derive(Debug)]
 pub struct Utmp {
+    layout: Layout,
     wtmp: Follower,
     btmp: Follower,
     sessions: Sessions,
 }
 
+/// Whole records of what `f` read; a partial one at the end is read again later.
+fn records(f: &mut Follower, host: &HostFs, prime: u64, layout: Layout, taken: &mut Taken) -> (Vec<Record>, bool) {
+    let a = f.read(host, prime, layout.size as u64, taken);
+    let (records, rest) = parse(&a.bytes, layout);
+    f.used(a.bytes.len() - rest);
+    (records, a.priming)
+}
+
 impl Utmp {
     pub fn new(layout: Layout) -> Utmp {
-        Utmp { wtmp: Follower::new(WTMP, layout), btmp: Follower::new(BTMP, layout), sessions: Sessions::default() }
+        Utmp { layout, wtmp: Follower::new(WTMP), btmp: Follower::new(BTMP), sessions: Sessions::default() }
     }
 
     pub fn poll(&mut self, host: &HostFs, taken: &mut Taken, out: &mut Vec<LoginEvent>) {
-        let (records, priming) = self.wtmp.read(host, PRIME_MAX, taken);
-        out.extend(records.into_iter().filter_map(|r| self.sessions.wtmp(r, priming)));
-        let (records, priming) = self.btmp.read(host, 0, taken);
+        let (found, priming) = records(&mut self.wtmp, host, PRIME_MAX, self.layout, taken);
+        out.extend(found.into_iter().filter_map(|r| self.sessions.wtmp(r, priming)));
+        let (found, priming) = records(&mut self.btmp, host, 0, self.layout, taken);
         if !priming {
-            out.extend(records.into_iter().filter_map(Sessions::btmp));
+            out.extend(found.into_iter().filter_map(Sessions::btmp));
         }
     }
 }
@@ -367,7 +291,8 @@ mod tests {
             ]
         );
         // A Logout of a session opened before the agent looked: no user to name.
-        let dead = Record { kind: DEAD_PROCESS, pid: 9, line: "pts/9".into(), user: String::new(), remote: String::new() };
+        let dead =
+            Record { kind: DEAD_PROCESS, pid: 9, line: "pts/9".into(), user: String::new(), remote: String::new() };
         assert_eq!(s.wtmp(dead, false).map(|e| e.user_name), Some(String::new()));
     }
 
@@ -388,29 +313,30 @@ mod tests {
         let host = HostFs::new(&dir.0);
         let path = dir.0.join("var/log/wtmp");
         let data = fixture("wtmp-384");
-        let mut f = Follower::new(WTMP, LAYOUT_384);
+        let mut f = Follower::new(WTMP);
         let mut t = Taken::default();
+        let read = |f: &mut Follower, prime: u64, t: &mut Taken| records(f, &host, prime, LAYOUT_384, t);
         // Missing: nothing, and when it appears it is read from its start.
-        assert_eq!(f.read(&host, 0, &mut t).0.len(), 0);
+        assert_eq!(read(&mut f, 0, &mut t).0.len(), 0);
         std::fs::write(&path, &data[..384 * 2 + 10]).unwrap();
-        assert_eq!(f.read(&host, 0, &mut t).0.len(), 2);
+        assert_eq!(read(&mut f, 0, &mut t).0.len(), 2);
         // The partial third record is read once it is whole.
         std::fs::write(&path, &data[..384 * 4]).unwrap();
-        assert_eq!(f.read(&host, 0, &mut t).0.len(), 2);
-        assert_eq!(f.read(&host, 0, &mut t).0.len(), 0);
+        assert_eq!(read(&mut f, 0, &mut t).0.len(), 2);
+        assert_eq!(read(&mut f, 0, &mut t).0.len(), 0);
         // Truncated, then written again: read from the start.
         std::fs::write(&path, &data[..384]).unwrap();
-        assert_eq!(f.read(&host, 0, &mut t).0.len(), 1);
+        assert_eq!(read(&mut f, 0, &mut t).0.len(), 1);
         // Rotated: a new file (new inode) of the same size is new records.
         std::fs::rename(&path, dir.0.join("var/log/wtmp.1")).unwrap();
         std::fs::write(&path, &data[384..768]).unwrap();
-        assert_eq!(f.read(&host, 0, &mut t).0.len(), 1);
+        assert_eq!(read(&mut f, 0, &mut t).0.len(), 1);
         assert_eq!(t.failures, []);
         // A new follower starts at the end, priming with what it was allowed to read.
-        let mut g = Follower::new(WTMP, LAYOUT_384);
+        let mut g = Follower::new(WTMP);
         std::fs::write(&path, &data).unwrap();
-        let (primed, priming) = g.read(&host, 384 * 2 + 1, &mut t);
+        let (primed, priming) = read(&mut g, 384 * 2 + 1, &mut t);
         assert_eq!((primed.len(), priming), (2, true));
-        assert_eq!(g.read(&host, 0, &mut t), (Vec::new(), false));
+        assert_eq!(read(&mut g, 0, &mut t), (Vec::new(), false));
     }
 }
