@@ -444,7 +444,8 @@ pub fn parse_dump(mut buf: &[u8]) -> Result<Dump, NftError> {
             NLMSG_DONE | NLMSG_ERROR => {
                 let code = body.get(..4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
                 if code < 0 {
-                    return Err(NftError::Kernel(-code));
+                    // i32::MIN has no positive: not an errno any kernel sends, but bytes can say it.
+                    return Err(NftError::Kernel(code.checked_neg().unwrap_or(i32::MAX)));
                 }
                 continue;
             }
