@@ -107,8 +107,13 @@ impl<S: Sink> Agent<S> {
             .iter()
             .filter_map(|s| Some(UserWindow::new(s.event_type(), config.event_settings(s.event_type())?)))
             .collect();
+        let host = HostFs::new(&config.host_root);
+        let mut sources = user_space.sources;
+        for s in &mut sources {
+            s.start(&Context { host: &host, config: &config });
+        }
         Ok(Agent {
-            host: HostFs::new(&config.host_root),
+            host,
             user_windows,
             kernel: KernelWindows::new(&config),
             local,
@@ -119,7 +124,7 @@ impl<S: Sink> Agent<S> {
             clock: BootClock::now(),
             sink,
             snapshots: user_space.snapshots,
-            sources: user_space.sources,
+            sources,
             last_refused: None,
             configuration_errors: (SystemTime::now(), 0),
         })

@@ -3,7 +3,7 @@ use std::fmt;
 
 use agent_common::programs;
 
-use crate::{btf::Btf, drain::Quiesce, ebpf, tracefs};
+use crate::{btf::Btf, collectors::login, drain::Quiesce, ebpf, hostfs::HostFs, tracefs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -170,6 +170,11 @@ pub fn run_checks() -> Vec<Check> {
             format!("membarrier GLOBAL unavailable (CONFIG_MEMBARRIER off or nohz_full): sleeping {d:?} per drain"),
         ),
     });
+    // Login's sources read host files: a missing one costs those events, not the agent.
+    for (source, works, detail) in login::source_checks(&HostFs::new("/")) {
+        let status = if works { Status::Ok } else { Status::Warn };
+        out.push(check(status, format!("Login source {}", source.name()), detail));
+    }
     let can_load = caps_missing.is_none();
     out.push(match (offsets, can_load) {
         (Some(Ok(o)), true) => match load_and_attach(&o) {

@@ -43,6 +43,34 @@ impl Priority {
 
 pub use crate::events::EventType;
 
+/// Where Login events come from (`loginSource`, a list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LoginSource {
+    /// Every source that works here.
+    Auto,
+    /// BPF uprobes on the host's libpam (not implemented yet).
+    Pam,
+    /// wtmp (sign-ins, sign-outs) and btmp (failed attempts).
+    Utmp,
+    /// The audit netlink multicast group (not implemented yet).
+    Audit,
+    /// auth.log or secure: sshd's and dropbear's lines (only when named).
+    Syslog,
+}
+
+impl LoginSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoginSource::Auto => "auto",
+            LoginSource::Pam => "pam",
+            LoginSource::Utmp => "utmp",
+            LoginSource::Audit => "audit",
+            LoginSource::Syslog => "syslog",
+        }
+    }
+}
+
 /// An ISO 8601 duration in a config file (`"PT1H"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IsoDuration(pub Duration);
@@ -114,7 +142,7 @@ pub struct RawConfig {
     /// Priority of LocalUsers snapshots (no collector yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_priority_local_users: Option<Priority>,
-    /// Priority of Login events (no collector yet).
+    /// Priority of Login events (sign-ins, sign-outs, failed attempts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_priority_login: Option<Priority>,
     /// Priority of FirewallConfiguration snapshots (firewall rules and chain policies).
@@ -205,6 +233,18 @@ pub struct RawConfig {
     #[schemars(range(min = 1, max = 65536))]
     pub cache_size_diagnostic: Option<u32>,
 
+    /// Time window of one Login aggregation (identical attempts are one record with a hit count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregation_interval_login: Option<IsoDuration>,
+    /// Records kept per Login window; when full the oldest is discarded and counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub cache_size_login: Option<u32>,
+    /// Where Login events come from: `auto` (utmp today) or a list of `pam`, `utmp`, `audit`,
+    /// `syslog` (pam and audit are not implemented yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_source: Option<Vec<LoginSource>>,
+
     /// Records kept per ProcessCreate window; when full the oldest is discarded and counted.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65536))]
@@ -277,6 +317,10 @@ pub struct Config {
     pub connection_create: EventSettings,
     /// Diagnostic windows (aggregated in user space; `aggregate` is always true).
     pub diagnostic: EventSettings,
+    /// Login windows (aggregated in user space; `aggregate` is always true).
+    pub login: EventSettings,
+    /// The Login sources to read, without duplicates, never empty.
+    pub login_sources: Vec<LoginSource>,
     pub aggregate_ephemeral_ports: bool,
     pub dns_cache_size: u32,
     /// Priorities of the event types that have no EventSettings, indexed
@@ -380,6 +424,9 @@ impl Default for Config {
             // ProcessCreate (Medium), 256-record buffer, seed 000: PT1H.
             connection_create: event(Priority::Medium),
             diagnostic: event(Priority::Off),
+            // Seed 004: Login, High; the issue: a 256-record window like the others.
+            login: event(Priority::High),
+            login_sources: vec![LoginSource::Auto],
             aggregate_ephemeral_ports: false,
             dns_cache_size: 1024,
             other_priorities: EventType::ALL.map(EventType::default_priority),
@@ -409,6 +456,7 @@ impl Config {
     pub fn event_settings(&self, t: EventType) -> Option<EventSettings> {
         match t {
             EventType::Diagnostic => Some(self.diagnostic),
+            EventType::Login => Some(self.login),
             _ => None,
         }
     }
@@ -420,6 +468,7 @@ impl Config {
             EventType::ProcessTerminate => self.process_terminate.priority,
             EventType::ConnectionCreate => self.connection_create.priority,
             EventType::Diagnostic => self.diagnostic.priority,
+            EventType::Login => self.login.priority,
             EventType::DroppedEventsStatistics => self.dropped_stats_priority,
             other => self.other_priorities[other as usize],
         }
@@ -432,6 +481,7 @@ impl Config {
             EventType::ProcessTerminate => self.process_terminate.priority = p,
             EventType::ConnectionCreate => self.connection_create.priority = p,
             EventType::Diagnostic => self.diagnostic.priority = p,
+            EventType::Login => self.login.priority = p,
             EventType::DroppedEventsStatistics => self.dropped_stats_priority = p,
             other => self.other_priorities[other as usize] = p,
         }
@@ -610,6 +660,7 @@ impl RawConfig {
             &mut c.connection_create.interval,
         );
         interval("aggregationIntervalDiagnostic", self.aggregation_interval_diagnostic, &mut c.diagnostic.interval);
+        interval("aggregationIntervalLogin", self.aggregation_interval_login, &mut c.login.interval);
         let mut range = |field: &str, v: Option<u32>, min: u32, max: u32, into: &mut u32| {
             if let Some(v) = v {
                 if v < min || v > max {
@@ -651,6 +702,7 @@ impl RawConfig {
             &mut c.connection_create.cache_size,
         );
         range("cacheSizeDiagnostic", self.cache_size_diagnostic, 1, CACHE_SIZE_MAX, &mut c.diagnostic.cache_size);
+        range("cacheSizeLogin", self.cache_size_login, 1, CACHE_SIZE_MAX, &mut c.login.cache_size);
         range(
             "dnsCacheSizeConnectionCreate",
             self.dns_cache_size_connection_create,
@@ -660,6 +712,24 @@ impl RawConfig {
         );
         set(&mut c.connection_create.aggregate, self.aggregation_enabled_connection_create);
         set(&mut c.aggregate_ephemeral_ports, self.aggregate_ephemeral_ports_connection_create);
+        if let Some(sources) = &self.login_source {
+            if sources.is_empty() {
+                errors.push(FieldError {
+                    field: "loginSource".into(),
+                    reason: "must name at least one of auto, pam, utmp, audit, syslog (to collect no logins set \
+                             eventPriorityLogin to Off)"
+                        .into(),
+                });
+            } else {
+                let mut unique = Vec::new();
+                for s in sources {
+                    if !unique.contains(s) {
+                        unique.push(*s);
+                    }
+                }
+                c.login_sources = unique;
+            }
+        }
         for t in EventType::ALL {
             if let Some(p) = self.priority_of(t) {
                 c.set_priority(t, p);
@@ -897,6 +967,9 @@ impl Config {
             dns_cache_size_connection_create: Some(self.dns_cache_size),
             aggregation_interval_diagnostic: Some(IsoDuration(self.diagnostic.interval)),
             cache_size_diagnostic: Some(self.diagnostic.cache_size),
+            aggregation_interval_login: Some(IsoDuration(self.login.interval)),
+            cache_size_login: Some(self.login.cache_size),
+            login_source: Some(self.login_sources.clone()),
             high_priority_message_frequency: Some(IsoDuration(t.high_frequency)),
             medium_priority_message_frequency: Some(IsoDuration(t.medium_frequency)),
             low_priority_message_frequency: Some(IsoDuration(t.low_frequency)),
@@ -1233,6 +1306,25 @@ mod tests {
         .unwrap_err();
         let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["bogus", "cacheSizeProcessCreate", "maxMessageSizeInBytes"]);
+    }
+
+    #[test]
+    fn login_sources_are_checked_by_name_and_login_has_its_own_window() {
+        let c = parse(r#"{"loginSource":["utmp","pam","utmp"],"cacheSizeLogin":7,"aggregationIntervalLogin":"PT30S"}"#)
+            .unwrap();
+        assert_eq!(c.login_sources, [LoginSource::Utmp, LoginSource::Pam], "duplicates dropped, order kept");
+        assert_eq!(
+            c.event_settings(EventType::Login).map(|s| (s.cache_size, s.interval)),
+            Some((7, Duration::from_secs(30)))
+        );
+        assert_eq!(Config::default().login_sources, [LoginSource::Auto]);
+        assert_eq!(Config::default().login.cache_size, 256);
+        let e = load_layer(r#"{"loginSource":["utmp","sylog"]}"#, "f", &RawConfig::default()).unwrap_err();
+        assert_eq!(e.errors[0].field, "loginSource");
+        assert!(e.errors[0].reason.contains("unknown variant `sylog`"), "{}", e.errors[0].reason);
+        let e = parse(r#"{"loginSource":[]}"#).unwrap_err();
+        assert!(e.to_string().contains("loginSource: must name at least one of auto"), "{e}");
+        assert!(parse(r#"{"cacheSizeLogin":0}"#).unwrap_err().to_string().contains("cacheSizeLogin: must be between"));
     }
 
     #[test]

@@ -144,6 +144,7 @@ impl RunArgs {
             aggregation_interval_connection_create: interval,
             cache_size_connection_create: self.cache_size,
             aggregation_interval_diagnostic: interval,
+            aggregation_interval_login: interval,
             cache_size_diagnostic: self.cache_size,
             aggregation_enabled_connection_create: aggregate,
             host_root: self.host_root.clone(),

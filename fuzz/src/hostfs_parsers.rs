@@ -2,7 +2,13 @@
 //! that adds a parser adds its line to `PARSERS` and its seeds to
 //! `corpus/hostfs_parsers/`.
 use agent_user::{
-    collectors::{connected_hardware::hotplug, ids, local_users, os_baseline, sbom, system_information::netlink},
+    collectors::{
+        connected_hardware::hotplug,
+        ids, local_users,
+        login::{syslog, utmp},
+        os_baseline, sbom,
+        system_information::netlink,
+    },
     enrich::parse_passwd,
     listeners,
 };
@@ -70,6 +76,26 @@ const PARSERS: &[(&str, fn(&[u8]))] = &[
         assert!(defs.len() <= text.lines().count());
         let mounts = os_baseline::parsers::parse_mounts(&text);
         assert!(mounts.iter().all(|m| m.line >= 1 && m.line <= text.lines().count()));
+    }),
+    ("wtmp / btmp, both layouts (Login)", |d| {
+        for layout in [utmp::LAYOUT_384, utmp::LAYOUT_400] {
+            let (records, rest) = utmp::parse(d, layout);
+            assert_eq!(records.len() * layout.size + rest, d.len());
+            let mut sessions = utmp::Sessions::default();
+            for r in records {
+                assert!(r.user.len() <= 128 && r.line.len() <= 128 && r.remote.len() <= 1024, "{r:?}");
+                assert!(!r.user.contains(|c: char| c.is_control()), "escaped: {r:?}");
+                let _ = utmp::Sessions::btmp(r.clone());
+                let _ = sessions.wtmp(r, false);
+            }
+        }
+    }),
+    ("auth.log lines (Login syslog)", |d| {
+        for line in String::from_utf8_lossy(d).lines() {
+            if let Some(e) = syslog::parse_line(line) {
+                assert!(e.user_name.len() <= 256 && !e.user_name.contains(|c: char| c.is_control()), "{e:?}");
+            }
+        }
     }),
     ("pci.ids / usb.ids", |d| {
         let _ = ids::lookup(&String::from_utf8_lossy(d), 0x1af4, Some(0x1000));

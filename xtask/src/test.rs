@@ -116,6 +116,9 @@ fn peer_packages() -> Result<()> {
         // The firewall suite's rules, and its oracle (`nft -j list ruleset`).
         ("/usr/sbin/nft", "nftables"),
         ("/usr/sbin/iptables-legacy", "iptables"),
+        // The login suite's private sshd (UsePAM, passwords) and its client's password feeder.
+        ("/usr/sbin/sshd", "openssh-server"),
+        ("/usr/bin/sshpass", "sshpass"),
     ]
     .into_iter()
     .filter(|(path, _)| !Path::new(path).exists())

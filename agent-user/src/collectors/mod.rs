@@ -21,6 +21,7 @@ pub mod ids;
 pub mod kernel;
 pub mod listening_ports;
 pub mod local_users;
+pub mod login;
 pub mod os_baseline;
 pub mod process_create;
 pub mod process_terminate;
@@ -104,6 +105,10 @@ pub trait Snapshot {
 /// A user-space source of events, polled without blocking at every drain.
 pub trait EventSource {
     fn event_type(&self) -> EventType;
+    /// Called once before the run loop: a source that follows files takes
+    /// its starting point here, so that what happens after the agent said it
+    /// is collecting is not mistaken for the past.
+    fn start(&mut self, _cx: &Context<'_>) {}
     /// Events since the last poll; sources it could not read are failures.
     fn poll(&mut self, cx: &Context<'_>) -> Taken;
 }
@@ -124,7 +129,7 @@ pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
 /// Every user-space event source. Sources that cannot start here (no
 /// netlink socket, say) are left out with a warning by their constructor.
 pub fn event_sources() -> Vec<Box<dyn EventSource>> {
-    let mut sources: Vec<Box<dyn EventSource>> = vec![Box::new(diagnostic::Diagnostics)];
+    let mut sources: Vec<Box<dyn EventSource>> = vec![Box::new(diagnostic::Diagnostics), Box::new(login::Login::new())];
     sources.extend(connected_hardware::hotplug::Hotplug::open().map(|h| Box::new(h) as Box<dyn EventSource>));
     sources
 }

@@ -252,6 +252,11 @@ fn evidence(items: &[String]) -> String {
     s
 }
 
+/// login.defs settings: (key, value, line).
+type LoginDefs = Vec<(String, String, usize)>;
+/// Listening sockets: (transport, port, evidence).
+type Listening = Vec<(listening_ports::Transport, u16, String)>;
+
 /// What the checks of one run read once: the host files shared by several
 /// procedures, read on first use.
 pub struct Host<'a> {
@@ -262,13 +267,13 @@ pub struct Host<'a> {
     /// The table's path and its mounts.
     mounts: OnceCell<Result<(&'static str, Vec<parsers::Mount>), String>>,
     modprobe: OnceCell<Vec<(String, parsers::Modprobe)>>,
-    login_defs: OnceCell<Result<Vec<(String, String, usize)>, String>>,
+    login_defs: OnceCell<Result<LoginDefs, String>>,
     pub(crate) accounts: OnceCell<accounts::Files>,
     rulesets: OnceCell<firewall::Reading>,
     /// The host namespace's listening TCP and UDP sockets: (transport,
     /// port, evidence). Read once: a /proc/net table walks every socket of
     /// every namespace, costly on a busy host.
-    listening: OnceCell<Result<Vec<(listening_ports::Transport, u16, String)>, String>>,
+    listening: OnceCell<Result<Listening, String>>,
     /// Bytes read through sshd Include so far, bounded by MAX_INCLUDE_BYTES.
     included: std::cell::Cell<u64>,
 }

@@ -1,0 +1,274 @@
+//! Login: sign-ins, sign-outs and failed attempts (seed 002, "Login
+//! collector"), aggregated per window in user space (collectors::window):
+//! identical (operation, user_name, executable, remote_address, service)
+//! are one record with a hit count, so a password brute force is one event.
+//!
+//! Sources (`loginSource`): utmp (wtmp and btmp, [`utmp`]) and syslog
+//! (auth.log, [`syslog`]). pam and audit are accepted names with no reader
+//! yet; naming one alone collects nothing and says so once.
+use serde::Serialize;
+
+use super::{Context, EventSource, Taken};
+use crate::{config::LoginSource, events::EventType, hostfs::HostFs};
+
+pub mod follow;
+pub mod syslog;
+pub mod utmp;
+
+/// What a local login reports as its remote address (seed 002:
+/// "127.0.0.1/0.0.0.0 to indicate local connection").
+pub const LOCAL: &str = "127.0.0.1";
+/// Longest user name kept, escaped, in bytes: longer than any real one
+/// (utmp holds 32, useradd allows 32), short enough that a brute force
+/// trying megabyte names cannot fill the window with them.
+pub const USER_NAME_MAX: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Operation {
+    Login,
+    Logout,
+    LoginFailed,
+}
+
+/// One Login event, as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoginEvent {
+    pub operation: Operation,
+    /// The login process (sshd's session child, login(1), su); 0 when unknown.
+    pub process_id: u32,
+    /// The user, or the name tried: escaped, at most USER_NAME_MAX bytes.
+    pub user_name: String,
+    /// The terminal (`tty1`, `pts/3`) or what the source writes instead (`ssh:notty`).
+    pub executable: String,
+    /// The client's address, or `127.0.0.1` for a local login.
+    pub remote_address: String,
+    pub remote_port: Option<u16>,
+    /// The PAM service (`sshd`, `login`, `su`) where the source knows it.
+    pub service: Option<String>,
+    /// The source that saw it: `utmp` or `syslog`.
+    pub source: &'static str,
+}
+
+impl LoginEvent {
+    /// What a window aggregates on.
+    pub fn key(&self) -> String {
+        format!(
+            "{:?}\0{}\0{}\0{}\0{}",
+            self.operation,
+            self.user_name,
+            self.executable,
+            self.remote_address,
+            self.service.as_deref().unwrap_or("")
+        )
+    }
+}
+
+/// Host bytes (a user name, a terminal) as printable text: printable ASCII
+/// and valid UTF-8 kept, a backslash doubled, anything else `\xNN`; cut at
+/// `max` bytes of output, never inside an escape or a character.
+pub fn escape(raw: &[u8], max: usize) -> String {
+    let mut out = String::new();
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let piece = match c {
+                '\\' => "\\\\".to_string(),
+                c if c.is_control() => c.to_string().bytes().map(|b| format!("\\x{b:02x}")).collect(),
+                c => c.to_string(),
+            };
+            if out.len() + piece.len() > max {
+                return out;
+            }
+            out.push_str(&piece);
+        }
+        for b in chunk.invalid() {
+            if out.len() + 4 > max {
+                return out;
+            }
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The Login event source.
+pub struct Login {
+    utmp: Option<utmp::Utmp>,
+    syslog: Option<syslog::Syslog>,
+    /// The sources named but not available, said once.
+    warned: bool,
+}
+
+impl Login {
+    pub fn new() -> Login {
+        Login { utmp: None, syslog: None, warned: false }
+    }
+}
+
+impl Default for Login {
+    fn default() -> Self {
+        Login::new()
+    }
+}
+
+/// Whether `wanted` (the configured list) reads `source`; auto takes every
+/// source that works here (today: utmp; syslog only when named, as devices
+/// with utmp log the same logins there too).
+pub fn reads(wanted: &[LoginSource], source: LoginSource) -> bool {
+    wanted.contains(&source) || (wanted.contains(&LoginSource::Auto) && source == LoginSource::Utmp)
+}
+
+impl EventSource for Login {
+    fn event_type(&self) -> EventType {
+        EventType::Login
+    }
+
+    fn start(&mut self, cx: &Context<'_>) {
+        // The files' ends now; what is appended from here on is news.
+        let taken = self.poll(cx);
+        for f in &taken.failures {
+            log::warn!("Login: cannot read {}: {}", f.source, f.reason);
+        }
+    }
+
+    fn poll(&mut self, cx: &Context<'_>) -> Taken {
+        let mut taken = Taken::default();
+        if !cx.config.collects(EventType::Login) {
+            // Off: the files are not followed, and when it is on again the past is not news.
+            self.utmp = None;
+            self.syslog = None;
+            return taken;
+        }
+        let wanted = &cx.config.login_sources;
+        if !self.warned {
+            self.warned = true;
+            let missing: Vec<&str> = [LoginSource::Pam, LoginSource::Audit]
+                .into_iter()
+                .filter(|s| wanted.contains(s))
+                .map(LoginSource::name)
+                .collect();
+            if !missing.is_empty() {
+                log::warn!(
+                    "Login: loginSource {} not implemented yet; reading only utmp and syslog",
+                    missing.join(", ")
+                );
+            }
+        }
+        let mut events = Vec::new();
+        if reads(wanted, LoginSource::Utmp) {
+            self.utmp.get_or_insert_with(|| utmp::Utmp::new(utmp::NATIVE)).poll(cx.host, &mut taken, &mut events);
+        } else {
+            self.utmp = None;
+        }
+        if reads(wanted, LoginSource::Syslog) {
+            self.syslog.get_or_insert_with(syslog::Syslog::default).poll(cx.host, &mut taken, &mut events);
+        } else {
+            self.syslog = None;
+        }
+        for e in events {
+            taken.push(e.key(), &e);
+        }
+        taken
+    }
+}
+
+/// What `hitcount check` says of each Login source on this host: whether
+/// it can see anything, and why not.
+pub fn source_checks(host: &HostFs) -> Vec<(LoginSource, bool, String)> {
+    let file = |path: &str| match host.resolve(path).map(std::fs::metadata) {
+        Ok(Ok(m)) if m.is_file() => Ok(m.len()),
+        Ok(Ok(_)) => Err(format!("{path} is not a file")),
+        Ok(Err(e)) => Err(format!("{path}: {e}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut out = Vec::new();
+    let (w, b) = (file(utmp::WTMP), file(utmp::BTMP));
+    let detail = match (&w, &b) {
+        (Ok(_), Ok(_)) => format!(
+            "follows {} (Login, Logout; sessions with a terminal) and {} (LoginFailed); {}-byte records",
+            utmp::WTMP,
+            utmp::BTMP,
+            utmp::NATIVE.size
+        ),
+        _ => format!(
+            "{}; glibc never creates these files: without wtmp no Login or Logout, without btmp no LoginFailed",
+            [w.as_ref().err(), b.as_ref().err()].into_iter().flatten().cloned().collect::<Vec<_>>().join("; ")
+        ),
+    };
+    out.push((LoginSource::Utmp, w.is_ok() && b.is_ok(), detail));
+    out.push((LoginSource::Pam, false, "not implemented yet".to_string()));
+    out.push((LoginSource::Audit, false, "not implemented yet".to_string()));
+    let log = syslog::FILES.into_iter().find(|p| file(p).is_ok());
+    out.push(match log {
+        Some(p) => (LoginSource::Syslog, true, format!("follows {p} (sshd, dropbear) when loginSource names syslog")),
+        None => (
+            LoginSource::Syslog,
+            false,
+            format!("no {} here (no syslog daemon writes one)", syslog::FILES.join(" or ")),
+        ),
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_say_which_sources_can_see_anything() {
+        let dir = crate::hostfs::tests::tempdir::Dir::new("login-check");
+        std::fs::create_dir_all(dir.0.join("var/log")).unwrap();
+        std::fs::write(dir.0.join("var/log/wtmp"), b"").unwrap();
+        let host = HostFs::new(&dir.0);
+        let ok = |c: &[(LoginSource, bool, String)]| c.iter().map(|(s, ok, _)| (*s, *ok)).collect::<Vec<_>>();
+        let c = source_checks(&host);
+        use LoginSource::*;
+        assert_eq!(ok(&c), [(Utmp, false), (Pam, false), (Audit, false), (Syslog, false)]);
+        assert!(c[0].2.contains("/var/log/btmp"), "{}", c[0].2);
+        std::fs::write(dir.0.join("var/log/btmp"), b"").unwrap();
+        std::fs::write(dir.0.join("var/log/secure"), b"").unwrap();
+        let c = source_checks(&host);
+        assert_eq!(ok(&c), [(Utmp, true), (Pam, false), (Audit, false), (Syslog, true)]);
+        assert!(c[3].2.contains("/var/log/secure"), "{}", c[3].2);
+    }
+
+    #[test]
+    fn names_are_escaped_and_bounded() {
+        assert_eq!(escape(b"alice", 32), "alice");
+        assert_eq!(escape(b"a\\b\n\x7f", 32), "a\\\\b\\x0a\\x7f");
+        assert_eq!(escape("é\u{9b}".as_bytes(), 32), "é\\xc2\\x9b");
+        assert_eq!(escape(b"\xff\xfeok", 32), "\\xff\\xfeok");
+        assert_eq!(escape(&[b'x'; 1000], USER_NAME_MAX).len(), USER_NAME_MAX);
+        // Never cut inside an escape: 3 bytes fit, "\x01" needs 4.
+        assert_eq!(escape(b"ab\x01", 5), "ab");
+    }
+
+    #[test]
+    fn the_key_is_the_five_fields_and_not_the_pid() {
+        let e = |pid, user: &str| LoginEvent {
+            operation: Operation::LoginFailed,
+            process_id: pid,
+            user_name: user.into(),
+            executable: "ssh:notty".into(),
+            remote_address: "10.0.0.1".into(),
+            remote_port: None,
+            service: None,
+            source: "utmp",
+        };
+        assert_eq!(e(1, "a").key(), e(2, "a").key());
+        assert_ne!(e(1, "a").key(), e(1, "b").key());
+        let mut s = e(1, "a");
+        s.service = Some("sshd".into());
+        assert_ne!(s.key(), e(1, "a").key());
+    }
+
+    #[test]
+    fn auto_reads_utmp_and_a_named_source_only_itself() {
+        use LoginSource::*;
+        assert!(reads(&[Auto], Utmp));
+        assert!(!reads(&[Auto], Pam));
+        assert!(!reads(&[Pam], Utmp));
+        assert!(reads(&[Pam, Utmp], Utmp));
+        assert!(!reads(&[Auto], Syslog), "syslog only when named");
+        assert!(reads(&[Syslog], Syslog));
+    }
+}
