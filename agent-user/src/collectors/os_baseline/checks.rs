@@ -68,15 +68,29 @@ macro_rules! sysctl {
 }
 
 macro_rules! service {
-    ($number:literal, $group:literal, $title:literal, $description:literal, $packages:expr, $ports:expr) => {
+    ($number:literal, $title:literal, $description:literal, $packages:expr, $units:expr, $ports:expr) => {
         Check {
             number: $number,
-            group: $group,
+            group: "Services",
             title: $title,
             description: $description,
-            remediation: "Remove the packages (`apt purge`), or stop and mask the service where it is needed by another package.",
+            remediation: "Remove the packages (`apt purge`), or stop and mask the units (`systemctl mask --now UNIT`) where another package needs them.",
             severity: Important,
-            procedures: &[PackageAbsent { packages: $packages }, PortNotListening { ports: $ports }],
+            procedures: &[ServiceNotInUse { packages: $packages, units: $units, ports: $ports }],
+        }
+    };
+}
+
+macro_rules! client {
+    ($number:literal, $title:literal, $description:literal, $packages:expr) => {
+        Check {
+            number: $number,
+            group: "Clients",
+            title: $title,
+            description: $description,
+            remediation: "Remove the packages (`apt purge`).",
+            severity: Important,
+            procedures: &[PackageAbsent { packages: $packages }],
         }
     };
 }
@@ -198,16 +212,16 @@ pub const CHECKS: &[Check] = &[
             },
         ],
     },
-    service!("2.1.2", "Services", "Ensure avahi daemon services are not in use", "Avahi announces the device and its services by mDNS to the whole link.", &["avahi-daemon"], &[(Udp, 5353)]),
-    service!("2.1.6", "Services", "Ensure ftp server services are not in use", "FTP sends passwords and data in clear text.", &["vsftpd", "proftpd-basic", "pure-ftpd"], &[(Tcp, 21)]),
-    service!("2.1.11", "Services", "Ensure print server services are not in use", "CUPS listens for print jobs and has a history of remote vulnerabilities.", &["cups"], &[(Tcp, 631)]),
-    service!("2.1.12", "Services", "Ensure rpcbind services are not in use", "rpcbind maps RPC services to ports for anyone who asks, and amplifies UDP floods.", &["rpcbind"], &[(Tcp, 111), (Udp, 111)]),
-    service!("2.1.14", "Services", "Ensure samba file server services are not in use", "An SMB server exposes shares and their authentication to the network.", &["samba"], &[(Tcp, 445), (Tcp, 139)]),
-    service!("2.1.15", "Services", "Ensure snmp services are not in use", "SNMP v1 and v2c authenticate with a clear-text community string and disclose the device's configuration.", &["snmpd"], &[(Udp, 161)]),
-    service!("2.1.16", "Services", "Ensure tftp server services are not in use", "TFTP has no authentication at all: anyone may read (and often write) its files.", &["tftpd-hpa", "atftpd", "tftpd"], &[(Udp, 69)]),
-    service!("2.1.19", "Services", "Ensure xinetd services are not in use", "xinetd starts network services on demand, often the legacy clear-text ones.", &["xinetd"], &[]),
-    service!("2.2.2", "Clients", "Ensure rsh client is not installed", "rsh, rlogin and rcp authenticate by host name and send everything in clear text.", &["rsh-client", "rsh-redone-client"], &[]),
-    service!("2.2.4", "Clients", "Ensure telnet client is not installed", "telnet sends passwords in clear text; its presence invites its use.", &["telnet", "inetutils-telnet"], &[]),
+    service!("2.1.2", "Ensure avahi daemon services are not in use", "Avahi announces the device and its services by mDNS to the whole link.", &["avahi-daemon"], &["avahi-daemon.service", "avahi-daemon.socket"], &[(Udp, 5353)]),
+    service!("2.1.6", "Ensure ftp server services are not in use", "FTP sends passwords and data in clear text.", &["vsftpd", "proftpd-basic", "pure-ftpd"], &["vsftpd.service", "proftpd.service", "pure-ftpd.service"], &[(Tcp, 21)]),
+    service!("2.1.11", "Ensure print server services are not in use", "CUPS listens for print jobs and has a history of remote vulnerabilities.", &["cups"], &["cups.service", "cups.socket", "cups.path"], &[(Tcp, 631)]),
+    service!("2.1.12", "Ensure rpcbind services are not in use", "rpcbind maps RPC services to ports for anyone who asks, and amplifies UDP floods.", &["rpcbind"], &["rpcbind.service", "rpcbind.socket"], &[(Tcp, 111), (Udp, 111)]),
+    service!("2.1.14", "Ensure samba file server services are not in use", "An SMB server exposes shares and their authentication to the network.", &["samba"], &["smbd.service", "nmbd.service", "samba-ad-dc.service"], &[(Tcp, 445), (Tcp, 139)]),
+    service!("2.1.15", "Ensure snmp services are not in use", "SNMP v1 and v2c authenticate with a clear-text community string and disclose the device's configuration.", &["snmpd"], &["snmpd.service"], &[(Udp, 161)]),
+    service!("2.1.16", "Ensure tftp server services are not in use", "TFTP has no authentication at all: anyone may read (and often write) its files.", &["tftpd-hpa", "atftpd", "tftpd"], &["tftpd-hpa.service", "atftpd.service", "atftpd.socket"], &[(Udp, 69)]),
+    service!("2.1.19", "Ensure xinetd services are not in use", "xinetd starts network services on demand, often the legacy clear-text ones.", &["xinetd"], &["xinetd.service"], &[]),
+    client!("2.2.2", "Ensure rsh client is not installed", "rsh, rlogin and rcp authenticate by host name and send everything in clear text.", &["rsh-client", "rsh-redone-client"]),
+    client!("2.2.4", "Ensure telnet client is not installed", "telnet sends passwords in clear text; its presence invites its use.", &["telnet", "inetutils-telnet"]),
     permissions!("2.4.1.2", "JobSchedulers", Warning, "/etc/crontab", "600", ROOT, "The system crontab runs commands as root: only root may read or change it."),
     permissions!("2.4.1.3", "JobSchedulers", Warning, "/etc/cron.hourly", "700", ROOT, "Scripts there run as root every hour: only root may list or change them."),
     permissions!("2.4.1.4", "JobSchedulers", Warning, "/etc/cron.daily", "700", ROOT, "Scripts there run as root every day: only root may list or change them."),

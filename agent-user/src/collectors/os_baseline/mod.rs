@@ -124,8 +124,13 @@ pub enum Procedure {
     PackageAbsent {
         packages: &'static [&'static str],
     },
-    /// Nothing listens on these ports in the host's network namespace (pid 1's).
-    PortNotListening {
+    /// CIS's "X services are not in use": none of the packages is
+    /// installed; or, where one is (another package may need it), none of
+    /// the units is enabled and nothing listens on the ports in the host's
+    /// network namespace (pid 1's). A port in use fails whoever holds it.
+    ServiceNotInUse {
+        packages: &'static [&'static str],
+        units: &'static [&'static str],
         ports: &'static [(listening_ports::Transport, u16)],
     },
     /// The sshd keyword's global value (or OpenSSH's default) is accepted;
@@ -470,7 +475,20 @@ pub fn run(p: &Procedure, host: &Host<'_>) -> Outcome {
                 Outcome::Fail(evidence(&found))
             }
         }
-        Procedure::PortNotListening { ports } => ports_not_listening(host, ports),
+        Procedure::ServiceNotInUse { packages, units, ports } => {
+            let installed = run(&Procedure::PackageAbsent { packages }, host);
+            let in_use = combine(vec![units_not_enabled(host, units), ports_not_listening(host, ports)]);
+            match (installed, in_use) {
+                (Outcome::Error(e), _) | (_, Outcome::Error(e)) => Outcome::Error(e),
+                (Outcome::Fail(p), Outcome::Fail(why)) => Outcome::Fail(format!("{p}; {why}")),
+                (_, Outcome::Fail(why)) => Outcome::Fail(why),
+                // Installed, but neither enabled nor listening.
+                (Outcome::Fail(_), _) => Outcome::Pass,
+                (Outcome::Pass, _) => Outcome::Pass,
+                // No package database: the units and ports decide.
+                (Outcome::NotApplicable, other) => other,
+            }
+        }
         Procedure::SshdOption { keyword, expect } => match host.sshd() {
             Err(e) => Outcome::Error(e.clone()),
             Ok(None) => Outcome::NotApplicable,
@@ -640,6 +658,72 @@ fn module_disabled(host: &Host<'_>, module: &str) -> Outcome {
         Outcome::Pass
     } else {
         Outcome::Fail(wrong.join(", "))
+    }
+}
+
+/// Where systemd finds units: the administrator's, the runtime's, the
+/// packages' (systemd.unit(5), "Unit File Load Path", system mode).
+const UNIT_DIRS: [&str; 4] =
+    ["/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"];
+
+/// None of the systemd units is enabled: no `.wants`/`.requires` entry of
+/// a unit directory names it (what `systemctl enable` and a package's
+/// static enablement create), unless it is masked (linked to /dev/null
+/// in /etc or /run). A unit without a native unit file counts as enabled
+/// by its SysV init script's `S` links in /etc/rc2.d..rc5.d (as
+/// systemd-sysv-generator reads them). No unit file and no init script:
+/// does not apply. Read from the files, as `systemctl is-enabled` would
+/// decide, without asking systemd (the container has no bus to it).
+fn units_not_enabled(host: &Host<'_>, units: &[&str]) -> Outcome {
+    let mut known = false;
+    let mut enabled = Vec::new();
+    for unit in units {
+        let masked = UNIT_DIRS[..2]
+            .iter()
+            .any(|d| host.fs.read_link(format!("{d}/{unit}")).is_ok_and(|t| t == std::path::Path::new("/dev/null")));
+        if masked {
+            known = true;
+            continue;
+        }
+        let native = UNIT_DIRS.iter().any(|d| host.fs.exists(format!("{d}/{unit}")));
+        known |= native;
+        for dir in UNIT_DIRS {
+            let names = match host.fs.read_dir(dir) {
+                Ok(n) => n,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Outcome::Error(e.to_string()),
+            };
+            for wants in names.iter().filter(|n| n.ends_with(".wants") || n.ends_with(".requires")) {
+                let link = format!("{dir}/{wants}/{unit}");
+                if host.fs.read_link(&link).is_ok() || host.fs.exists(&link) {
+                    enabled.push(format!("{unit} enabled ({link})"));
+                }
+            }
+        }
+        let Some(script) = unit.strip_suffix(".service") else { continue };
+        if native || !host.fs.exists(format!("/etc/init.d/{script}")) {
+            continue;
+        }
+        known = true;
+        for level in 2..=5 {
+            let dir = format!("/etc/rc{level}.d");
+            let names = match host.fs.read_dir(&dir) {
+                Ok(n) => n,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Outcome::Error(e.to_string()),
+            };
+            // S<two digits><script>: started in that runlevel.
+            for n in names.iter().filter(|n| n.starts_with('S') && n.get(3..) == Some(script)) {
+                enabled.push(format!("{script} enabled ({dir}/{n})"));
+            }
+        }
+    }
+    if !enabled.is_empty() {
+        Outcome::Fail(evidence(&enabled))
+    } else if known {
+        Outcome::Pass
+    } else {
+        Outcome::NotApplicable
     }
 }
 

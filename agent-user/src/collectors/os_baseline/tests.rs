@@ -360,16 +360,45 @@ Version: 5.9.3
 ";
 
 #[test]
-fn packages_and_their_ports() {
+fn services_packages_units_and_ports() {
     let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:006F 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0000000000000000 100 0 0 10 0
    1: 0100007F:006F 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 1002 1 0000000000000000 100 0 0 10 0
 ";
-    let r = Root::new().file("/var/lib/dpkg/status", DPKG).file("/proc/1/net/tcp", tcp);
+    let enabled = "/etc/systemd/system/multi-user.target.wants/snmpd.service";
+    let r = Root::new()
+        .file("/var/lib/dpkg/status", DPKG)
+        .file("/proc/1/net/tcp", tcp)
+        .file("/lib/systemd/system/snmpd.service", "[Unit]\n")
+        .link(enabled, "/lib/systemd/system/snmpd.service");
     let o = r.outcomes();
     assert_eq!(o["2.1.12"], fail("rpcbind 1.2.6-6+b1 installed (dpkg); TCP 0.0.0.0:111 listening (/proc/1/net/tcp)"));
-    assert_eq!(o["2.1.15"], fail("snmpd 5.9.3 installed (dpkg)"));
+    assert_eq!(o["2.1.15"], fail(&format!("snmpd 5.9.3 installed (dpkg); snmpd.service enabled ({enabled})")));
     assert_eq!(o["2.2.4"], Outcome::Pass, "telnet's config files are left, it is not installed");
+    // Installed (another package may need it) but masked, or only
+    // disabled, and not listening: not in use, as CIS allows.
+    let masked = Root::new()
+        .file("/var/lib/dpkg/status", DPKG)
+        .file("/lib/systemd/system/snmpd.service", "[Unit]\n")
+        .link(enabled, "/lib/systemd/system/snmpd.service")
+        .link("/etc/systemd/system/snmpd.service", "/dev/null");
+    assert_eq!(masked.outcome("2.1.15"), Outcome::Pass);
+    let disabled = Root::new().file("/var/lib/dpkg/status", DPKG).file("/lib/systemd/system/snmpd.service", "[Unit]\n");
+    assert_eq!(disabled.outcome("2.1.15"), Outcome::Pass);
+    assert_eq!(disabled.outcome("2.1.12"), Outcome::Pass, "rpcbind installed, no unit file, not listening");
+    // A SysV script without a native unit: its S link in a runlevel enables it.
+    let sysv = Root::new()
+        .file("/var/lib/dpkg/status", DPKG)
+        .file("/etc/init.d/snmpd", "#!/bin/sh\n")
+        .link("/etc/rc2.d/S01snmpd", "../init.d/snmpd")
+        .link("/etc/rc0.d/K01snmpd", "../init.d/snmpd");
+    assert_eq!(sysv.outcome("2.1.15"), fail("snmpd 5.9.3 installed (dpkg); snmpd enabled (/etc/rc2.d/S01snmpd)"));
+    // A socket unit enabled with no package database: the unit decides.
+    let socket = "/etc/systemd/system/sockets.target.wants/rpcbind.socket";
+    let r = Root::new()
+        .file("/lib/systemd/system/rpcbind.socket", "[Socket]\n")
+        .link(socket, "/lib/systemd/system/rpcbind.socket");
+    assert_eq!(r.outcome("2.1.12"), fail(&format!("rpcbind.socket enabled ({socket})")));
     // No package database: packages do not apply; a port alone still fails.
     let o = Root::new().file("/proc/1/net/tcp", tcp).outcomes();
     assert_eq!(o["2.1.12"], fail("TCP 0.0.0.0:111 listening (/proc/1/net/tcp)"));
