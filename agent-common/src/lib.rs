@@ -83,6 +83,19 @@ pub mod programs {
     pub const SOCK_CREATE: &str = "sock_create";
     pub const TCP_SEND: &str = "sock_send_length";
     pub const TCP_RECV: &str = "sock_recv_length";
+    /// Uprobes on libpam (agent-ebpf pam.rs), named after the function and
+    /// `_ret` for its return.
+    pub const PAM_START: &str = "pam_start";
+    pub const PAM_START_RET: &str = "pam_start_ret";
+    pub const PAM_SET_ITEM: &str = "pam_set_item";
+    pub const PAM_AUTHENTICATE: &str = "pam_authenticate";
+    pub const PAM_AUTHENTICATE_RET: &str = "pam_authenticate_ret";
+    pub const PAM_ACCT_MGMT: &str = "pam_acct_mgmt";
+    pub const PAM_ACCT_MGMT_RET: &str = "pam_acct_mgmt_ret";
+    pub const PAM_OPEN_SESSION: &str = "pam_open_session";
+    pub const PAM_OPEN_SESSION_RET: &str = "pam_open_session_ret";
+    pub const PAM_CLOSE_SESSION: &str = "pam_close_session";
+    pub const PAM_END: &str = "pam_end";
 }
 
 /// Bytes of a tracepoint record the network programs copy in one helper call
@@ -472,6 +485,132 @@ pub struct KernelOffsets {
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 104 + 14 * 4);
 
+// ---- Login: PAM uprobes (agent-ebpf pam.rs) ----
+
+/// Map names of the PAM programs.
+pub mod pam_maps {
+    /// [`super::PamHandleKey`] -> [`super::PamItems`]: what the application
+    /// told PAM about each live handle (pam_start, pam_set_item).
+    pub const PAM_HANDLES: &str = "PAM_HANDLES";
+    /// Thread (pid_tgid) -> [`super::PamCall`]: a call between its uprobe and uretprobe.
+    pub const PAM_CALLS: &str = "PAM_CALLS";
+    /// Ring buffer of [`super::PamEvent`]s.
+    pub const PAM_EVENTS: &str = "PAM_EVENTS";
+    /// Per-CPU `u64` counters, indexed by [`super::PamCounter`]; never reset.
+    pub const PAM_COUNTERS: &str = "PAM_COUNTERS";
+    /// Per-CPU scratch: the items of a handle being created.
+    pub const PAM_SCRATCH: &str = "PAM_SCRATCH";
+}
+
+/// Bytes kept of each PAM item, NUL included. A longer user name (one an
+/// attacker tried) is cut: the agent reports it bounded anyway.
+pub const PAM_SERVICE_CAP: usize = 32;
+pub const PAM_USER_CAP: usize = 128;
+pub const PAM_TTY_CAP: usize = 64;
+/// An IPv6 address with a zone fits; a host name (sshd with UseDNS) may be cut.
+pub const PAM_RHOST_CAP: usize = 64;
+
+/// Item types of pam_set_item (security/_pam_types.h). Only these are ever
+/// read: never PAM_AUTHTOK (6) or PAM_OLDAUTHTOK (7), the passwords.
+pub const PAM_SERVICE: u32 = 1;
+pub const PAM_USER: u32 = 2;
+pub const PAM_TTY: u32 = 3;
+pub const PAM_RHOST: u32 = 4;
+
+/// Return codes of pam_authenticate and pam_acct_mgmt that are no verdict.
+pub const PAM_SUCCESS: i32 = 0;
+/// Account valid but the password must change: the login goes on.
+pub const PAM_NEW_AUTHTOK_REQD: i32 = 12;
+/// Event-driven applications call again (pam_authenticate(3)).
+pub const PAM_CONV_AGAIN: i32 = 30;
+pub const PAM_INCOMPLETE: i32 = 31;
+
+/// What the application told PAM about one handle. Aligned so that the
+/// kernel side can zero and copy it by words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct PamItems {
+    pub service: [u8; PAM_SERVICE_CAP],
+    pub user: [u8; PAM_USER_CAP],
+    pub tty: [u8; PAM_TTY_CAP],
+    pub rhost: [u8; PAM_RHOST_CAP],
+}
+const _: () = assert!(size_of::<PamItems>() == 288);
+
+/// A PAM handle: its address in the process that made it.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PamHandleKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub handle: u64,
+}
+const _: () = assert!(size_of::<PamHandleKey>() == 16);
+
+/// Operations of a [`PamCall`] and a [`PamEvent`].
+pub const PAM_OP_START: u32 = 1;
+pub const PAM_OP_AUTHENTICATE: u32 = 2;
+pub const PAM_OP_ACCT_MGMT: u32 = 3;
+pub const PAM_OP_OPEN_SESSION: u32 = 4;
+pub const PAM_OP_CLOSE_SESSION: u32 = 5;
+
+/// A call seen at its uprobe, finished at its uretprobe.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PamCall {
+    pub op: u32,
+    pub _pad: u32,
+    /// pam_start: the `pam_handle_t **` it fills; the others: the handle.
+    pub handle: u64,
+    /// pam_start's service and user arguments (user memory).
+    pub service: u64,
+    pub user: u64,
+}
+const _: () = assert!(size_of::<PamCall>() == 32);
+
+/// The handle had no items in PAM_HANDLES (made before the agent attached,
+/// or evicted): the event has no user, service, terminal or host.
+pub const PAM_EVENT_NO_ITEMS: u32 = 1;
+
+/// One verdict, as copied to the ring buffer: an authentication or account
+/// check that failed, a session opened or closed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PamEvent {
+    pub ts_ns: u64,
+    /// The process that called PAM (its tgid in the initial PID namespace).
+    pub tgid: u32,
+    /// [`PAM_OP_AUTHENTICATE`] ... [`PAM_OP_CLOSE_SESSION`].
+    pub op: u32,
+    /// What the call returned (0 at pam_close_session's entry).
+    pub ret: i32,
+    /// [`PAM_EVENT_NO_ITEMS`].
+    pub flags: u32,
+    pub items: PamItems,
+}
+const _: () = assert!(size_of::<PamEvent>() == 24 + 288);
+
+/// Indexes of `PAM_COUNTERS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PamCounter {
+    /// An event found the ring buffer full: lost.
+    RingFull = 0,
+    /// A new handle found PAM_HANDLES full (its events have no items).
+    HandlesFull = 1,
+    /// A call found PAM_CALLS full: its verdict is lost.
+    CallsFull = 2,
+}
+pub const PAM_COUNTER_COUNT: u32 = 3;
+
+/// Bytes of the PAM ring buffer: about 200 events between two reads (one
+/// second), far above what sshd's failure delay lets a brute force make.
+pub const PAM_RING_BYTES: u32 = 64 * 1024;
+/// Live handles: one per login in progress or session open.
+pub const PAM_HANDLE_ENTRIES: u32 = 1024;
+/// PAM calls in flight at once.
+pub const PAM_CALL_ENTRIES: u32 = 1024;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -490,6 +629,10 @@ mod pod {
     unsafe impl aya::Pod for Owner {}
     unsafe impl aya::Pod for TrafficValue {}
     unsafe impl aya::Pod for DnsEvent {}
+    unsafe impl aya::Pod for PamItems {}
+    unsafe impl aya::Pod for PamHandleKey {}
+    unsafe impl aya::Pod for PamCall {}
+    unsafe impl aya::Pod for PamEvent {}
 }
 
 impl ProcKey {

@@ -87,6 +87,17 @@ pub fn current_task_btf() -> *const u8 {
     unsafe { gen::bpf_get_current_task_btf() as *const u8 }
 }
 
+/// The tgid of `task`'s parent (a BTF-typed task, [`current_task_btf`]); 0 when it has none.
+#[inline(always)]
+pub fn parent_tgid(task: *const u8) -> u32 {
+    let off = offsets();
+    let parent: *const u8 = unsafe { load(task, off.task_real_parent) };
+    if parent.is_null() {
+        return 0;
+    }
+    unsafe { load::<i32>(parent, off.task_tgid) as u32 }
+}
+
 /// Loads a field of a BTF-typed object (see [`current_task_btf`]). A fault
 /// (a NULL or stale pointer) reads as zero: the kernel's exception table
 /// covers these loads.

@@ -9,6 +9,7 @@
 mod kernel;
 mod maps;
 mod net;
+mod pam;
 mod process;
 
 #[cfg(not(test))]

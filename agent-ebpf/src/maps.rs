@@ -1,8 +1,9 @@
 //! Every map of the kernel side. Sizes given here are placeholders where the
 //! agent sets the real value at load time (`cache_size`).
 use agent_common::{
-    ConnKey, ConnValue, Control, ExitKey, ExitValue, ListenKey, NetScratch, Owner, ProcKey, ProcValue, Scratch,
-    TaskExe, TrafficValue, COUNTER_COUNT, DNS_RING_BYTES, FLOWS_ENTRIES, LISTENERS_ENTRIES, PENDING_ENTRIES,
+    ConnKey, ConnValue, Control, ExitKey, ExitValue, ListenKey, NetScratch, Owner, PamCall, PamHandleKey, PamItems,
+    ProcKey, ProcValue, Scratch, TaskExe, TrafficValue, COUNTER_COUNT, DNS_RING_BYTES, FLOWS_ENTRIES,
+    LISTENERS_ENTRIES, PAM_CALL_ENTRIES, PAM_COUNTER_COUNT, PAM_HANDLE_ENTRIES, PAM_RING_BYTES, PENDING_ENTRIES,
     ROLLUP_ENTRIES, SOCK_OWNER_ENTRIES, TASK_EXE_ENTRIES,
 };
 use aya_ebpf::{
@@ -71,3 +72,15 @@ pub static SOCK_OWNER: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(SOC
 pub static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
 #[map(name = "NET_SCRATCH")]
 pub static NET_SCRATCH: PerCpuArray<NetScratch> = PerCpuArray::with_max_entries(1, 0);
+
+// Login from PAM (pam.rs).
+#[map(name = "PAM_HANDLES")]
+pub static PAM_HANDLES: LruHashMap<PamHandleKey, PamItems> = LruHashMap::with_max_entries(PAM_HANDLE_ENTRIES, 0);
+#[map(name = "PAM_CALLS")]
+pub static PAM_CALLS: LruHashMap<u64, PamCall> = LruHashMap::with_max_entries(PAM_CALL_ENTRIES, 0);
+#[map(name = "PAM_EVENTS")]
+pub static PAM_EVENTS: RingBuf = RingBuf::with_byte_size(PAM_RING_BYTES, 0);
+#[map(name = "PAM_COUNTERS")]
+pub static PAM_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PAM_COUNTER_COUNT, 0);
+#[map(name = "PAM_SCRATCH")]
+pub static PAM_SCRATCH: PerCpuArray<PamItems> = PerCpuArray::with_max_entries(1, 0);

@@ -23,8 +23,8 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{
-        add_hit, add_rollup, boot_ns, control, copy, count, current_task, current_task_btf, load, offsets, read_field,
-        zero,
+        add_hit, add_rollup, boot_ns, control, copy, count, current_task, current_task_btf, load, offsets, parent_tgid,
+        read_field, zero,
     },
     maps::{EXITR_0, EXITR_1, EXIT_0, EXIT_1, PROCR_0, PROCR_1, PROC_0, PROC_1, SCRATCH, TASK_EXE},
 };
@@ -97,15 +97,6 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     let task = current_task_btf();
     record_process(scratch, PROC_KIND_FORK, task, child_tgid as u32, parent_tgid, &ctl);
     Ok(())
-}
-
-fn parent_tgid(task: *const u8) -> u32 {
-    let off = offsets();
-    let parent: *const u8 = unsafe { load(task, off.task_real_parent) };
-    if parent.is_null() {
-        return 0;
-    }
-    unsafe { load::<i32>(parent, off.task_tgid) as u32 }
 }
 
 /// Builds the key from `task`'s argv and uid and adds one hit. `scratch.proc_value.exe`

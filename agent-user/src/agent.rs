@@ -8,6 +8,7 @@ use agent_common::programs;
 use crate::{
     collectors::{
         kernel::KernelWindows,
+        login,
         snapshot::{Sent, Snapshots},
         window::EventWindow as UserWindow,
         Context, EventSource, UserSpace,
@@ -63,6 +64,21 @@ fn attach(programs: &mut Programs, c: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the libraries the PAM programs attach to are looked for again:
+/// a container started with its own libpam, or an upgrade replacing it, is
+/// covered within this.
+pub const LIBPAM_RESCAN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Attaches the PAM programs to every libpam found now, when `c` wants the
+/// pam source (detaches them all when not). Returns the files attached.
+fn attach_libpam(programs: &mut Programs, host: &HostFs, c: &Config) -> Vec<std::path::PathBuf> {
+    let libraries = if login::wants_pam(c) { login::pam::find_libraries(host) } else { Vec::new() };
+    for (path, e) in programs.sync_libpam(&libraries) {
+        log::warn!("Login: cannot attach the PAM uprobes to {}: {e}", path.display());
+    }
+    programs.libpam()
+}
+
 pub struct Agent<S: Sink> {
     /// Defaults < file < command line: what a desired configuration overlays.
     local: RawConfig,
@@ -76,6 +92,8 @@ pub struct Agent<S: Sink> {
     host: HostFs,
     snapshots: Snapshots,
     sources: Vec<Box<dyn EventSource>>,
+    /// The libpam files the PAM programs are attached to, and when to look again.
+    libpam: (Vec<std::path::PathBuf>, Instant),
     /// Windows of the event types aggregated in user space (Diagnostic).
     user_windows: Vec<UserWindow>,
     /// The last desired configuration refused: a retained one comes back at
@@ -108,9 +126,10 @@ impl<S: Sink> Agent<S> {
             .filter_map(|s| Some(UserWindow::new(s.event_type(), config.event_settings(s.event_type())?)))
             .collect();
         let host = HostFs::new(&config.host_root);
+        let libpam = attach_libpam(&mut programs, &host, &config);
         let mut sources = user_space.sources;
         for s in &mut sources {
-            s.start(&Context { host: &host, config: &config });
+            s.start(&Context { libpam: &libpam, ..Context::new(&host, &config) });
         }
         Ok(Agent {
             host,
@@ -125,6 +144,7 @@ impl<S: Sink> Agent<S> {
             sink,
             snapshots: user_space.snapshots,
             sources,
+            libpam: (libpam, Instant::now() + LIBPAM_RESCAN),
             last_refused: None,
             configuration_errors: (SystemTime::now(), 0),
         })
@@ -137,8 +157,11 @@ impl<S: Sink> Agent<S> {
     /// One drain, then every window whose interval has passed is reported.
     pub fn tick(&mut self) -> anyhow::Result<()> {
         self.drain()?;
-        self.poll_sources()?;
         let now = Instant::now();
+        if now >= self.libpam.1 && login::wants_pam(&self.config) {
+            self.libpam = (attach_libpam(&mut self.programs, &self.host, &self.config), now + LIBPAM_RESCAN);
+        }
+        self.poll_sources(false)?;
         if self.kernel.any_due(now) {
             self.sink.make_room();
         }
@@ -168,7 +191,7 @@ impl<S: Sink> Agent<S> {
     /// statistics counted them.)
     fn close_all_windows(&mut self) -> anyhow::Result<()> {
         self.drain()?;
-        self.poll_sources()?;
+        self.poll_sources(true)?;
         self.sink.make_room();
         self.close_kernel_windows(None)?;
         for i in 0..self.user_windows.len() {
@@ -248,6 +271,7 @@ impl<S: Sink> Agent<S> {
         self.sink.flush_now();
         // ...then the new one.
         attach(&mut self.programs, &new)?;
+        self.libpam = (attach_libpam(&mut self.programs, &self.host, &new), Instant::now() + LIBPAM_RESCAN);
         self.kernel.reconfigure(&new);
         for w in &mut self.user_windows {
             if let Some(settings) = new.event_settings(w.event_type) {
@@ -283,8 +307,8 @@ impl<S: Sink> Agent<S> {
 
     /// Polls every user-space event source: events of aggregated types go
     /// to their window, the others (hotplug) are sent at once.
-    fn poll_sources(&mut self) -> anyhow::Result<()> {
-        let cx = Context { host: &self.host, config: &self.config };
+    fn poll_sources(&mut self, flush: bool) -> anyhow::Result<()> {
+        let cx = Context { libpam: &self.libpam.0, flush, ..Context::new(&self.host, &self.config) };
         let now = SystemTime::now();
         let mut at_once = Vec::new();
         for source in &mut self.sources {
@@ -333,7 +357,7 @@ impl<S: Sink> Agent<S> {
 
     /// Takes the snapshots that are due and publishes each with its statistics.
     fn take_snapshots(&mut self) -> anyhow::Result<()> {
-        let cx = Context { host: &self.host, config: &self.config };
+        let cx = Context::new(&self.host, &self.config);
         for (t, sent) in self.snapshots.take_due(&cx, Instant::now()) {
             let transport = self.sink.take_transport_drops(t);
             let events = snapshot_window(&self.config, t, sent, transport);

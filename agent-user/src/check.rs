@@ -178,7 +178,11 @@ pub fn run_checks() -> Vec<Check> {
     let can_load = caps_missing.is_none();
     out.push(match (offsets, can_load) {
         (Some(Ok(o)), true) => match load_and_attach(&o) {
-            Ok(n) => check(Status::Ok, "load and attach programs", format!("{n} programs verified and attached")),
+            Ok((n, libpam)) => check(
+                Status::Ok,
+                "load and attach programs",
+                format!("{n} programs verified and attached; PAM uprobes: {libpam}"),
+            ),
             Err(e) => check(Status::Fail, "load and attach programs", e.to_string()),
         },
         _ => check(Status::Fail, "load and attach programs", "skipped: fix the failures above first"),
@@ -186,12 +190,24 @@ pub fn run_checks() -> Vec<Check> {
     out
 }
 
-fn load_and_attach(o: &agent_common::KernelOffsets) -> Result<usize, ebpf::LoadError> {
+/// Loads and attaches every program; returns how many attached and what
+/// became of the PAM uprobes.
+fn load_and_attach(o: &agent_common::KernelOffsets) -> Result<(usize, String), ebpf::LoadError> {
     let e = ebpf::load(o, ebpf::MapSizes { process_create: 16, process_terminate: 16, connection_create: 16 })?;
     // Programs start with a zeroed control block: attached, they record nothing.
     let mut programs = ebpf::Programs::new(e, o, ebpf::TcpBytesChoice::Auto)?;
     programs.set_attached(|_| true)?;
-    Ok(ebpf::PROBES.iter().filter(|p| programs.is_attached(p.program)).count())
+    // The PAM programs record into their ring for as long as this check runs; nobody reads it.
+    let failed = programs.sync_libpam(&login::pam::find_libraries(&HostFs::new("/")));
+    let attached = programs.libpam();
+    let mut libpam = match attached.len() {
+        0 => "none attached".to_string(),
+        _ => format!("attached to {}", attached.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    for (path, e) in failed {
+        libpam.push_str(&format!("; {} refused: {e}", path.display()));
+    }
+    Ok((ebpf::PROBES.iter().filter(|p| programs.is_attached(p.program)).count(), libpam))
     // Dropping `programs` detaches and unloads.
 }
 

@@ -49,7 +49,7 @@ pub use crate::events::EventType;
 pub enum LoginSource {
     /// Every source that works here.
     Auto,
-    /// BPF uprobes on the host's libpam (not implemented yet).
+    /// BPF uprobes on the host's libpam: every PAM service, tty or not.
     Pam,
     /// wtmp (sign-ins, sign-outs) and btmp (failed attempts).
     Utmp,
@@ -240,8 +240,8 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65536))]
     pub cache_size_login: Option<u32>,
-    /// Where Login events come from: `auto` (utmp today) or a list of `pam`, `utmp`, `audit`,
-    /// `syslog` (pam and audit are not implemented yet).
+    /// Where Login events come from: `auto` (pam where a libpam is found, and utmp) or a list of
+    /// `pam`, `utmp`, `audit`, `syslog` (audit is not implemented yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login_source: Option<Vec<LoginSource>>,
 

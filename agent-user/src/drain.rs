@@ -8,11 +8,11 @@
 //! programs run inside RCU read-side sections, so every program that read the
 //! old generation has finished by then. Every event is in exactly one
 //! generation, and every generation is drained exactly once.
-use std::{ffi::CStr, time::Duration};
+use std::{ffi::CStr, mem::size_of, time::Duration};
 
 use agent_common::{
-    maps, ConnKey, ConnValue, Control, Counter, ExitKey, ExitValue, ProcKey, ProcValue, TrafficValue, COUNTER_COUNT,
-    PROC_KIND_FORK,
+    maps, pam_maps, ConnKey, ConnValue, Control, Counter, ExitKey, ExitValue, PamEvent, ProcKey, ProcValue,
+    TrafficValue, COUNTER_COUNT, PAM_COUNTER_COUNT, PAM_EVENT_NO_ITEMS, PROC_KIND_FORK,
 };
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
@@ -21,6 +21,7 @@ use aya::{
 
 use crate::{
     aggregate::{Aggregate, ProcessKind, ProcessRecord, TerminateRecord},
+    collectors::login::pam::{self, Feed, PamFeed},
     net::{self, NetDrained},
 };
 
@@ -209,6 +210,71 @@ impl Drainer {
             }
         }
         Ok(Counters(out))
+    }
+}
+
+/// The PAM programs' ring buffer and counters, read by the Login
+/// collector's pam source. The counters are never reset: each read reports
+/// what they gained since the last.
+pub struct PamRing {
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    last: [u64; PAM_COUNTER_COUNT as usize],
+}
+
+/// Events taken from the ring per read: more waits for the next read (a
+/// second later), so that a storm is paced rather than held in memory.
+pub const PAM_READ_MAX: usize = 4096;
+
+impl PamRing {
+    pub fn take(ebpf: &mut Ebpf) -> Result<PamRing, DrainError> {
+        Ok(PamRing {
+            ring: take(ebpf, pam_maps::PAM_EVENTS)?,
+            counters: take(ebpf, pam_maps::PAM_COUNTERS)?,
+            last: [0; PAM_COUNTER_COUNT as usize],
+        })
+    }
+
+    fn counters(&mut self) -> Result<[u64; PAM_COUNTER_COUNT as usize], DrainError> {
+        let mut gained = [0; PAM_COUNTER_COUNT as usize];
+        for (i, g) in gained.iter_mut().enumerate() {
+            let now: u64 = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|source| DrainError::Map { name: pam_maps::PAM_COUNTERS, source })?
+                .iter()
+                .sum();
+            *g = now.wrapping_sub(self.last[i]);
+            self.last[i] = now;
+        }
+        Ok(gained)
+    }
+}
+
+/// One ring record as the kernel wrote it; None for one of another size.
+pub fn pam_event(bytes: &[u8]) -> Option<PamEvent> {
+    if bytes.len() != size_of::<PamEvent>() {
+        return None;
+    }
+    // SAFETY: the length is checked and PamEvent is plain integers and bytes.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const PamEvent) })
+}
+
+impl PamFeed for PamRing {
+    fn read(&mut self) -> Result<Feed, String> {
+        let mut feed = Feed::default();
+        while feed.events.len() < PAM_READ_MAX {
+            let Some(item) = self.ring.next() else { break };
+            match pam_event(&item) {
+                Some(e) => {
+                    feed.without_items += (e.flags & PAM_EVENT_NO_ITEMS != 0) as u64;
+                    feed.events.push(e);
+                }
+                None => feed.lost += 1,
+            }
+        }
+        feed.lost += pam::lost_events(&self.counters().map_err(|e| e.to_string())?);
+        Ok(feed)
     }
 }
 

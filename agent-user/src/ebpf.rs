@@ -13,9 +13,12 @@ use agent_common::{
 use aya::{
     maps::MapError,
     programs::{
-        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId, raw_trace_point::RawTracePointLinkId,
-        trace_point::TracePointLinkId, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, RawTracePoint,
-        TracePoint,
+        cgroup_skb::CgroupSkbLinkId,
+        cgroup_sock::CgroupSockLinkId,
+        raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeLinkId, UProbeScope},
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, RawTracePoint, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -140,6 +143,45 @@ pub const PROBES: &[Probe] = &[
         family: Family::Net,
     },
 ];
+
+/// A uprobe or uretprobe (the program's section says which) on a function
+/// of libpam; signatures are pinned in agent-ebpf pam.rs.
+#[derive(Debug, Clone, Copy)]
+pub struct Uprobe {
+    pub program: &'static str,
+    pub symbol: &'static str,
+}
+
+/// The Login collector's PAM programs, attached to every libpam found
+/// (collectors::login::pam) rather than to a kernel hook.
+pub const PAM_PROBES: &[Uprobe] = &[
+    Uprobe { program: programs::PAM_START, symbol: "pam_start" },
+    Uprobe { program: programs::PAM_START_RET, symbol: "pam_start" },
+    Uprobe { program: programs::PAM_SET_ITEM, symbol: "pam_set_item" },
+    Uprobe { program: programs::PAM_AUTHENTICATE, symbol: "pam_authenticate" },
+    Uprobe { program: programs::PAM_AUTHENTICATE_RET, symbol: "pam_authenticate" },
+    Uprobe { program: programs::PAM_ACCT_MGMT, symbol: "pam_acct_mgmt" },
+    Uprobe { program: programs::PAM_ACCT_MGMT_RET, symbol: "pam_acct_mgmt" },
+    Uprobe { program: programs::PAM_OPEN_SESSION, symbol: "pam_open_session" },
+    Uprobe { program: programs::PAM_OPEN_SESSION_RET, symbol: "pam_open_session" },
+    Uprobe { program: programs::PAM_CLOSE_SESSION, symbol: "pam_close_session" },
+    Uprobe { program: programs::PAM_END, symbol: "pam_end" },
+];
+
+/// A file, by what the kernel attaches uprobes to: its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A libpam to attach to: a path that opens it now (on the host, or
+/// through a process's /proc/PID/root or map_files) and its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Library {
+    pub id: FileId,
+    pub path: PathBuf,
+}
 
 /// Where the network collector's TCP byte counts come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,11 +410,7 @@ pub fn load(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError>
         .load(OBJECT)?;
     for probe in PROBES {
         let err = |action| move |source| LoadError::Program { program: probe.program, action, source };
-        let prog = ebpf.program_mut(probe.program).ok_or(LoadError::Program {
-            program: probe.program,
-            action: "lookup",
-            source: aya::programs::ProgramError::UnexpectedProgramType,
-        })?;
+        let prog = program_in(&mut ebpf, probe.program)?;
         match probe.hook {
             Hook::Tracepoint { .. } => {
                 let p: &mut TracePoint = prog.try_into().map_err(err("type check"))?;
@@ -392,8 +430,22 @@ pub fn load(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError>
             }
         }
     }
+    for probe in PAM_PROBES {
+        let err = |action| move |source| LoadError::Program { program: probe.program, action, source };
+        let p: &mut UProbe = program_in(&mut ebpf, probe.program)?.try_into().map_err(err("type check"))?;
+        p.load().map_err(err("verifier"))?;
+    }
     release_freed_memory();
     Ok(ebpf)
+}
+
+/// A program of the object, by name.
+fn program_in<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut aya::programs::Program, LoadError> {
+    ebpf.program_mut(program).ok_or(LoadError::Program {
+        program,
+        action: "lookup",
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })
 }
 
 /// Loading allocates and frees megabytes (the object, verifier logs);
@@ -418,6 +470,9 @@ fn open_cgroup(path: &Path) -> Result<std::fs::File, LoadError> {
     std::fs::File::open(path).map_err(|source| LoadError::Cgroup { path: path.to_path_buf(), source })
 }
 
+/// The links of the PAM programs on one library, by program.
+type UprobeLinks = Vec<(&'static str, UProbeLinkId)>;
+
 enum LinkId {
     Tracepoint(TracePointLinkId),
     Raw(RawTracePointLinkId),
@@ -435,6 +490,8 @@ pub struct Programs {
     /// tracepoint alone.
     cgroup: Option<std::fs::File>,
     tcp_bytes: TcpBytes,
+    /// Each libpam the PAM programs are attached to, with its links.
+    libpam: HashMap<FileId, (PathBuf, UprobeLinks)>,
 }
 
 impl Programs {
@@ -445,7 +502,7 @@ impl Programs {
         };
         let tcp_bytes =
             TcpBytes::select(choice, offsets.has_sock_length != 0, cgroup.is_some()).map_err(LoadError::TcpBytes)?;
-        Ok(Programs { ebpf, links: HashMap::new(), cgroup, tcp_bytes })
+        Ok(Programs { ebpf, links: HashMap::new(), cgroup, tcp_bytes, libpam: HashMap::new() })
     }
 
     pub fn tcp_bytes(&self) -> TcpBytes {
@@ -539,6 +596,71 @@ impl Programs {
             }
         }
         Ok(())
+    }
+
+    /// Attaches the PAM programs to each of `libraries` not attached yet and
+    /// detaches them from the libraries no longer among them (an empty list
+    /// detaches all). A library that refuses (no such symbol: not Linux-PAM)
+    /// is left unattached and reported; the others still attach.
+    pub fn sync_libpam(&mut self, libraries: &[Library]) -> Vec<(PathBuf, LoadError)> {
+        let wanted: HashSet<FileId> = libraries.iter().map(|l| l.id).collect();
+        let gone: Vec<FileId> = self.libpam.keys().filter(|id| !wanted.contains(id)).copied().collect();
+        for id in gone {
+            let (path, links) = self.libpam.remove(&id).expect("listed");
+            self.detach_uprobes(links);
+            log::info!("PAM uprobes detached from {} (no longer on the host or mapped)", path.display());
+        }
+        let mut failed = Vec::new();
+        for lib in libraries {
+            if self.libpam.contains_key(&lib.id) {
+                continue;
+            }
+            match self.attach_uprobes(&lib.path) {
+                Ok(links) => {
+                    log::info!("PAM uprobes attached to {}", lib.path.display());
+                    self.libpam.insert(lib.id, (lib.path.clone(), links));
+                }
+                Err(e) => failed.push((lib.path.clone(), e)),
+            }
+        }
+        failed
+    }
+
+    /// The libraries the PAM programs are attached to now.
+    pub fn libpam(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.libpam.values().map(|(p, _)| p.clone()).collect();
+        paths.sort();
+        paths
+    }
+
+    /// Every PAM program on `target`, or none.
+    fn attach_uprobes(&mut self, target: &Path) -> Result<UprobeLinks, LoadError> {
+        let mut links = Vec::with_capacity(PAM_PROBES.len());
+        for probe in PAM_PROBES {
+            let err = |action| move |source| LoadError::Program { program: probe.program, action, source };
+            let prog = self.ebpf.program_mut(probe.program).expect("loaded by load()");
+            let attached = <&mut UProbe>::try_from(prog)
+                .map_err(err("type check"))
+                .and_then(|p| p.attach(probe.symbol, target, UProbeScope::AllProcesses).map_err(err("attach")));
+            match attached {
+                Ok(link) => links.push((probe.program, link)),
+                Err(e) => {
+                    self.detach_uprobes(links);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    fn detach_uprobes(&mut self, links: UprobeLinks) {
+        for (program, link) in links {
+            let prog = self.ebpf.program_mut(program).expect("loaded by load()");
+            if let Ok(p) = <&mut UProbe>::try_from(prog) {
+                // The file may be gone already; its probes went with it.
+                let _ = p.detach(link);
+            }
+        }
     }
 
     fn listeners_map(&mut self) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, ListenKey, Owner>, LoadError> {

@@ -199,7 +199,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     }
     let host = agent_user::hostfs::HostFs::new(&config.host_root);
     let mut snapshots = collectors::snapshot::Snapshots::new(collectors::select(&only));
-    let cx = collectors::Context { host: &host, config: &config };
+    let cx = collectors::Context::new(&host, &config);
     let mut sink = sinks::stdout::StdoutSink::stdout();
     for (t, sent) in snapshots.take_due(&cx, std::time::Instant::now()) {
         let events = agent::snapshot_window(&config, t, sent, Default::default());
@@ -274,6 +274,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut bpf = ebpf::load(&offsets, sizes)?;
     let drainer =
         drain::Drainer::new(&mut bpf, agent_common::Control { cmdline_max: config.cmdline_max, ..Default::default() })?;
+    let pam_ring = drain::PamRing::take(&mut bpf)?;
     if let drain::Quiesce::Sleep(d) = drainer.quiesce() {
         log::warn!("membarrier(MEMBARRIER_CMD_GLOBAL) unavailable: each drain sleeps {d:?} instead");
     }
@@ -304,8 +305,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let programs = ebpf::Programs::new(bpf, &offsets, args.tcp_bytes)?;
         log::info!("TCP bytes: {}", programs.tcp_bytes().describe());
-        let agent =
-            agent::Agent::new(local, config.clone(), drainer, programs, sink, users, collectors::UserSpace::all())?;
+        let agent = agent::Agent::new(
+            local,
+            config.clone(),
+            drainer,
+            programs,
+            sink,
+            users,
+            collectors::UserSpace::all(Some(Box::new(pam_ring))),
+        )?;
         let result = agent::run(agent, desired).await;
         if let Some(t) = transport {
             t.shutdown().await;

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 pub mod bench;
 pub mod mosquitto;
+pub mod sshd;
 
 /// Returns false (after recording why) when this test cannot run here.
 /// `cargo xtask test` counts the recorded skips and fails CI when the

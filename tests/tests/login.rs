@@ -2,183 +2,22 @@
 //! authentication) in a test network namespace, a user made for the test,
 //! and clients (ssh through sshpass) in this namespace. sshd's own log
 //! (`-E`) is the oracle for what happened; the session itself (`tty`) says
-//! which terminal it had. The agent reads the host's real wtmp and btmp,
-//! where sshd writes; the test's user name tells its events apart.
+//! which terminal it had. The agent's pam source has uprobes on the host's
+//! real libpam, which sshd and su call; its utmp source reads the host's
+//! real wtmp and btmp, where sshd writes. The test's user name tells its
+//! events apart.
 use std::{
-    io::Write,
-    net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use tests::{payloads, privileged, run, skip, Agent, NetNs};
-
-const PORT: u16 = 2222;
-const PASSWORD: &str = "hc-Login-pw-1";
-
-/// A user with a password, removed (with its home) on drop.
-struct TestUser {
-    name: String,
-}
-
-impl TestUser {
-    fn new(tag: &str) -> Result<TestUser> {
-        let name = format!("hc{tag}{}", std::process::id() % 100_000);
-        let _ = run(Command::new("userdel").args(["-r", &name]));
-        if !run(Command::new("useradd").args(["-m", "-s", "/bin/sh", &name]))?.success() {
-            bail!("useradd {name} failed");
-        }
-        let user = TestUser { name };
-        let mut chpasswd = Command::new("chpasswd").stdin(Stdio::piped()).spawn()?;
-        writeln!(chpasswd.stdin.take().unwrap(), "{}:{PASSWORD}", user.name)?;
-        if !chpasswd.wait()?.success() {
-            bail!("chpasswd failed");
-        }
-        Ok(user)
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = run(Command::new("userdel").args(["-r", &self.name]));
-    }
-}
-
-/// Files the sshd needs that systemd would make; the ones made here are removed on drop.
-struct HostFiles {
-    made: Vec<PathBuf>,
-}
-
-impl HostFiles {
-    fn new() -> Result<HostFiles> {
-        let mut made = Vec::new();
-        // Privilege separation directory.
-        std::fs::create_dir_all("/run/sshd")?;
-        // Without /run/utmp sshd writes no DEAD_PROCESS to wtmp at logout
-        // (checked: COLLECTORS.md, Login); without wtmp or btmp (glibc opens
-        // them without O_CREAT) nothing at all.
-        for f in ["/run/utmp", "/var/log/wtmp", "/var/log/btmp"] {
-            if !Path::new(f).exists() {
-                std::fs::write(f, b"")?;
-                made.push(PathBuf::from(f));
-            }
-        }
-        Ok(HostFiles { made })
-    }
-}
-
-impl Drop for HostFiles {
-    fn drop(&mut self) {
-        for f in &self.made {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-}
-
-/// The sshd, its network namespace and its log.
-struct Sshd {
-    ns: NetNs,
-    dir: PathBuf,
-    child: std::process::Child,
-    _files: HostFiles,
-}
-
-impl Sshd {
-    fn start(index: u8) -> Result<Sshd> {
-        let files = HostFiles::new()?;
-        let ns = NetNs::new(index)?;
-        let dir = std::env::temp_dir().join(format!("hc-sshd-{}-{index}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let key = dir.join("host_ed25519");
-        if !run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&key))?.success() {
-            bail!("ssh-keygen failed");
-        }
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port {PORT}\nListenAddress {}\nHostKey {}\nPidFile {}\nPasswordAuthentication yes\n\
-                 KbdInteractiveAuthentication no\nUsePAM yes\nUseDNS no\nPermitRootLogin no\n\
-                 MaxAuthTries 10\nLogLevel VERBOSE\n",
-                ns.peer_v4(),
-                key.display(),
-                dir.join("sshd.pid").display()
-            ),
-        )?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "/usr/sbin/sshd", "-D", "-f"])
-            .arg(&config)
-            .arg("-E")
-            .arg(dir.join("sshd.log"))
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting sshd")?;
-        let mut sshd = Sshd { ns, dir, child, _files: files };
-        let addr: SocketAddr = format!("{}:{PORT}", sshd.ns.peer_v4()).parse()?;
-        let started = Instant::now();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if started.elapsed() > Duration::from_secs(10) || sshd.child.try_wait()?.is_some() {
-                bail!("sshd did not listen on {addr}; its log: {}", sshd.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(sshd)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
-    }
-
-    /// Lines of sshd's log containing `needle`.
-    fn count(&self, needle: &str) -> usize {
-        self.log().lines().filter(|l| l.contains(needle)).count()
-    }
-
-    /// `sshpass -p PASSWORD ssh OPTIONS user@sshd COMMAND`, with `input` on stdin; its stdout.
-    fn ssh(
-        &self,
-        user: &str,
-        password: &str,
-        options: &[&str],
-        command: &[&str],
-        input: &str,
-    ) -> Result<(bool, String)> {
-        let mut child = Command::new("sshpass")
-            .args(["-p", password, "ssh", "-p", &PORT.to_string()])
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-            .args(["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no"])
-            .args(["-o", "NumberOfPasswordPrompts=1", "-o", "LogLevel=ERROR"])
-            .args(options)
-            .arg(format!("{user}@{}", self.ns.peer_v4()))
-            .args(command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting sshpass (apt-get install sshpass)")?;
-        child.stdin.take().unwrap().write_all(input.as_bytes())?;
-        let out = child.wait_with_output()?;
-        // sshpass exits 5 for a password refused, 255 is ssh's own failure.
-        eprintln!("sshpass {user}: {}, stderr {:?}", out.status, String::from_utf8_lossy(&out.stderr));
-        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // `ip netns exec` execs sshd in place, but its session children may outlive it.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("sshd.pid")) {
-            let _ = run(Command::new("kill").arg(pid.trim()));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use tests::{
+    payloads, privileged, skip,
+    sshd::{Sshd, TestUser, PASSWORD},
+    Agent,
+};
 
 /// Whether this machine can run the suite; records why not.
 fn ready(test: &str) -> bool {
@@ -199,69 +38,127 @@ fn logins<'a>(events: &'a [Value], user: &str) -> Vec<&'a Value> {
     payloads(events, "Login").into_iter().filter(|p| p["user_name"] == user).collect()
 }
 
-/// Starts an sshd on test namespace `index` and an agent, runs `clients`
-/// against the sshd, and returns the sshd (its log) and what the agent sent.
-fn scenario(index: u8, clients: impl FnOnce(&Sshd)) -> (Sshd, Vec<Value>) {
+/// The agent's Login sources for a scenario: the default, or a list.
+#[derive(Clone, Copy)]
+enum Sources {
+    Auto,
+    Only(&'static str),
+}
+
+/// Starts an sshd on test namespace `index` and an agent reading `sources`,
+/// runs `clients` against the sshd, and returns the sshd (its log) and what
+/// the agent sent.
+fn scenario(index: u8, sources: Sources, clients: impl FnOnce(&Sshd)) -> (Sshd, Vec<Value>) {
     let sshd = Sshd::start(index).unwrap();
+    let config = sshd.dir.join("agent.json");
+    let list = match sources {
+        Sources::Auto => "[\"auto\"]".to_string(),
+        Sources::Only(s) => format!("[\"{s}\"]"),
+    };
+    std::fs::write(&config, format!("{{\"loginSource\": {list}}}")).unwrap();
     // One window for the whole test: what aggregates is in one event.
-    let agent = Agent::start(&["--interval", "PT1H"]).unwrap();
+    let agent = Agent::start(&["--interval", "PT1H", "--config", config.to_str().unwrap()]).unwrap();
     clients(&sshd);
-    // Polled once a second, and once more at stop.
+    // Polled once a second; the last poll at stop waits for nothing.
     std::thread::sleep(Duration::from_millis(1500));
     let events = agent.stop().unwrap();
     (sshd, events)
 }
 
-#[test]
-fn an_interactive_session_is_a_login_on_its_terminal_then_a_logout() {
-    let test = "an_interactive_session_is_a_login_on_its_terminal_then_a_logout";
-    if !ready(test) {
-        return;
-    }
-    let user = TestUser::new("li").unwrap();
-    let mut out = String::new();
-    let (sshd, events) = scenario(60, |sshd| {
-        let (ok, printed) = sshd.ssh(&user.name, PASSWORD, &["-tt"], &[], "tty\nexit\n").unwrap();
-        assert!(ok, "ssh failed; sshd log: {}", sshd.log());
-        out = printed;
-    });
-    // The session's own answer to `tty`: /dev/pts/N.
+/// (operation, executable, remote_address, hit_count, source, service) of one event.
+type Row = (String, String, String, u64, String, Value);
+
+/// The [`Row`] of each event.
+fn summary(seen: &[&Value]) -> Vec<Row> {
+    seen.iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+            (
+                s("operation"),
+                s("executable"),
+                s("remote_address"),
+                p["hit_count"].as_u64().unwrap(),
+                s("source"),
+                p["service"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn row(op: &str, tty: &str, remote: &str, hits: u64, source: &str, service: Option<&str>) -> Row {
+    (op.into(), tty.into(), remote.into(), hits, source.into(), service.map_or(Value::Null, |s| s.into()))
+}
+
+/// The terminal a session printed for `tty`: pts/N.
+fn printed_tty(out: &str) -> String {
     let tty = out
         .lines()
         .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("/dev/")))
         .map(str::to_string)
         .unwrap_or_else(|| panic!("no tty in the session's output: {out:?}"));
     assert!(tty.starts_with("pts/"), "{tty}");
+    tty
+}
+
+/// Whether the PAM uprobes can attach here; records why not.
+fn pam_ready(test: &str) -> bool {
+    let found = [
+        "/lib/x86_64-linux-gnu/libpam.so.0",
+        "/usr/lib/x86_64-linux-gnu/libpam.so.0",
+        "/lib64/libpam.so.0",
+        "/usr/lib64/libpam.so.0",
+        "/lib/libpam.so.0",
+        "/usr/lib/libpam.so.0",
+        "/lib/aarch64-linux-gnu/libpam.so.0",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists());
+    if !found {
+        skip(test, "no libpam.so.0 on this host: the pam source has nothing to attach to");
+    }
+    found
+}
+
+#[test]
+fn an_interactive_session_is_a_login_on_its_terminal_then_a_logout() {
+    let test = "an_interactive_session_is_a_login_on_its_terminal_then_a_logout";
+    if !ready(test) || !pam_ready(test) {
+        return;
+    }
+    let user = TestUser::new("li").unwrap();
+    let mut out = String::new();
+    let (sshd, events) = scenario(60, Sources::Auto, |sshd| {
+        let (ok, printed) = sshd.ssh(&user.name, PASSWORD, &["-tt"], &[], "tty\nexit\n").unwrap();
+        assert!(ok, "ssh failed; sshd log: {}", sshd.log());
+        out = printed;
+    });
+    // The session's own answer to `tty`: /dev/pts/N.
+    let tty = printed_tty(&out);
     let client = sshd.ns.host_v4();
     assert_eq!(sshd.count(&format!("Accepted password for {} from {client} ", user.name)), 1, "{}", sshd.log());
     let seen = logins(&events, &user.name);
-    let summary: Vec<(&Value, &Value, &Value, &Value, &Value)> = seen
-        .iter()
-        .map(|p| (&p["operation"], &p["executable"], &p["remote_address"], &p["hit_count"], &p["source"]))
-        .collect();
+    // PAM saw the session (as "ssh", what sshd tells it), wtmp its terminal:
+    // one event each for the login and the logout, PAM's with wtmp's pts/N.
     assert_eq!(
-        summary,
-        [
-            (&"Login".into(), &tty.as_str().into(), &client.as_str().into(), &1.into(), &"utmp".into()),
-            (&"Logout".into(), &tty.as_str().into(), &client.as_str().into(), &1.into(), &"utmp".into()),
-        ],
+        summary(&seen),
+        [row("Login", &tty, &client, 1, "pam", Some("sshd")), row("Logout", &tty, &client, 1, "pam", Some("sshd"))],
         "{seen:#?}"
     );
-    // sshd's session child wrote both records: its pid, in sshd's log as the session's.
+    // sshd's privileged monitor called PAM for both.
     let pid = seen[0]["process_id"].as_u64().unwrap();
     assert!(pid > 0);
     assert_eq!(seen[1]["process_id"], pid);
-    assert_eq!((&seen[0]["service"], &seen[0]["remote_port"]), (&Value::Null, &Value::Null), "utmp knows neither");
+    assert_eq!(seen[0]["remote_port"], Value::Null, "no source knows it");
 }
 
 #[test]
 fn three_wrong_passwords_are_one_login_failed_with_hit_count_three() {
     let test = "three_wrong_passwords_are_one_login_failed_with_hit_count_three";
-    if !ready(test) {
+    if !ready(test) || !pam_ready(test) {
         return;
     }
     let user = TestUser::new("lf").unwrap();
-    let (sshd, events) = scenario(61, |sshd| {
+    let (sshd, events) = scenario(61, Sources::Auto, |sshd| {
         for _ in 0..3 {
             let (ok, _) = sshd.ssh(&user.name, "wrong-password", &[], &["true"], "").unwrap();
             assert!(!ok, "a wrong password was accepted");
@@ -271,10 +168,8 @@ fn three_wrong_passwords_are_one_login_failed_with_hit_count_three() {
     assert_eq!(sshd.count(&format!("Failed password for {} from {client} ", user.name)), 3, "{}", sshd.log());
     assert_eq!(sshd.count("Accepted"), 0);
     let seen = logins(&events, &user.name);
-    assert_eq!(seen.len(), 1, "one aggregated event: {seen:#?}");
-    let p = seen[0];
-    assert_eq!((&p["operation"], &p["hit_count"]), (&"LoginFailed".into(), &3.into()), "{p}");
-    assert_eq!((&p["executable"], &p["remote_address"]), (&"ssh:notty".into(), &client.as_str().into()));
+    // PAM and btmp each saw three: three, not six.
+    assert_eq!(summary(&seen), [row("LoginFailed", "ssh", &client, 3, "pam", Some("sshd"))], "{seen:#?}");
     // The window accounts for every Login it saw (these and any other on the host).
     let stats = events
         .iter()
@@ -287,24 +182,124 @@ fn three_wrong_passwords_are_one_login_failed_with_hit_count_three() {
 #[test]
 fn an_unknown_user_is_a_login_failed_with_the_name_tried() {
     let test = "an_unknown_user_is_a_login_failed_with_the_name_tried";
-    if !ready(test) {
+    if !ready(test) || !pam_ready(test) {
         return;
     }
     let name = format!("hcnobody{}", std::process::id() % 100_000);
-    let (sshd, events) = scenario(62, |sshd| {
+    let (sshd, events) = scenario(62, Sources::Auto, |sshd| {
         let (ok, _) = sshd.ssh(&name, PASSWORD, &[], &["true"], "").unwrap();
         assert!(!ok);
     });
     let client = sshd.ns.host_v4();
-    // OpenSSH records a failed login when it meets the unknown name
-    // (auth.c, getpwnamallow: "Invalid user") and again for the password
-    // tried (auth_log: "Failed password for invalid user").
+    // One password tried (auth_log: "Failed password for invalid user"),
+    // after sshd met the unknown name (auth.c, getpwnamallow: "Invalid user").
     let invalid = sshd.count(&format!("Invalid user {name} from {client} "));
     let failed = sshd.count(&format!("Failed password for invalid user {name} from {client} "));
     assert_eq!((invalid, failed), (1, 1), "{}", sshd.log());
     let seen = logins(&events, &name);
-    assert_eq!(seen.len(), 1, "{seen:#?}");
-    assert_eq!(seen[0]["operation"], "LoginFailed");
-    assert_eq!(seen[0]["hit_count"], (invalid + failed) as u64);
-    assert_eq!(seen[0]["remote_address"], client.as_str());
+    // PAM saw one attempt with the name tried; btmp's two records of it are that one attempt.
+    assert_eq!(summary(&seen), [row("LoginFailed", "ssh", &client, failed as u64, "pam", Some("sshd"))], "{seen:#?}");
+}
+
+#[test]
+fn a_command_without_a_terminal_is_seen_by_pam_alone() {
+    let test = "a_command_without_a_terminal_is_seen_by_pam_alone";
+    if !ready(test) || !pam_ready(test) {
+        return;
+    }
+    let user = TestUser::new("lc").unwrap();
+    let wtmp_before = std::fs::metadata("/var/log/wtmp").map(|m| m.len()).unwrap_or(0);
+    let (sshd, events) = scenario(63, Sources::Auto, |sshd| {
+        let (ok, out) = sshd.ssh(&user.name, PASSWORD, &[], &["echo", "ran"], "").unwrap();
+        assert!(ok && out.trim() == "ran", "{out:?}; sshd log: {}", sshd.log());
+    });
+    let client = sshd.ns.host_v4();
+    assert_eq!(sshd.count(&format!("Accepted password for {} from {client} ", user.name)), 1, "{}", sshd.log());
+    let seen = logins(&events, &user.name);
+    assert_eq!(
+        summary(&seen),
+        [row("Login", "ssh", &client, 1, "pam", Some("sshd")), row("Logout", "ssh", &client, 1, "pam", Some("sshd"))],
+        "{seen:#?}"
+    );
+    // wtmp got nothing of it (COLLECTORS.md, Login): the oracle that only PAM could tell.
+    let wtmp = std::fs::read("/var/log/wtmp").unwrap_or_default();
+    let appended = &wtmp[(wtmp_before as usize).min(wtmp.len())..];
+    let name = user.name.as_bytes();
+    assert!(!appended.windows(name.len()).any(|w| w == name), "sshd wrote wtmp for a session without a terminal");
+}
+
+#[test]
+fn su_from_root_is_a_login_with_service_su() {
+    let test = "su_from_root_is_a_login_with_service_su";
+    if !privileged(test) || !pam_ready(test) {
+        return;
+    }
+    if !Path::new("/bin/su").exists() {
+        skip(test, "no /bin/su (util-linux)");
+        return;
+    }
+    let user = TestUser::new("ls").unwrap();
+    let config = std::env::temp_dir().join(format!("hc-su-{}.json", std::process::id()));
+    std::fs::write(&config, r#"{"loginSource": ["pam"]}"#).unwrap();
+    let agent = Agent::start(&["--interval", "PT1H", "--config", config.to_str().unwrap()]).unwrap();
+    let su = Command::new("/bin/su").args([&user.name, "-c", "true"]).stdin(Stdio::null()).spawn().unwrap();
+    let su_pid = su.id() as u64;
+    assert!(su.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let events = agent.stop().unwrap();
+    let _ = std::fs::remove_file(&config);
+    let seen = logins(&events, &user.name);
+    // No terminal (stdin is not one) and no remote host: a local login.
+    assert_eq!(
+        summary(&seen),
+        [row("Login", "", "127.0.0.1", 1, "pam", Some("su")), row("Logout", "", "127.0.0.1", 1, "pam", Some("su"))],
+        "{seen:#?}"
+    );
+    assert!(seen.iter().all(|p| p["process_id"] == su_pid), "su itself called PAM (pid {su_pid}): {seen:#?}");
+}
+
+/// The same clients against each source alone: what each can see, stated.
+/// `ssh host true`, an interactive session, a wrong password and an unknown user.
+fn each_source(index: u8, source: &'static str) -> (String, String, Vec<Row>, Vec<Row>) {
+    let user = TestUser::new(&format!("l{}", &source[..1])).unwrap();
+    let unknown = format!("hcnone{}{index}", std::process::id() % 10_000);
+    let mut out = String::new();
+    let (sshd, events) = scenario(index, Sources::Only(source), |sshd| {
+        assert!(sshd.ssh(&user.name, PASSWORD, &[], &["true"], "").unwrap().0);
+        let (ok, printed) = sshd.ssh(&user.name, PASSWORD, &["-tt"], &[], "tty\nexit\n").unwrap();
+        assert!(ok);
+        out = printed;
+        assert!(!sshd.ssh(&user.name, "wrong-password", &[], &["true"], "").unwrap().0);
+        assert!(!sshd.ssh(&unknown, PASSWORD, &[], &["true"], "").unwrap().0);
+    });
+    let client = sshd.ns.host_v4();
+    let known = summary(&logins(&events, &user.name));
+    let unknown_seen = summary(&logins(&events, &unknown));
+    assert!(
+        payloads(&events, "Login")
+            .iter()
+            .filter(|p| p["user_name"] == user.name.as_str() || p["user_name"] == unknown.as_str())
+            .all(|p| p["source"] == source),
+        "only {source} was read"
+    );
+    (client, printed_tty(&out), known, unknown_seen)
+}
+
+#[test]
+fn each_source_alone_sees_what_it_can() {
+    let test = "each_source_alone_sees_what_it_can";
+    if !ready(test) || !pam_ready(test) {
+        return;
+    }
+    // pam: every session, tty or not, as sshd names it to PAM ("ssh"); one attempt per password.
+    let (client, _, known, unknown) = each_source(64, "pam");
+    let pam = |op, hits| row(op, "ssh", &client, hits, "pam", Some("sshd"));
+    assert_eq!(known, [pam("Login", 2), pam("Logout", 2), pam("LoginFailed", 1)]);
+    assert_eq!(unknown, [pam("LoginFailed", 1)]);
+    // utmp: only the session with a terminal, on its pts/N; btmp records an
+    // unknown user twice (the name, then the password).
+    let (client, tty, known, unknown) = each_source(65, "utmp");
+    let utmp = |op, tty: &str, hits| row(op, tty, &client, hits, "utmp", None);
+    assert_eq!(known, [utmp("Login", &tty, 1), utmp("Logout", &tty, 1), utmp("LoginFailed", "ssh:notty", 1)]);
+    assert_eq!(unknown, [utmp("LoginFailed", "ssh:notty", 2)]);
 }

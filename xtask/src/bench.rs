@@ -22,6 +22,8 @@ pub enum Bench {
     Transport,
     /// Snapshot collectors: CPU, memory, bytes a day.
     Snapshot,
+    /// Login during a password brute force: PAM uprobe time, agent CPU.
+    Login,
 }
 
 impl Bench {
@@ -31,6 +33,7 @@ impl Bench {
             Bench::Net => "net",
             Bench::Transport => "transport",
             Bench::Snapshot => "snapshot",
+            Bench::Login => "login",
         }
     }
 }

@@ -243,7 +243,7 @@ mod tests {
 
     fn take(case: &str, config: &Config) -> Taken {
         let root = format!("{}/fixtures/listening_ports/{case}", env!("CARGO_MANIFEST_DIR"));
-        ListeningPorts.take(&Context { host: &HostFs::new(root), config })
+        ListeningPorts.take(&Context::new(&HostFs::new(root), config))
     }
 
     fn by_key(t: &Taken) -> BTreeMap<String, Value> {

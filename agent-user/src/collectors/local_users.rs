@@ -293,7 +293,7 @@ mod tests {
 
     fn take(case: &str) -> Taken {
         let root = format!("{}/fixtures/local_users/{case}", env!("CARGO_MANIFEST_DIR"));
-        LocalUsers.take(&Context { host: &HostFs::new(root), config: &Config::default() })
+        LocalUsers.take(&Context::new(&HostFs::new(root), &Config::default()))
     }
 
     fn by_name(t: &Taken) -> BTreeMap<String, Value> {

@@ -34,6 +34,17 @@ pub mod window;
 pub struct Context<'a> {
     pub host: &'a HostFs,
     pub config: &'a Config,
+    /// The libpam files the PAM programs are attached to now (Login's pam source).
+    pub libpam: &'a [std::path::PathBuf],
+    /// The last poll before windows close at shutdown or a configuration
+    /// change: a source holds nothing back.
+    pub flush: bool,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(host: &'a HostFs, config: &'a Config) -> Context<'a> {
+        Context { host, config, libpam: &[], flush: false }
+    }
 }
 
 /// One item of a snapshot (a user, a socket, a device) or one user-space
@@ -128,8 +139,9 @@ pub fn snapshot_collectors() -> Vec<Box<dyn Snapshot>> {
 
 /// Every user-space event source. Sources that cannot start here (no
 /// netlink socket, say) are left out with a warning by their constructor.
-pub fn event_sources() -> Vec<Box<dyn EventSource>> {
-    let mut sources: Vec<Box<dyn EventSource>> = vec![Box::new(diagnostic::Diagnostics), Box::new(login::Login::new())];
+pub fn event_sources(pam: Option<Box<dyn login::pam::PamFeed>>) -> Vec<Box<dyn EventSource>> {
+    let mut sources: Vec<Box<dyn EventSource>> =
+        vec![Box::new(diagnostic::Diagnostics), Box::new(login::Login::new(pam))];
     sources.extend(connected_hardware::hotplug::Hotplug::open().map(|h| Box::new(h) as Box<dyn EventSource>));
     sources
 }
@@ -141,8 +153,9 @@ pub struct UserSpace {
 }
 
 impl UserSpace {
-    pub fn all() -> UserSpace {
-        UserSpace { snapshots: snapshot::Snapshots::new(snapshot_collectors()), sources: event_sources() }
+    /// Every collector; `pam` is the PAM programs' ring, when loaded.
+    pub fn all(pam: Option<Box<dyn login::pam::PamFeed>>) -> UserSpace {
+        UserSpace { snapshots: snapshot::Snapshots::new(snapshot_collectors()), sources: event_sources(pam) }
     }
 }
 

@@ -298,7 +298,8 @@ mod tests {
     fn a_removed_pci_device_comes_from_the_uevent_and_is_named() {
         let ids = Ids::from_texts(Some("1af4  Red Hat, Inc.\n\t1044  Virtio 1.0 RNG\n"), None);
         let host = empty_host();
-        let cx = Context { host: &host, config: &Config::default() };
+        let config = Config::default();
+        let cx = Context::new(&host, &config);
         let mut parts = PCI_ADD.to_vec();
         parts[0] = "remove@/devices/pci0000:00/0000:00:05.0";
         parts[1] = "ACTION=remove";
@@ -319,7 +320,8 @@ mod tests {
     #[test]
     fn an_added_device_still_in_sysfs_is_read_there() {
         let host = HostFs::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/connected_hardware/pci_usb"));
-        let cx = Context { host: &host, config: &Config::default() };
+        let config = Config::default();
+        let cx = Context::new(&host, &config);
         let ids = Ids::load(&host);
         let u = parse_uevent(&msg(&[
             "add@/devices/pci0000:00/0000:00:14.0/usb1/1-1",
@@ -339,7 +341,8 @@ mod tests {
     #[test]
     fn other_devices_and_actions_are_not_hardware_events() {
         let host = empty_host();
-        let cx = Context { host: &host, config: &Config::default() };
+        let config = Config::default();
+        let cx = Context::new(&host, &config);
         let ids = Ids::default();
         let one = |parts: &[&str]| hotplug_event(&parse_uevent(&msg(parts)).unwrap(), &ids, &cx);
         let mut bind = PCI_ADD.to_vec();

@@ -165,7 +165,7 @@ mod tests {
     }
 
     fn take(host: &HostFs) -> Taken {
-        ConnectedHardware.take(&Context { host, config: &Config::default() })
+        ConnectedHardware.take(&Context::new(host, &Config::default()))
     }
 
     #[test]

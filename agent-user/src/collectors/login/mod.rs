@@ -3,15 +3,18 @@
 //! identical (operation, user_name, executable, remote_address, service)
 //! are one record with a hit count, so a password brute force is one event.
 //!
-//! Sources (`loginSource`): utmp (wtmp and btmp, [`utmp`]) and syslog
-//! (auth.log, [`syslog`]). pam and audit are accepted names with no reader
-//! yet; naming one alone collects nothing and says so once.
+//! Sources (`loginSource`): pam (uprobes on libpam, [`pam`]), utmp (wtmp
+//! and btmp, [`utmp`]) and syslog (auth.log, [`syslog`]); audit is an
+//! accepted name with no reader yet. When more than one is read, one login
+//! seen by two of them is one event ([`merge`]).
 use serde::Serialize;
 
 use super::{Context, EventSource, Taken};
 use crate::{config::LoginSource, events::EventType, hostfs::HostFs};
 
 pub mod follow;
+pub mod merge;
+pub mod pam;
 pub mod syslog;
 pub mod utmp;
 
@@ -45,8 +48,13 @@ pub struct LoginEvent {
     pub remote_port: Option<u16>,
     /// The PAM service (`sshd`, `login`, `su`) where the source knows it.
     pub service: Option<String>,
-    /// The source that saw it: `utmp` or `syslog`.
+    /// The source that saw it: `pam`, `utmp` or `syslog` (the best of
+    /// them when several saw it: see [`merge`]).
     pub source: &'static str,
+    /// When it happened, where the source says (a PAM event's kernel time,
+    /// a utmp record's `ut_tv`): what pairs one login's records across sources.
+    #[serde(skip)]
+    pub time: Option<std::time::SystemTime>,
 }
 
 impl LoginEvent {
@@ -92,29 +100,71 @@ pub fn escape(raw: &[u8], max: usize) -> String {
 
 /// The Login event source.
 pub struct Login {
+    /// The PAM programs' ring; None where the agent runs without them (`hitcount snapshot`, tests).
+    pam: Option<Box<dyn pam::PamFeed>>,
     utmp: Option<utmp::Utmp>,
     syslog: Option<syslog::Syslog>,
+    merger: merge::Merger,
+    /// Since when poll times count, for the merger.
+    epoch: std::time::Instant,
     /// The sources named but not available, said once.
     warned: bool,
 }
 
 impl Login {
-    pub fn new() -> Login {
-        Login { utmp: None, syslog: None, warned: false }
+    pub fn new(pam: Option<Box<dyn pam::PamFeed>>) -> Login {
+        Login {
+            pam,
+            utmp: None,
+            syslog: None,
+            merger: merge::Merger::default(),
+            epoch: std::time::Instant::now(),
+            warned: false,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// What the PAM programs recorded since the last poll.
+    fn poll_pam(&mut self, taken: &mut Taken, events: &mut Vec<LoginEvent>) {
+        let Some(feed) = self.pam.as_mut() else { return };
+        match feed.read() {
+            Ok(f) => {
+                taken.lost += f.lost;
+                if f.without_items > 0 {
+                    log::warn!(
+                        "Login: {} PAM events of a login that began before the agent attached (or whose handle \
+                         was evicted) have no user, service or terminal",
+                        f.without_items
+                    );
+                }
+                let clock = crate::enrich::BootClock::now();
+                events.extend(f.events.iter().filter_map(|e| pam::login_event(e, &clock)));
+            }
+            Err(e) => taken.fail("PAM ring buffer", e),
+        }
     }
 }
 
 impl Default for Login {
     fn default() -> Self {
-        Login::new()
+        Login::new(None)
     }
 }
 
-/// Whether `wanted` (the configured list) reads `source`; auto takes every
-/// source that works here (today: utmp; syslog only when named, as devices
-/// with utmp log the same logins there too).
+/// Whether `wanted` (the configured list) reads `source`; auto takes pam
+/// and utmp (pam only where the agent could attach to a libpam), syslog
+/// only when named, as devices with utmp log the same logins there too.
 pub fn reads(wanted: &[LoginSource], source: LoginSource) -> bool {
-    wanted.contains(&source) || (wanted.contains(&LoginSource::Auto) && source == LoginSource::Utmp)
+    wanted.contains(&source)
+        || (wanted.contains(&LoginSource::Auto) && matches!(source, LoginSource::Utmp | LoginSource::Pam))
+}
+
+/// Whether the agent should attach the PAM programs for `config`.
+pub fn wants_pam(config: &crate::config::Config) -> bool {
+    config.collects(EventType::Login) && reads(&config.login_sources, LoginSource::Pam)
 }
 
 impl EventSource for Login {
@@ -132,39 +182,51 @@ impl EventSource for Login {
 
     fn poll(&mut self, cx: &Context<'_>) -> Taken {
         let mut taken = Taken::default();
+        let now = self.now_ms();
         if !cx.config.collects(EventType::Login) {
             // Off: the files are not followed, and when it is on again the past is not news.
             self.utmp = None;
             self.syslog = None;
+            // The ring holds nothing once the programs are detached; what it held went out with the last window.
+            self.merger.release(now, true);
             return taken;
         }
         let wanted = &cx.config.login_sources;
         if !self.warned {
             self.warned = true;
-            let missing: Vec<&str> = [LoginSource::Pam, LoginSource::Audit]
-                .into_iter()
-                .filter(|s| wanted.contains(s))
-                .map(LoginSource::name)
-                .collect();
-            if !missing.is_empty() {
-                log::warn!(
-                    "Login: loginSource {} not implemented yet; reading only utmp and syslog",
-                    missing.join(", ")
-                );
+            if wanted.contains(&LoginSource::Audit) {
+                log::warn!("Login: loginSource audit is not implemented yet; reading the other sources named");
             }
         }
         let mut events = Vec::new();
+        let mut sources = 0;
+        if reads(wanted, LoginSource::Pam) {
+            self.poll_pam(&mut taken, &mut events);
+            sources += usize::from(!cx.libpam.is_empty());
+        }
         if reads(wanted, LoginSource::Utmp) {
             self.utmp.get_or_insert_with(|| utmp::Utmp::new(utmp::NATIVE)).poll(cx.host, &mut taken, &mut events);
+            sources += 1;
         } else {
             self.utmp = None;
         }
         if reads(wanted, LoginSource::Syslog) {
             self.syslog.get_or_insert_with(syslog::Syslog::default).poll(cx.host, &mut taken, &mut events);
+            sources += 1;
         } else {
             self.syslog = None;
         }
+        let wall_now = std::time::SystemTime::now();
+        let wall_ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
+        };
         for e in events {
+            let when = wall_ms(e.time.unwrap_or(wall_now));
+            self.merger.add(e, now, when);
+        }
+        // One source has nothing to wait for; the last poll before a window
+        // closes at shutdown waits for nothing either.
+        for e in self.merger.release(now, sources < 2 || cx.flush) {
             taken.push(e.key(), &e);
         }
         taken
@@ -195,7 +257,21 @@ pub fn source_checks(host: &HostFs) -> Vec<(LoginSource, bool, String)> {
         ),
     };
     out.push((LoginSource::Utmp, w.is_ok() && b.is_ok(), detail));
-    out.push((LoginSource::Pam, false, "not implemented yet".to_string()));
+    let libs = pam::find_libraries(host);
+    out.push(if libs.is_empty() {
+        (
+            LoginSource::Pam,
+            false,
+            format!(
+                "no {} in {} or mapped by a process: nothing here uses PAM (utmp and syslog remain)",
+                pam::SONAME,
+                pam::LIBRARY_DIRS.join(", ")
+            ),
+        )
+    } else {
+        let paths: Vec<String> = libs.iter().map(|l| l.path.display().to_string()).collect();
+        (LoginSource::Pam, true, format!("uprobes on {} (every PAM service, tty or not)", paths.join(", ")))
+    });
     out.push((LoginSource::Audit, false, "not implemented yet".to_string()));
     let log = syslog::FILES.into_iter().find(|p| file(p).is_ok());
     out.push(match log {
@@ -223,11 +299,15 @@ mod tests {
         let c = source_checks(&host);
         use LoginSource::*;
         assert_eq!(ok(&c), [(Utmp, false), (Pam, false), (Audit, false), (Syslog, false)]);
+        assert!(c[1].2.contains("libpam.so.0"), "{}", c[1].2);
         assert!(c[0].2.contains("/var/log/btmp"), "{}", c[0].2);
         std::fs::write(dir.0.join("var/log/btmp"), b"").unwrap();
         std::fs::write(dir.0.join("var/log/secure"), b"").unwrap();
+        std::fs::create_dir_all(dir.0.join("usr/lib")).unwrap();
+        std::fs::write(dir.0.join("usr/lib/libpam.so.0"), b"").unwrap();
         let c = source_checks(&host);
-        assert_eq!(ok(&c), [(Utmp, true), (Pam, false), (Audit, false), (Syslog, true)]);
+        assert_eq!(ok(&c), [(Utmp, true), (Pam, true), (Audit, false), (Syslog, true)]);
+        assert!(c[1].2.contains("usr/lib/libpam.so.0"), "{}", c[1].2);
         assert!(c[3].2.contains("/var/log/secure"), "{}", c[3].2);
     }
 
@@ -253,6 +333,7 @@ mod tests {
             remote_port: None,
             service: None,
             source: "utmp",
+            time: None,
         };
         assert_eq!(e(1, "a").key(), e(2, "a").key());
         assert_ne!(e(1, "a").key(), e(1, "b").key());
@@ -262,10 +343,11 @@ mod tests {
     }
 
     #[test]
-    fn auto_reads_utmp_and_a_named_source_only_itself() {
+    fn auto_reads_pam_and_utmp_and_a_named_source_only_itself() {
         use LoginSource::*;
         assert!(reads(&[Auto], Utmp));
-        assert!(!reads(&[Auto], Pam));
+        assert!(reads(&[Auto], Pam));
+        assert!(!reads(&[Auto], Audit), "audit is not read yet");
         assert!(!reads(&[Pam], Utmp));
         assert!(reads(&[Pam, Utmp], Utmp));
         assert!(!reads(&[Auto], Syslog), "syslog only when named");

@@ -52,6 +52,7 @@ fn event(op: Operation, pid: u32, user: &str, addr: &str, port: Option<u16>, ser
         remote_port: port,
         service: Some(service.to_string()),
         source: "syslog",
+        time: None,
     }
 }
 

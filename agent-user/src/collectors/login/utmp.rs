@@ -32,14 +32,16 @@ pub const DEAD_PROCESS: i16 = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub size: usize,
+    /// Offset of `ut_tv` and the size of each of its two fields (seconds, microseconds).
+    tv: (usize, usize),
     /// Offset of `ut_addr_v6` (after `ut_session` and `ut_tv`, whose size differs).
     addr: usize,
 }
 
 /// x86_64 (and 32-bit targets): 32-bit `ut_session` and `ut_tv`.
-pub const LAYOUT_384: Layout = Layout { size: 384, addr: 348 };
+pub const LAYOUT_384: Layout = Layout { size: 384, tv: (340, 4), addr: 348 };
 /// aarch64 and the other 64-bit targets: `long ut_session`, `struct timeval ut_tv`.
-pub const LAYOUT_400: Layout = Layout { size: 400, addr: 360 };
+pub const LAYOUT_400: Layout = Layout { size: 400, tv: (344, 8), addr: 360 };
 
 /// The layout of the records this host's glibc writes.
 pub const NATIVE: Layout =
@@ -61,12 +63,32 @@ pub struct Record {
     /// `ut_addr_v6` when set, else `ut_host` when it is an address, else
     /// `ut_host` as written (a host name); empty for a local login.
     pub remote: String,
+    /// `ut_tv`; None when unset (zero) or past what SystemTime holds.
+    pub time: Option<std::time::SystemTime>,
 }
 
 fn field(rec: &[u8], (at, len): (usize, usize)) -> String {
     let f = &rec[at..at + len];
     let end = f.iter().position(|&b| b == 0).unwrap_or(len);
     escape(&f[..end], len * 4)
+}
+
+/// `ut_tv`: two 32-bit or two 64-bit signed fields, seconds and microseconds.
+fn time(rec: &[u8], layout: Layout) -> Option<std::time::SystemTime> {
+    let (at, size) = layout.tv;
+    let int = |at: usize| -> Option<i64> {
+        let b = rec.get(at..at + size)?;
+        Some(if size == 4 {
+            i32::from_ne_bytes(b.try_into().ok()?) as i64
+        } else {
+            i64::from_ne_bytes(b.try_into().ok()?)
+        })
+    };
+    let (sec, usec) = (u64::try_from(int(at)?).ok()?, u64::try_from(int(at + size)?).ok()?);
+    if sec == 0 || usec >= 1_000_000 {
+        return None;
+    }
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(sec) + std::time::Duration::from_micros(usec))
 }
 
 fn address(rec: &[u8], layout: Layout) -> Option<IpAddr> {
@@ -96,7 +118,7 @@ pub fn parse(data: &[u8], layout: Layout) -> (Vec<Record>, usize) {
                 Some(a) => a.to_string(),
                 None => host.parse::<IpAddr>().map(|a| a.to_string()).unwrap_or(host),
             };
-            Record { kind, pid, line: field(rec, LINE), user: field(rec, USER), remote }
+            Record { kind, pid, line: field(rec, LINE), user: field(rec, USER), remote, time: time(rec, layout) }
         })
         .collect();
     (records, rest)
@@ -173,6 +195,7 @@ fn event(operation: Operation, r: &Record) -> LoginEvent {
         remote_port: None,
         service: None,
         source: "utmp",
+        time: r.time,
     }
 }
 
@@ -218,6 +241,9 @@ mod tests {
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/login").join(name)).unwrap()
     }
 
+    /// 2026-12-02T00:40:00Z, alice's login in wtmp-384.txt.
+    const WTMP_ALICE_LOGIN: u64 = 1_796_172_000;
+
     #[test]
     fn x86_64_records_written_by_utmpdump_parse() {
         // Made by `utmpdump -r` (util-linux) from wtmp-384.txt: glibc's own layout.
@@ -232,7 +258,8 @@ mod tests {
                 pid: 4242,
                 line: "pts/3".into(),
                 user: "alice".into(),
-                remote: "10.200.7.1".into()
+                remote: "10.200.7.1".into(),
+                time: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(WTMP_ALICE_LOGIN)),
             }
         );
         assert_eq!((records[2].line.as_str(), records[2].remote.as_str()), ("tty1", ""));
@@ -251,6 +278,8 @@ mod tests {
             (USER_PROCESS, 777, "pts/0", "bob")
         );
         assert_eq!(records[0].remote, "192.0.2.9");
+        let at = |s| Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        assert_eq!((records[0].time, records[1].time), (at(1_796_170_000), at(1_796_170_060)), "64-bit ut_tv");
         assert_eq!(records[1].kind, DEAD_PROCESS);
         // Read with the wrong layout the addresses are wrong: the layouts differ.
         let (wrong, _) = parse(&data, LAYOUT_384);
@@ -291,8 +320,14 @@ mod tests {
             ]
         );
         // A Logout of a session opened before the agent looked: no user to name.
-        let dead =
-            Record { kind: DEAD_PROCESS, pid: 9, line: "pts/9".into(), user: String::new(), remote: String::new() };
+        let dead = Record {
+            kind: DEAD_PROCESS,
+            pid: 9,
+            line: "pts/9".into(),
+            user: String::new(),
+            remote: String::new(),
+            time: None,
+        };
         assert_eq!(s.wtmp(dead, false).map(|e| e.user_name), Some(String::new()));
     }
 

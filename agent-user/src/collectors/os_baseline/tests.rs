@@ -75,7 +75,7 @@ impl Root {
     }
 
     fn take(&self, config: &Config) -> Taken {
-        OsBaseline { firewall: no_firewall }.take(&Context { host: &self.fs(), config })
+        OsBaseline { firewall: no_firewall }.take(&Context::new(&self.fs(), config))
     }
 }
 
