@@ -191,6 +191,9 @@ pub struct RawConfig {
     /// Directory where the host's root file system is visible (`/host` in a container); every host file is read through it. Local only: a desired configuration may not set it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_root: Option<std::path::PathBuf>,
+    /// Directory where the agent keeps what it needs across restarts (where it stopped reading wtmp, btmp and auth.log); "" keeps nothing. Local only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_directory: Option<std::path::PathBuf>,
     /// SystemInformation's hardware_vendor, replacing what DMI or the device tree say; "" (the default): detect.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
@@ -331,6 +334,8 @@ pub struct Config {
     pub snapshots: SnapshotSettings,
     /// Where host files are read (`/` on the host itself).
     pub host_root: std::path::PathBuf,
+    /// Where state is kept across restarts; None: nowhere.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Properties a remote configuration may not set (`*`: all of them).
     pub remote_locked: Vec<String>,
     /// SystemInformation overrides of the detected hardware vendor and model.
@@ -434,6 +439,7 @@ impl Default for Config {
             transport: TransportSettings::default(),
             snapshots: SnapshotSettings::default(),
             host_root: std::path::PathBuf::from("/"),
+            state_dir: Some(std::path::PathBuf::from(DEFAULT_STATE_DIR)),
             remote_locked: Vec::new(),
             hardware_vendor: None,
             hardware_model: None,
@@ -444,7 +450,10 @@ impl Default for Config {
 }
 
 /// Properties only the device sets: a desired configuration naming one is refused.
-pub const LOCAL_ONLY: [&str; 2] = ["hostRoot", "remoteConfigurationLocked"];
+pub const LOCAL_ONLY: [&str; 3] = ["hostRoot", "remoteConfigurationLocked", "stateDirectory"];
+
+/// `stateDirectory` by default: the agent's own, as systemd's StateDirectory= makes it.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hitcount";
 
 impl Config {
     /// Whether a remote configuration may set `property`.
@@ -832,6 +841,15 @@ impl RawConfig {
                 c.remote_locked = locked.clone();
             }
         }
+        match self.state_directory.as_deref() {
+            None => {}
+            Some(d) if d.as_os_str().is_empty() => c.state_dir = None,
+            Some(d) if d.is_absolute() => c.state_dir = Some(d.to_path_buf()),
+            Some(d) => errors.push(FieldError {
+                field: "stateDirectory".into(),
+                reason: format!("must be an absolute path or \"\", got {}", d.display()),
+            }),
+        }
         if let Some(root) = &self.host_root {
             if root.is_absolute() {
                 c.host_root = root.clone();
@@ -983,6 +1001,7 @@ impl Config {
             baseline_groups_disabled: Some(self.baseline.groups_disabled.clone()),
             baseline_checks_disabled: Some(self.baseline.checks_disabled.clone()),
             host_root: Some(self.host_root.clone()),
+            state_directory: Some(self.state_dir.clone().unwrap_or_default()),
             remote_configuration_locked: Some(self.remote_locked.clone()),
             system_information_hardware_vendor: Some(self.hardware_vendor.clone().unwrap_or_default()),
             system_information_hardware_model: Some(self.hardware_model.clone().unwrap_or_default()),

@@ -22,5 +22,6 @@ pub mod net;
 pub mod procfs;
 pub mod report;
 pub mod sinks;
+pub mod state;
 pub mod tracefs;
 pub mod transport;

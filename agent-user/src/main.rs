@@ -65,6 +65,9 @@ struct RunArgs {
     /// Where the host's root file system is (default /; /host in a container).
     #[arg(long, value_name = "DIR")]
     host_root: Option<PathBuf>,
+    /// Where the agent keeps what it needs across restarts (default /var/lib/hitcount; "" for nowhere).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Aggregation interval of every event type (ISO 8601, e.g. PT1H, PT10S).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     interval: Option<Duration>,
@@ -148,6 +151,7 @@ impl RunArgs {
             cache_size_diagnostic: self.cache_size,
             aggregation_enabled_connection_create: aggregate,
             host_root: self.host_root.clone(),
+            state_directory: self.state_dir.clone(),
             ..RawConfig::default()
         }
     }

@@ -303,3 +303,33 @@ fn each_source_alone_sees_what_it_can() {
     assert_eq!(known, [utmp("Login", &tty, 1), utmp("Logout", &tty, 1), utmp("LoginFailed", "ssh:notty", 1)]);
     assert_eq!(unknown, [utmp("LoginFailed", "ssh:notty", 2)]);
 }
+
+#[test]
+fn a_failed_login_while_the_agent_was_down_is_reported_after_its_restart() {
+    let test = "a_failed_login_while_the_agent_was_down_is_reported_after_its_restart";
+    if !ready(test) {
+        return;
+    }
+    let user = TestUser::new("lr").unwrap();
+    let sshd = Sshd::start(66).unwrap();
+    let state = sshd.dir.join("state");
+    let config = sshd.dir.join("agent.json");
+    std::fs::write(&config, r#"{"loginSource": ["utmp"]}"#).unwrap();
+    let args = ["--interval", "PT1H", "--config", config.to_str().unwrap(), "--state-dir", state.to_str().unwrap()];
+    // The first run only learns where the files end, and says so at its stop.
+    let first = Agent::start(&args).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    first.stop().unwrap();
+    assert!(state.join("login.json").exists(), "the stop saved the positions");
+    assert!(!sshd.ssh(&user.name, "wrong-password", &[], &["true"], "").unwrap().0);
+    let client = sshd.ns.host_v4();
+    assert_eq!(sshd.count(&format!("Failed password for {} from {client} ", user.name)), 1, "{}", sshd.log());
+    let second = Agent::start(&args).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let events = second.stop().unwrap();
+    assert_eq!(
+        summary(&logins(&events, &user.name)),
+        [row("LoginFailed", "ssh:notty", &client, 1, "utmp", None)],
+        "the attempt made while no agent ran"
+    );
+}

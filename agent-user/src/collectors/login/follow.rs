@@ -14,11 +14,13 @@ use crate::{collectors::Taken, hostfs::HostFs};
 /// so a storm is paced, not dropped.
 pub const READ_MAX: u64 = 1 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Position {
-    dev: u64,
-    ino: u64,
-    offset: u64,
+/// Where a follower is in its file: what a restart resumes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
 }
 
 /// What one read found.
@@ -36,11 +38,26 @@ pub struct Follower {
     at: Option<Position>,
     /// Where the bytes of the last read began.
     start: u64,
+    /// Where an earlier run of the agent stopped, until the first read.
+    resume: Option<Position>,
 }
 
 impl Follower {
     pub fn new(path: &'static str) -> Follower {
-        Follower { path, at: None, start: 0 }
+        Follower { path, at: None, start: 0, resume: None }
+    }
+
+    /// How far the file has been read (None before the first read).
+    pub fn position(&self) -> Option<Position> {
+        self.at
+    }
+
+    /// The first read goes on from `p`, where an earlier run stopped, if
+    /// the file is still the same one and at least that long: it returns
+    /// the `prime` bytes before `p` as the past, and the next reads what
+    /// came after. A file rotated or truncated since is read from its start.
+    pub fn resume(&mut self, p: Position) {
+        self.resume = Some(p);
     }
 
     /// What was appended since the last call (then [`Follower::used`] says how
@@ -76,16 +93,21 @@ impl Follower {
         };
         let size = meta.len();
         let unit = unit.max(1);
-        let (start, priming) = match self.at {
-            None => {
-                let whole = size - size % unit;
-                (whole.saturating_sub(prime - prime % unit), true)
+        let same = |p: &Position| (p.dev, p.ino) == (meta.dev(), meta.ino());
+        let whole = size - size % unit;
+        let prime = prime - prime % unit;
+        let (start, end, priming) = match (self.at, self.resume.take()) {
+            // Where the last run stopped: what came before it is the past.
+            (None, Some(r)) if same(&r) && r.offset <= size && r.offset % unit == 0 => {
+                (r.offset.saturating_sub(prime), r.offset, true)
             }
+            // Rotated or truncated while the agent was not running: all of it is new.
+            (None, Some(_)) => (0, size.min(READ_MAX), false),
+            (None, None) => (whole.saturating_sub(prime), whole, true),
             // Rotated (another file now) or truncated: all of it is new.
-            Some(p) if (p.dev, p.ino) != (meta.dev(), meta.ino()) || size < p.offset => (0, false),
-            Some(p) => (p.offset, false),
+            (Some(p), _) if !same(&p) || size < p.offset => (0, size.min(READ_MAX), false),
+            (Some(p), _) => (p.offset, size.min(p.offset + READ_MAX), false),
         };
-        let end = if priming { size - size % unit } else { size.min(start + READ_MAX) };
         let mut bytes = Vec::new();
         let read =
             file.seek(SeekFrom::Start(start)).and_then(|_| (&mut file).take(end - start).read_to_end(&mut bytes));

@@ -26,7 +26,7 @@ pub const LATE_MS: u64 = 5_000;
 pub const HELD_MAX: usize = 4096;
 
 /// Sources in rank order: the first is the base of a merged event.
-pub const RANK: [&str; 4] = ["pam", "audit", "utmp", "syslog"];
+pub const RANK: [&str; 5] = ["pam", "audit", "utmp", "wtmpdb", "syslog"];
 
 fn rank(source: &str) -> usize {
     RANK.iter().position(|s| *s == source).unwrap_or(RANK.len())

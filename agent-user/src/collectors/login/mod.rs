@@ -7,16 +7,19 @@
 //! and btmp, [`utmp`]) and syslog (auth.log, [`syslog`]); audit is an
 //! accepted name with no reader yet. When more than one is read, one login
 //! seen by two of them is one event ([`merge`]).
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use super::{Context, EventSource, Taken};
-use crate::{config::LoginSource, events::EventType, hostfs::HostFs};
+use crate::{config::LoginSource, events::EventType, hostfs::HostFs, state};
 
 pub mod follow;
 pub mod merge;
 pub mod pam;
 pub mod syslog;
 pub mod utmp;
+pub mod wtmpdb;
 
 /// What a local login reports as its remote address (seed 002:
 /// "127.0.0.1/0.0.0.0 to indicate local connection").
@@ -98,13 +101,40 @@ pub fn escape(raw: &[u8], max: usize) -> String {
     out
 }
 
+/// The state file of the Login collector, in the state directory.
+pub const STATE_FILE: &str = "login.json";
+const STATE_VERSION: u32 = 1;
+/// How often the followed files' positions are saved: a crash repeats at
+/// most this much of the files' news after the restart.
+pub const SAVE_EVERY_MS: u64 = 10_000;
+
+/// What [`STATE_FILE`] holds: each followed file's position, by host path.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Saved {
+    version: u32,
+    files: BTreeMap<String, follow::Position>,
+    /// The last wtmpdb row read, where there is one.
+    #[serde(default)]
+    wtmpdb: Option<wtmpdb::Cursor>,
+}
+
 /// The Login event source.
 pub struct Login {
     /// The PAM programs' ring; None where the agent runs without them (`hitcount snapshot`, tests).
     pam: Option<Box<dyn pam::PamFeed>>,
     utmp: Option<utmp::Utmp>,
+    /// Read with utmp: where wtmpdb exists it replaces wtmp.
+    wtmpdb: Option<wtmpdb::Wtmpdb>,
     syslog: Option<syslog::Syslog>,
     merger: merge::Merger,
+    /// Where the followed files were left, across restarts (None: no state directory).
+    state: Option<state::StateFile>,
+    /// Positions an earlier run saved, until the followers exist to take them.
+    resume: BTreeMap<String, follow::Position>,
+    resume_wtmpdb: Option<wtmpdb::Cursor>,
+    /// When the positions were last saved (monotonic ms).
+    saved_ms: u64,
     /// Since when poll times count, for the merger.
     epoch: std::time::Instant,
     /// The sources named but not available, said once.
@@ -116,8 +146,13 @@ impl Login {
         Login {
             pam,
             utmp: None,
+            wtmpdb: None,
             syslog: None,
             merger: merge::Merger::default(),
+            state: None,
+            resume: BTreeMap::new(),
+            resume_wtmpdb: None,
+            saved_ms: 0,
             epoch: std::time::Instant::now(),
             warned: false,
         }
@@ -125,6 +160,58 @@ impl Login {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The positions saved by an earlier run, read once at start.
+    fn restore(&mut self, cx: &Context<'_>) {
+        let Some(dir) = &cx.config.state_dir else { return };
+        let mut file = state::StateFile::new(dir, STATE_FILE);
+        match file.load::<Saved>() {
+            Ok(Some(saved)) if saved.version == STATE_VERSION => {
+                self.resume = saved.files;
+                self.resume_wtmpdb = saved.wtmpdb;
+            }
+            Ok(Some(saved)) => log::warn!(
+                "{}: version {} is not this agent's ({STATE_VERSION}); starting at the ends of the files",
+                file.path().display(),
+                saved.version
+            ),
+            Ok(None) => {}
+            Err(e) => log::warn!("{e}; starting at the ends of the files"),
+        }
+        self.state = Some(file);
+    }
+
+    /// Hands the saved positions to followers that were just made.
+    fn give_positions<'a>(
+        resume: &mut BTreeMap<String, follow::Position>,
+        followers: impl Iterator<Item = &'a mut follow::Follower>,
+    ) {
+        for f in followers {
+            if let Some(p) = resume.remove(f.path) {
+                f.resume(p);
+            }
+        }
+    }
+
+    /// Saves where the followed files were left, every [`SAVE_EVERY_MS`] and
+    /// at the last poll.
+    fn save(&mut self, now_ms: u64, flush: bool) {
+        if !flush && now_ms.saturating_sub(self.saved_ms) < SAVE_EVERY_MS {
+            return;
+        }
+        let Some(file) = self.state.as_mut() else { return };
+        self.saved_ms = now_ms;
+        let mut files = BTreeMap::new();
+        let followers =
+            self.utmp.iter_mut().flat_map(|u| u.followers()).chain(self.syslog.iter_mut().flat_map(|s| s.followers()));
+        for f in followers {
+            if let Some(p) = f.position() {
+                files.insert(f.path.to_string(), p);
+            }
+        }
+        let wtmpdb = self.wtmpdb.as_ref().and_then(wtmpdb::Wtmpdb::cursor);
+        file.save(&Saved { version: STATE_VERSION, files, wtmpdb });
     }
 
     /// What the PAM programs recorded since the last poll.
@@ -173,7 +260,9 @@ impl EventSource for Login {
     }
 
     fn start(&mut self, cx: &Context<'_>) {
-        // The files' ends now; what is appended from here on is news.
+        // Where an earlier run stopped, or else the files' ends now: what
+        // is appended from there on is news.
+        self.restore(cx);
         let taken = self.poll(cx);
         for f in &taken.failures {
             log::warn!("Login: cannot read {}: {}", f.source, f.reason);
@@ -186,7 +275,10 @@ impl EventSource for Login {
         if !cx.config.collects(EventType::Login) {
             // Off: the files are not followed, and when it is on again the past is not news.
             self.utmp = None;
+            self.wtmpdb = None;
             self.syslog = None;
+            self.resume.clear();
+            self.resume_wtmpdb = None;
             // The ring holds nothing once the programs are detached; what it held went out with the last window.
             self.merger.release(now, true);
             return taken;
@@ -205,17 +297,46 @@ impl EventSource for Login {
             sources += usize::from(!cx.libpam.is_empty());
         }
         if reads(wanted, LoginSource::Utmp) {
-            self.utmp.get_or_insert_with(|| utmp::Utmp::new(utmp::NATIVE)).poll(cx.host, &mut taken, &mut events);
+            let resume = &mut self.resume;
+            self.utmp
+                .get_or_insert_with(|| {
+                    let mut u = utmp::Utmp::new(utmp::NATIVE);
+                    Login::give_positions(resume, u.followers());
+                    u
+                })
+                .poll(cx.host, &mut taken, &mut events);
+            let resume = &mut self.resume_wtmpdb;
+            self.wtmpdb
+                .get_or_insert_with(|| {
+                    let mut w = wtmpdb::Wtmpdb::default();
+                    if let Some(c) = resume.take() {
+                        w.resume(c);
+                    }
+                    w
+                })
+                .poll(cx.host, &mut taken, &mut events);
             sources += 1;
         } else {
             self.utmp = None;
+            self.wtmpdb = None;
         }
         if reads(wanted, LoginSource::Syslog) {
-            self.syslog.get_or_insert_with(syslog::Syslog::default).poll(cx.host, &mut taken, &mut events);
+            let resume = &mut self.resume;
+            self.syslog
+                .get_or_insert_with(|| {
+                    let mut s = syslog::Syslog::default();
+                    Login::give_positions(resume, s.followers());
+                    s
+                })
+                .poll(cx.host, &mut taken, &mut events);
             sources += 1;
         } else {
             self.syslog = None;
         }
+        // Positions not taken now are of a source not read: they would be stale later.
+        self.resume.clear();
+        self.resume_wtmpdb = None;
+        self.save(now, cx.flush);
         let wall_now = std::time::SystemTime::now();
         let wall_ms = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
@@ -256,7 +377,11 @@ pub fn source_checks(host: &HostFs) -> Vec<(LoginSource, bool, String)> {
             [w.as_ref().err(), b.as_ref().err()].into_iter().flatten().cloned().collect::<Vec<_>>().join("; ")
         ),
     };
-    out.push((LoginSource::Utmp, w.is_ok() && b.is_ok(), detail));
+    let (detail, works) = match file(wtmpdb::WTMPDB) {
+        Ok(_) => (format!("{detail}; follows {} (Login, Logout: wtmpdb)", wtmpdb::WTMPDB), true),
+        Err(_) => (detail, w.is_ok() && b.is_ok()),
+    };
+    out.push((LoginSource::Utmp, works, detail));
     let libs = pam::find_libraries(host);
     out.push(if libs.is_empty() {
         (
@@ -309,6 +434,41 @@ mod tests {
         assert_eq!(ok(&c), [(Utmp, true), (Pam, true), (Audit, false), (Syslog, true)]);
         assert!(c[1].2.contains("usr/lib/libpam.so.0"), "{}", c[1].2);
         assert!(c[3].2.contains("/var/log/secure"), "{}", c[3].2);
+    }
+
+    #[test]
+    fn logins_while_the_agent_was_down_are_reported_after_the_restart() {
+        let dir = crate::hostfs::tests::tempdir::Dir::new("login-state");
+        std::fs::create_dir_all(dir.0.join("var/log")).unwrap();
+        let wtmp = dir.0.join("var/log/wtmp");
+        let data =
+            std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/login/wtmp-384")).unwrap();
+        // Records 1 and 2 are alice's login (pts/3) and root's (tty1).
+        std::fs::write(&wtmp, &data[..384 * 2]).unwrap();
+        let host = HostFs::new(&dir.0);
+        let mut config = crate::config::Config::default();
+        config.login_sources = vec![LoginSource::Utmp];
+        config.state_dir = Some(dir.0.join("state"));
+        let cx = Context::new(&host, &config);
+        let flush = Context { flush: true, ..Context::new(&host, &config) };
+        let users = |t: Taken| -> Vec<String> {
+            t.items.iter().map(|i| i.payload["user_name"].as_str().unwrap().to_string()).collect()
+        };
+        let mut first = Login::new(None);
+        first.start(&cx);
+        assert_eq!(users(first.poll(&flush)), Vec::<String>::new(), "what was there at the first start is the past");
+        drop(first);
+        std::fs::write(&wtmp, &data[..384 * 3]).unwrap();
+        let mut second = Login::new(None);
+        second.start(&cx);
+        assert_eq!(users(second.poll(&flush)), ["root"], "written while no agent ran");
+        // Without a state directory a restart starts at the end again.
+        std::fs::write(&wtmp, &data[..384 * 5]).unwrap();
+        config.state_dir = None;
+        let cx = Context::new(&host, &config);
+        let mut third = Login::new(None);
+        third.start(&cx);
+        assert_eq!(users(third.poll(&cx)), Vec::<String>::new());
     }
 
     #[test]

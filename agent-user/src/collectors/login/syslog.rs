@@ -167,6 +167,10 @@ impl Default for Syslog {
 }
 
 impl Syslog {
+    pub fn followers(&mut self) -> impl Iterator<Item = &mut Follower> {
+        self.files.iter_mut()
+    }
+
     pub fn poll(&mut self, host: &HostFs, taken: &mut Taken, out: &mut Vec<LoginEvent>) {
         for f in &mut self.files {
             let a = f.read(host, 0, 1, taken);

@@ -221,6 +221,10 @@ impl Utmp {
         Utmp { layout, wtmp: Follower::new(WTMP), btmp: Follower::new(BTMP), sessions: Sessions::default() }
     }
 
+    pub fn followers(&mut self) -> impl Iterator<Item = &mut Follower> {
+        [&mut self.wtmp, &mut self.btmp].into_iter()
+    }
+
     pub fn poll(&mut self, host: &HostFs, taken: &mut Taken, out: &mut Vec<LoginEvent>) {
         let (found, priming) = records(&mut self.wtmp, host, PRIME_MAX, self.layout, taken);
         out.extend(found.into_iter().filter_map(|r| self.sessions.wtmp(r, priming)));
@@ -373,5 +377,45 @@ mod tests {
         let (primed, priming) = read(&mut g, 384 * 2 + 1, &mut t);
         assert_eq!((primed.len(), priming), (2, true));
         assert_eq!(read(&mut g, 0, &mut t), (Vec::new(), false));
+    }
+
+    #[test]
+    fn a_restart_resumes_where_the_last_run_stopped() {
+        let dir = crate::hostfs::tests::tempdir::Dir::new("utmp-resume");
+        std::fs::create_dir_all(dir.0.join("var/log")).unwrap();
+        let host = HostFs::new(&dir.0);
+        let path = dir.0.join("var/log/wtmp");
+        let data = fixture("wtmp-384");
+        let mut t = Taken::default();
+        let read = |f: &mut Follower, prime: u64, t: &mut Taken| records(f, &host, prime, LAYOUT_384, t);
+        std::fs::write(&path, &data[..384 * 2]).unwrap();
+        let mut first = Follower::new(WTMP);
+        read(&mut first, 0, &mut t);
+        std::fs::write(&path, &data[..384 * 3 + 100]).unwrap();
+        assert_eq!(read(&mut first, 0, &mut t).0.len(), 1);
+        let stopped = first.position().unwrap();
+        assert_eq!(stopped.offset, 384 * 3, "the partial record is not consumed");
+        // Down while two more records came.
+        std::fs::write(&path, &data[..384 * 5]).unwrap();
+        let mut next = Follower::new(WTMP);
+        next.resume(stopped);
+        let (primed, priming) = read(&mut next, 384 * 2, &mut t);
+        assert_eq!((primed, priming), (parse(&data[384..384 * 3], LAYOUT_384).0, true), "the past before the stop");
+        let (news, priming) = read(&mut next, 384 * 2, &mut t);
+        assert_eq!((news, priming), (parse(&data[384 * 3..384 * 5], LAYOUT_384).0, false), "what came while down");
+        // Rotated while down: the new file is all news.
+        let stopped = next.position().unwrap();
+        std::fs::rename(&path, dir.0.join("var/log/wtmp.1")).unwrap();
+        std::fs::write(&path, &data[..384]).unwrap();
+        let mut after = Follower::new(WTMP);
+        after.resume(stopped);
+        assert_eq!(read(&mut after, 384 * 2, &mut t), (parse(&data[..384], LAYOUT_384).0, false));
+        // A saved offset past the end (truncated, or a forged state): from the start, as news.
+        let mut forged = Follower::new(WTMP);
+        let m = std::fs::metadata(&path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        forged.resume(super::super::follow::Position { dev: m.dev(), ino: m.ino(), offset: 1 << 40 });
+        assert_eq!(read(&mut forged, 0, &mut t).0.len(), 1);
+        assert_eq!(t.failures, []);
     }
 }

@@ -207,19 +207,23 @@ type Row = (i64, Option<Vec<u8>>);
 /// Every (hnum, blob) row, blobs past the bound left in the database, at
 /// most one row past the package bound (so the bound is reported).
 fn query(db: &Path) -> rusqlite::Result<Vec<Row>> {
-    use rusqlite::{Connection, OpenFlags};
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let run = |c: Connection| -> rusqlite::Result<Vec<Row>> {
+    sqlite_read(db, |c| {
         let mut st =
             c.prepare("SELECT hnum, CASE WHEN length(blob) <= ?1 THEN blob END FROM Packages ORDER BY hnum LIMIT ?2")?;
         let rows = st.query_map((MAX_BLOB_BYTES as i64, MAX_PACKAGES as i64 + 1), |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect()
-    };
-    match Connection::open_with_flags(db, flags).and_then(run) {
+    })
+}
+
+/// Runs `run` on the SQLite database `db` opened read-only (rpm's, wtmpdb's).
+pub fn sqlite_read<T>(db: &Path, run: impl Fn(rusqlite::Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    use rusqlite::{Connection, OpenFlags};
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    match Connection::open_with_flags(db, flags).and_then(&run) {
         Ok(rows) => Ok(rows),
-        // rpm keeps its database in WAL mode: read-only, SQLite still needs
-        // to create or write the -shm file, which a read-only host mount
-        // refuses. Opened immutable, it reads the main file as it is.
+        // A database in WAL mode: read-only, SQLite still needs to create
+        // or write the -shm file, which a read-only host mount refuses.
+        // Opened immutable, it reads the main file as it is.
         Err(first) => {
             let uri = format!("file:{}?immutable=1", uri_path(db));
             Connection::open_with_flags(uri, flags).and_then(run).map_err(|_| first)
