@@ -53,7 +53,7 @@ pub enum LoginSource {
     Pam,
     /// wtmp (sign-ins, sign-outs) and btmp (failed attempts).
     Utmp,
-    /// The audit netlink multicast group (not implemented yet).
+    /// PAM's records from the audit netlink multicast group (under auto: while audit is enabled).
     Audit,
     /// auth.log or secure: sshd's and dropbear's lines (only when named).
     Syslog,
@@ -243,8 +243,8 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65536))]
     pub cache_size_login: Option<u32>,
-    /// Where Login events come from: `auto` (pam where a libpam is found, and utmp) or a list of
-    /// `pam`, `utmp`, `audit`, `syslog` (audit is not implemented yet).
+    /// Where Login events come from: `auto` (pam where a libpam is found, utmp, audit while it is
+    /// enabled) or a list of `pam`, `utmp`, `audit`, `syslog`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login_source: Option<Vec<LoginSource>>,
 

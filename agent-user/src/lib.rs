@@ -19,6 +19,7 @@ pub mod hostfs;
 pub mod limits;
 pub mod listeners;
 pub mod net;
+pub mod netlink;
 pub mod procfs;
 pub mod report;
 pub mod sinks;

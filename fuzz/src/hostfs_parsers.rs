@@ -5,7 +5,7 @@ use agent_user::{
     collectors::{
         connected_hardware::hotplug,
         ids, local_users,
-        login::{syslog, utmp},
+        login::{audit, pam, syslog, utmp},
         os_baseline, sbom,
         system_information::netlink,
     },
@@ -51,6 +51,25 @@ const PARSERS: &[(&str, fn(&[u8]))] = &[
     ("rtnetlink address dump (SystemInformation)", |d| {
         let mut out = netlink::Addresses::default();
         let _ = netlink::parse_dump(d, 1, &mut out);
+    }),
+    ("audit record (Login audit source)", |d| {
+        // The record type is the first two bytes, the text the rest.
+        let kind = d.first().map_or(audit::USER_AUTH, |&b| audit::USER_AUTH + u16::from(b % 8));
+        if let Some(e) = audit::login_event(kind, &String::from_utf8_lossy(d.get(1..).unwrap_or_default())) {
+            assert!(e.user_name.len() <= agent_user::collectors::login::USER_NAME_MAX);
+            assert!(!e.remote_address.is_empty(), "a local login is 127.0.0.1, never empty");
+        }
+        for m in agent_user::netlink::messages(d) {
+            if let Ok(m) = m {
+                assert!(m.at + 16 + m.body.len() <= d.len());
+            }
+        }
+    }),
+    ("libpam maps lines (Login pam source)", |d| {
+        let text = String::from_utf8_lossy(d);
+        for (range, path) in pam::mapped_libpam(&text) {
+            assert!(text.contains(range) && text.contains(path));
+        }
     }),
     ("kernel uevent (ConnectedHardware hotplug)", |d| {
         let _ = hotplug::parse_uevent(d);

@@ -333,3 +333,63 @@ fn a_failed_login_while_the_agent_was_down_is_reported_after_its_restart() {
         "the attempt made while no agent ran"
     );
 }
+
+/// Audit enabled for the test's run, every task excluded from syscall
+/// auditing (so that nothing else slows down); restored on drop.
+struct AuditOn {
+    was: String,
+}
+
+impl AuditOn {
+    fn enable() -> Result<AuditOn, String> {
+        let status = Command::new("/usr/sbin/auditctl").arg("-s").output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        let was = text.lines().find_map(|l| l.strip_prefix("enabled ")).unwrap_or("0").trim().to_string();
+        if was == "2" {
+            return Err("audit is locked (enabled 2) on this host".into());
+        }
+        let ok =
+            |args: &[&str]| Command::new("/usr/sbin/auditctl").args(args).output().is_ok_and(|o| o.status.success());
+        if !ok(&["-a", "never,task"]) || !ok(&["-e", "1"]) {
+            return Err("auditctl could not enable audit".into());
+        }
+        Ok(AuditOn { was })
+    }
+}
+
+impl Drop for AuditOn {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/sbin/auditctl").args(["-e", &self.was]).output();
+        let _ = Command::new("/usr/sbin/auditctl").args(["-d", "never,task"]).output();
+    }
+}
+
+#[test]
+fn the_audit_source_reads_pam_records_while_audit_is_enabled() {
+    let test = "the_audit_source_reads_pam_records_while_audit_is_enabled";
+    if !ready(test) {
+        return;
+    }
+    if !Path::new("/usr/sbin/auditctl").exists() {
+        skip(test, "no /usr/sbin/auditctl (cargo xtask test installs auditd)");
+        return;
+    }
+    let _audit = match AuditOn::enable() {
+        Ok(a) => a,
+        Err(why) => {
+            skip(test, &why);
+            return;
+        }
+    };
+    let user = TestUser::new("la").unwrap();
+    let (sshd, events) = scenario(67, Sources::Only("audit"), |sshd| {
+        assert!(sshd.ssh(&user.name, PASSWORD, &[], &["true"], "").unwrap().0);
+        assert!(!sshd.ssh(&user.name, "wrong-password", &[], &["true"], "").unwrap().0);
+    });
+    let client = sshd.ns.host_v4();
+    assert_eq!(sshd.count(&format!("Failed password for {} from {client} ", user.name)), 1, "{}", sshd.log());
+    // PAM's records through libaudit: the session (terminal "ssh", as sshd
+    // tells PAM), then the failed authentication.
+    let audit = |op, hits| row(op, "ssh", &client, hits, "audit", Some("sshd"));
+    assert_eq!(summary(&logins(&events, &user.name)), [audit("Login", 1), audit("Logout", 1), audit("LoginFailed", 1)]);
+}

@@ -119,6 +119,8 @@ fn peer_packages() -> Result<()> {
         // The login suite's private sshd (UsePAM, passwords) and its client's password feeder.
         ("/usr/sbin/sshd", "openssh-server"),
         ("/usr/bin/sshpass", "sshpass"),
+        // The login suite's audit test enables audit for its run (auditctl).
+        ("/usr/sbin/auditctl", "auditd"),
     ]
     .into_iter()
     .filter(|(path, _)| !Path::new(path).exists())

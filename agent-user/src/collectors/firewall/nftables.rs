@@ -7,7 +7,6 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
 use super::{ChainInfo, ChainRules, Counters, Fields, Reading};
@@ -507,46 +506,15 @@ pub struct Raw {
 /// Sends one dump request and reads its replies up to NLMSG_DONE or the
 /// bound. The replies are returned raw, for [`parse_dump`].
 pub fn fetch(kind: u16, family: u8, attributes: &[u8], bound: usize) -> std::io::Result<Raw> {
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is ours alone.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = crate::netlink::Socket::open(NETLINK_NETFILTER, 0)?;
     let seq = 1;
-    let msg = request(kind, family, seq, attributes);
-    // SAFETY: msg is a valid buffer of msg.len() bytes; the kernel is
-    // address 0 (a zeroed sockaddr_nl).
-    let sent = unsafe {
-        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-        addr.nl_family = libc::AF_NETLINK as u16;
-        libc::sendto(
-            fd.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    socket.send(&request(kind, family, seq, attributes))?;
     // Dump replies are at most 32 KiB each (netlink caps max_recvmsg_len).
     let mut chunk = vec![0u8; 64 << 10];
     let mut raw = Raw { bytes: Vec::new(), cut: false };
     loop {
-        // SAFETY: chunk is writable for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let got = &chunk[..n as usize];
+        let n = socket.recv(&mut chunk, true)?;
+        let got = &chunk[..n];
         if n == 0 {
             return Ok(raw);
         }
@@ -562,21 +530,12 @@ pub fn fetch(kind: u16, family: u8, attributes: &[u8], bound: usize) -> std::io:
 }
 
 /// True when `chunk` holds the end of our dump (DONE, or an error reply).
-fn ends_dump(mut chunk: &[u8], seq: u32) -> bool {
-    while chunk.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as usize;
-        let kind = u16::from_ne_bytes([chunk[4], chunk[5]]);
-        let s = u32::from_ne_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]);
-        if s == seq && (kind == NLMSG_DONE || kind == NLMSG_ERROR) {
-            return true;
-        }
-        if len < NLMSG_HDRLEN {
-            // A broken header: the parser will say so; stop reading.
-            return true;
-        }
-        chunk = chunk.get((len + 3) & !3..).unwrap_or(&[]);
-    }
-    false
+fn ends_dump(chunk: &[u8], seq: u32) -> bool {
+    crate::netlink::messages(chunk).any(|m| match m {
+        Ok(m) => m.seq == seq && (m.kind == NLMSG_DONE || m.kind == NLMSG_ERROR),
+        // A broken header: the parser will say so; stop reading.
+        Err(_) => true,
+    })
 }
 
 /// The four dumps (tables, chains, rules, sets) plus one element dump per

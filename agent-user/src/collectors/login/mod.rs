@@ -4,9 +4,9 @@
 //! are one record with a hit count, so a password brute force is one event.
 //!
 //! Sources (`loginSource`): pam (uprobes on libpam, [`pam`]), utmp (wtmp
-//! and btmp, [`utmp`]) and syslog (auth.log, [`syslog`]); audit is an
-//! accepted name with no reader yet. When more than one is read, one login
-//! seen by two of them is one event ([`merge`]).
+//! and btmp, [`utmp`], and wtmpdb, [`wtmpdb`]), audit (the audit multicast
+//! group, [`audit`]) and syslog (auth.log, [`syslog`]). When more than one
+//! is read, one login seen by two of them is one event ([`merge`]).
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{Context, EventSource, Taken};
 use crate::{config::LoginSource, events::EventType, hostfs::HostFs, state};
 
+pub mod audit;
 pub mod follow;
 pub mod merge;
 pub mod pam;
@@ -119,6 +120,9 @@ struct Saved {
     wtmpdb: Option<wtmpdb::Cursor>,
 }
 
+/// How often `auto` asks whether audit was enabled meanwhile.
+pub const AUDIT_RECHECK_MS: u64 = 60_000;
+
 /// The Login event source.
 pub struct Login {
     /// The PAM programs' ring; None where the agent runs without them (`hitcount snapshot`, tests).
@@ -127,6 +131,9 @@ pub struct Login {
     /// Read with utmp: where wtmpdb exists it replaces wtmp.
     wtmpdb: Option<wtmpdb::Wtmpdb>,
     syslog: Option<syslog::Syslog>,
+    audit: Option<audit::Audit>,
+    /// Whether audit is enabled, and when that was last asked (monotonic ms).
+    audit_on: Option<(bool, u64)>,
     merger: merge::Merger,
     /// Where the followed files were left, across restarts (None: no state directory).
     state: Option<state::StateFile>,
@@ -148,6 +155,8 @@ impl Login {
             utmp: None,
             wtmpdb: None,
             syslog: None,
+            audit: None,
+            audit_on: None,
             merger: merge::Merger::default(),
             state: None,
             resume: BTreeMap::new(),
@@ -214,6 +223,18 @@ impl Login {
         file.save(&Saved { version: STATE_VERSION, files, wtmpdb });
     }
 
+    /// Whether audit is enabled here, asked at most every [`AUDIT_RECHECK_MS`].
+    fn audit_enabled(&mut self, now_ms: u64) -> bool {
+        match self.audit_on {
+            Some((on, at)) if now_ms.saturating_sub(at) < AUDIT_RECHECK_MS => on,
+            _ => {
+                let on = audit::enabled().unwrap_or(false);
+                self.audit_on = Some((on, now_ms));
+                on
+            }
+        }
+    }
+
     /// What the PAM programs recorded since the last poll.
     fn poll_pam(&mut self, taken: &mut Taken, events: &mut Vec<LoginEvent>) {
         let Some(feed) = self.pam.as_mut() else { return };
@@ -244,6 +265,7 @@ impl Default for Login {
 /// Whether `wanted` (the configured list) reads `source`; auto takes pam
 /// and utmp (pam only where the agent could attach to a libpam), syslog
 /// only when named, as devices with utmp log the same logins there too.
+/// Audit under auto depends on the kernel's state, asked in `poll`.
 pub fn reads(wanted: &[LoginSource], source: LoginSource) -> bool {
     wanted.contains(&source)
         || (wanted.contains(&LoginSource::Auto) && matches!(source, LoginSource::Utmp | LoginSource::Pam))
@@ -277,6 +299,7 @@ impl EventSource for Login {
             self.utmp = None;
             self.wtmpdb = None;
             self.syslog = None;
+            self.audit = None;
             self.resume.clear();
             self.resume_wtmpdb = None;
             // The ring holds nothing once the programs are detached; what it held went out with the last window.
@@ -284,10 +307,14 @@ impl EventSource for Login {
             return taken;
         }
         let wanted = &cx.config.login_sources;
+        let named_audit = wanted.contains(&LoginSource::Audit);
         if !self.warned {
             self.warned = true;
-            if wanted.contains(&LoginSource::Audit) {
-                log::warn!("Login: loginSource audit is not implemented yet; reading the other sources named");
+            if named_audit && !self.audit_enabled(now) {
+                log::warn!(
+                    "Login: loginSource names audit, but audit is not enabled here (auditctl -s); the agent never \
+                     enables it: no audit records until something else does"
+                );
             }
         }
         let mut events = Vec::new();
@@ -319,6 +346,22 @@ impl EventSource for Login {
         } else {
             self.utmp = None;
             self.wtmpdb = None;
+        }
+        // Named, audit is read whatever its state (records come once it is
+        // enabled); under auto only while it is enabled.
+        if named_audit || (wanted.contains(&LoginSource::Auto) && self.audit_enabled(now)) {
+            if self.audit.is_none() {
+                match audit::Audit::open() {
+                    Ok(a) => self.audit = Some(a),
+                    Err(e) => taken.fail("audit multicast group", e),
+                }
+            }
+            if let Some(a) = self.audit.as_mut() {
+                a.poll(&mut taken, &mut events);
+                sources += 1;
+            }
+        } else {
+            self.audit = None;
         }
         if reads(wanted, LoginSource::Syslog) {
             let resume = &mut self.resume;
@@ -397,7 +440,15 @@ pub fn source_checks(host: &HostFs) -> Vec<(LoginSource, bool, String)> {
         let paths: Vec<String> = libs.iter().map(|l| l.path.display().to_string()).collect();
         (LoginSource::Pam, true, format!("uprobes on {} (every PAM service, tty or not)", paths.join(", ")))
     });
-    out.push((LoginSource::Audit, false, "not implemented yet".to_string()));
+    out.push(match audit::enabled() {
+        Ok(true) => (LoginSource::Audit, true, "audit is enabled: PAM's records from the audit multicast group".into()),
+        Ok(false) => (
+            LoginSource::Audit,
+            false,
+            "audit is not enabled (auditctl -s): not read under auto; the agent never enables it".into(),
+        ),
+        Err(e) => (LoginSource::Audit, false, e),
+    });
     let log = syslog::FILES.into_iter().find(|p| file(p).is_ok());
     out.push(match log {
         Some(p) => (LoginSource::Syslog, true, format!("follows {p} (sshd, dropbear) when loginSource names syslog")),
@@ -420,10 +471,13 @@ mod tests {
         std::fs::create_dir_all(dir.0.join("var/log")).unwrap();
         std::fs::write(dir.0.join("var/log/wtmp"), b"").unwrap();
         let host = HostFs::new(&dir.0);
-        let ok = |c: &[(LoginSource, bool, String)]| c.iter().map(|(s, ok, _)| (*s, *ok)).collect::<Vec<_>>();
+        // Audit's state is the running kernel's, not the tree's: not compared.
+        let ok = |c: &[(LoginSource, bool, String)]| {
+            c.iter().filter(|(s, ..)| *s != LoginSource::Audit).map(|(s, ok, _)| (*s, *ok)).collect::<Vec<_>>()
+        };
         let c = source_checks(&host);
         use LoginSource::*;
-        assert_eq!(ok(&c), [(Utmp, false), (Pam, false), (Audit, false), (Syslog, false)]);
+        assert_eq!(ok(&c), [(Utmp, false), (Pam, false), (Syslog, false)]);
         assert!(c[1].2.contains("libpam.so.0"), "{}", c[1].2);
         assert!(c[0].2.contains("/var/log/btmp"), "{}", c[0].2);
         std::fs::write(dir.0.join("var/log/btmp"), b"").unwrap();
@@ -431,7 +485,7 @@ mod tests {
         std::fs::create_dir_all(dir.0.join("usr/lib")).unwrap();
         std::fs::write(dir.0.join("usr/lib/libpam.so.0"), b"").unwrap();
         let c = source_checks(&host);
-        assert_eq!(ok(&c), [(Utmp, true), (Pam, true), (Audit, false), (Syslog, true)]);
+        assert_eq!(ok(&c), [(Utmp, true), (Pam, true), (Syslog, true)]);
         assert!(c[1].2.contains("usr/lib/libpam.so.0"), "{}", c[1].2);
         assert!(c[3].2.contains("/var/log/secure"), "{}", c[3].2);
     }
@@ -507,7 +561,7 @@ mod tests {
         use LoginSource::*;
         assert!(reads(&[Auto], Utmp));
         assert!(reads(&[Auto], Pam));
-        assert!(!reads(&[Auto], Audit), "audit is not read yet");
+        assert!(!reads(&[Auto], Audit), "auto reads audit only while it is enabled: asked at run time, not here");
         assert!(!reads(&[Pam], Utmp));
         assert!(reads(&[Pam, Utmp], Utmp));
         assert!(!reads(&[Auto], Syslog), "syslog only when named");

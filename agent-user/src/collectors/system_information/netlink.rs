@@ -3,17 +3,14 @@
 //! bytes) + ifaddrmsg (8 bytes) + rtattrs, each 4-byte aligned
 //! (include/uapi/linux/netlink.h, if_addr.h, rtnetlink.h). The parser is
 //! pure and checks every length against the buffer.
+use crate::netlink::{NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN as NLMSG_HDR};
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-const NLMSG_HDR: usize = 16;
 const IFADDRMSG: usize = 8;
 const RTA_HDR: usize = 4;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 /// Addresses kept per interface (a host with more is misconfigured or
@@ -63,28 +60,25 @@ fn align4(n: usize) -> usize {
 /// dump's NLMSG_DONE is seen. Messages of another sequence number are not
 /// answers to our request and are skipped.
 pub fn parse_dump(buf: &[u8], seq: u32, out: &mut Addresses) -> Result<bool, NetlinkError> {
-    let mut at = 0;
-    while at + NLMSG_HDR <= buf.len() {
-        let len = u32_at(buf, at).ok_or(NetlinkError::Malformed(at))? as usize;
-        let kind = u16_at(buf, at + 4).ok_or(NetlinkError::Malformed(at))?;
-        let msg_seq = u32_at(buf, at + 8).ok_or(NetlinkError::Malformed(at))?;
-        if len < NLMSG_HDR || at + len > buf.len() {
-            return Err(NetlinkError::Malformed(at));
+    for m in crate::netlink::messages(buf) {
+        let m = m.map_err(|e| NetlinkError::Malformed(e.at))?;
+        if m.seq != seq {
+            continue;
         }
-        let body = &buf[at + NLMSG_HDR..at + len];
-        if msg_seq == seq {
-            match kind {
-                NLMSG_DONE => return Ok(true),
-                NLMSG_ERROR => {
-                    let code = u32_at(body, 0).ok_or(NetlinkError::Malformed(at))? as i32;
-                    // A negative errno; i32::MIN has no positive counterpart.
-                    return Err(code.checked_neg().map_or(NetlinkError::Malformed(at), NetlinkError::Kernel));
+        match m.kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                if m.body.len() < 4 {
+                    return Err(NetlinkError::Malformed(m.at));
                 }
-                RTM_NEWADDR => parse_ifaddr(body, out).ok_or(NetlinkError::Malformed(at))?,
-                _ => {}
+                return Err(match crate::netlink::errno(m.body) {
+                    Ok(errno) => NetlinkError::Kernel(errno),
+                    Err(_) => NetlinkError::Malformed(m.at),
+                });
             }
+            RTM_NEWADDR => parse_ifaddr(m.body, out).ok_or(NetlinkError::Malformed(m.at))?,
+            _ => {}
         }
-        at += align4(len);
     }
     Ok(false)
 }
@@ -143,49 +137,21 @@ fn request(seq: u32) -> [u8; NLMSG_HDR + IFADDRMSG] {
 /// shares the host's network (hostNetwork), as the deployment docs ask:
 /// addresses live in the kernel, not in any file under the root.
 pub fn dump() -> Result<Addresses, NetlinkError> {
-    // SAFETY: plain socket(2); checked before use.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = crate::netlink::Socket::open(libc::NETLINK_ROUTE, 0)?;
     // A dump is answered at once; a second without an answer is a kernel that will not.
-    let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
-    // SAFETY: valid option value of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
+    socket.set_timeout(std::time::Duration::from_secs(1))?;
     let seq = std::process::id() ^ 0x4843_0000;
-    let req = request(seq);
-    // SAFETY: req is valid for its length; the kernel is the default destination of an unbound netlink socket.
-    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
+    socket.send(&request(seq))?;
     let mut out = Addresses::default();
     let mut buf = vec![0u8; 64 << 10];
     let mut total = 0;
     loop {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e.into());
-        }
-        total += n as usize;
+        let n = socket.recv(&mut buf, true)?;
+        total += n;
         if total > DUMP_MAX_BYTES {
             return Err(NetlinkError::TooLarge);
         }
-        if n == 0 || parse_dump(&buf[..n as usize], seq, &mut out)? {
+        if n == 0 || parse_dump(&buf[..n], seq, &mut out)? {
             return Ok(out);
         }
     }
