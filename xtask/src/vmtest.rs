@@ -541,13 +541,20 @@ fn init_script(release: &str, modules: &[String], suites: &[(String, String)]) -
     }
     // What the agent itself says about this kernel, for the report.
     s.push_str("/hc/hitcount check 2>&1 | sed 's/^/HCVM-CHECK /'\n");
+    // Per-packet TCP bytes count retransmitted segments again: a failed
+    // byte count says how many there were (this namespace's RetransSegs).
+    s.push_str(
+        "retransmitted() {\n\
+         \x20 awk '/^Tcp:/ { if (!c) { for (i = 1; i <= NF; i++) if ($i == \"RetransSegs\") c = i } else print $c }' /proc/net/snmp\n\
+         }\n",
+    );
     s.push_str(&format!(
         "run_suite() {{\n\
          \x20 suite=$1; bin=/hc/deps/$2\n\
          \x20 tests=$($bin --list --format terse 2>/dev/null | sed -n 's/: test$//p')\n\
          \x20 echo \"HCVM-SUITE $suite $(echo $tests | wc -w)\"\n\
          \x20 for t in $tests; do\n\
-         \x20   rm -f /tmp/skip; start=$(date +%s)\n\
+         \x20   rm -f /tmp/skip; start=$(date +%s); r0=$(retransmitted)\n\
          \x20   HITCOUNT_SKIP_LOG=/tmp/skip timeout -s KILL {TEST_TIMEOUT_SECS} $bin --exact \"$t\" --test-threads=1 >/tmp/out 2>&1\n\
          \x20   rc=$?; took=$(( $(date +%s) - start ))\n\
          \x20   if [ $rc -eq 0 ] && grep -q '^test result: ok. 1 passed' /tmp/out; then\n\
@@ -555,7 +562,7 @@ fn init_script(release: &str, modules: &[String], suites: &[(String, String)]) -
          \x20     else echo \"HCVM-RESULT $suite $t passed ${{took}}s\"; fi\n\
          \x20   else\n\
          \x20     tail -n 60 /tmp/out | sed 's/^/HCVM-OUT /'\n\
-         \x20     echo \"HCVM-RESULT $suite $t failed ${{took}}s exit $rc\"\n\
+         \x20     echo \"HCVM-RESULT $suite $t failed ${{took}}s exit $rc, $(( $(retransmitted) - r0 )) TCP segments retransmitted\"\n\
          \x20   fi\n\
          \x20 done\n\
          }}\n"
@@ -806,10 +813,16 @@ impl Summary {
                 }
                 _ => {
                     s.failed += 1;
-                    let last = o.output.get(name).and_then(|lines| {
-                        lines.iter().rev().find(|l| l.contains("panicked") || l.contains("Error")).cloned()
+                    // The panic line and the two after it (an assertion's left and right).
+                    let panic = o.output.get(name).and_then(|lines| {
+                        let at = lines.iter().rposition(|l| l.contains("panicked"))?;
+                        Some(lines[at..].iter().take(3).map(|l| l.trim()).collect::<Vec<_>>().join(" | "))
                     });
-                    s.failures.push((name.clone(), last.unwrap_or_else(|| rest.clone())));
+                    let why = match panic {
+                        Some(panic) => format!("{panic} ({rest})"),
+                        None => rest.clone(),
+                    };
+                    s.failures.push((name.clone(), why));
                 }
             }
         }
