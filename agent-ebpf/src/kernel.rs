@@ -228,8 +228,12 @@ pub fn copy<T>(dst: &mut T, src: &T) {
 pub fn read_argv(dst: &mut [u8; CMDLINE_CAP], start: u64, end: u64, max: u32) -> Result<(u32, bool), i64> {
     let len = end.saturating_sub(start);
     let max = if max as usize > CMDLINE_CAP { CMDLINE_CAP as u64 } else { max as u64 };
-    let mut n = if len > max { max } else { len };
-    // Tell the verifier the bound it cannot infer through the branches above.
+    let n = if len > max { max } else { len };
+    // Tell the verifier the bound it cannot infer through the branches above:
+    // `n <= max` is a comparison of two registers, which the 6.1 verifier
+    // does not narrow `n` from (6.12's does). LLVM proves the constant clamp
+    // below redundant and drops it, unless the volatile read hides `n` from it.
+    let mut n = unsafe { core::ptr::read_volatile(&n) };
     if n > CMDLINE_CAP as u64 {
         n = CMDLINE_CAP as u64;
     }

@@ -58,6 +58,16 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "{source}; this kernel, Linux {release}, is older than 5.11, the oldest hitcount runs on: the process \
+         programs call bpf_get_current_task_btf (5.11+), and 5.10 refuses hash map keys over 512 bytes \
+         (the process maps' are 536)"
+    )]
+    KernelTooOld {
+        release: String,
+        #[source]
+        source: Box<LoadError>,
+    },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
@@ -386,9 +396,35 @@ fn sock_length_fields() -> Option<[u32; 5]> {
     (read("sock_recv_length")? == send).then(|| [send[0], send[1], send[2], send[3], send[4]])
 }
 
+/// The oldest kernel the programs load on (README, Required kernel).
+const MIN_KERNEL: (u32, u32) = (5, 11);
+
+/// Whether a kernel release (`5.10.0-46-amd64`) is older than `min`; false
+/// when it cannot be read, so that only a known old kernel is blamed.
+fn release_older_than(release: &str, min: (u32, u32)) -> bool {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    match (parts.next().and_then(|p| p.parse().ok()), parts.next().and_then(|p| p.parse().ok())) {
+        (Some(major), Some(minor)) => (major, minor) < min,
+        _ => false,
+    }
+}
+
 /// Loads the object with this kernel's offsets and the configured map sizes.
-/// Programs are loaded into the kernel but not attached.
+/// Programs are loaded into the kernel but not attached. The load is tried
+/// on any kernel (a vendor kernel may have what it needs backported); a
+/// failure on one older than 5.11 says why that is expected.
 pub fn load(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError> {
+    load_object(offsets, sizes).map_err(|e| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if release_older_than(&release, MIN_KERNEL) {
+            LoadError::KernelTooOld { release: release.trim().to_string(), source: Box::new(e) }
+        } else {
+            e
+        }
+    })
+}
+
+fn load_object(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -815,6 +851,16 @@ mod tests {
         for c in [1, 100, 5000, 65_536] {
             assert!(MapSizes::staging_entries(c) > c);
         }
+    }
+
+    #[test]
+    fn tells_kernels_older_than_5_11() {
+        assert!(release_older_than("5.10.0-46-amd64\n", MIN_KERNEL));
+        assert!(release_older_than("4.19.0", MIN_KERNEL));
+        assert!(!release_older_than("5.11.0", MIN_KERNEL));
+        assert!(!release_older_than("6.1.0-57-amd64", MIN_KERNEL));
+        assert!(!release_older_than("6.12.118+deb13-amd64", MIN_KERNEL));
+        assert!(!release_older_than("", MIN_KERNEL), "unknown: not blamed");
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Whether this kernel has the tracepoint `category/name`.
+pub fn has_tracepoint(category: &str, name: &str) -> bool {
+    std::path::Path::new("/sys/kernel/tracing/events").join(category).join(name).is_dir()
+}
+
 pub fn skip(test: &str, why: &str) {
     println!("SKIP {test}: {why}");
     if let Ok(log) = std::env::var("HITCOUNT_SKIP_LOG") {

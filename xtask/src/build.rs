@@ -99,7 +99,7 @@ pub fn build_static_agent(ebpf_object: &Path) -> Result<PathBuf> {
 
 /// Whether a 64-bit little-endian ELF file has a PT_INTERP program header,
 /// i.e. needs a dynamic loader (static-pie binaries have none).
-fn has_interpreter(elf: &[u8]) -> Result<bool> {
+pub fn has_interpreter(elf: &[u8]) -> Result<bool> {
     const PT_INTERP: u32 = 3;
     let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |at: usize| elf.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));

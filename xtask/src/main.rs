@@ -11,6 +11,7 @@ mod image;
 mod run;
 mod setup;
 mod test;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -70,6 +71,11 @@ enum Command {
         /// Extra `cargo test` arguments; after another `--`, test harness arguments.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// The privileged tests in Debian kernels under qemu (TCG): 5.10, 6.1, 6.12 (amd64), or all.
+    Vmtest {
+        /// Kernels to boot, one after another (default: all).
+        kernels: Vec<String>,
     },
     /// Fuzz the parsers (cargo-fuzz targets in fuzz/, nightly; installs cargo-fuzz if missing).
     Fuzz {
@@ -135,6 +141,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let artifacts = build::build(&setup, false)?;
             test::run(&artifacts, &test::Options { unit_only, privileged_only, suites: &suite, extra_args: &args })?;
         }
+        Command::Vmtest { kernels } => vmtest::run(&setup, &kernels)?,
         Command::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds)?,
         Command::Bench { bench, args } => {
             let artifacts = build::build(&setup, false)?;
