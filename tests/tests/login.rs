@@ -393,3 +393,65 @@ fn the_audit_source_reads_pam_records_while_audit_is_enabled() {
     let audit = |op, hits| row(op, "ssh", &client, hits, "audit", Some("sshd"));
     assert_eq!(summary(&logins(&events, &user.name)), [audit("Login", 1), audit("Logout", 1), audit("LoginFailed", 1)]);
 }
+
+/// A process kept alive with a file mapped (LD_PRELOAD), killed on drop.
+struct Mapper(std::process::Child);
+
+impl Drop for Mapper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_libpam_that_appears_later_is_attached_within_the_rescan() {
+    let test = "a_libpam_that_appears_later_is_attached_within_the_rescan";
+    if !privileged(test) || !pam_ready(test) {
+        return;
+    }
+    let system = ["/lib/x86_64-linux-gnu/libpam.so.0", "/usr/lib/x86_64-linux-gnu/libpam.so.0", "/lib/libpam.so.0"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let (Some(system), true) = (system, Path::new("/bin/su").exists()) else {
+        skip(test, "no libpam.so.0 in a known directory, or no /bin/su");
+        return;
+    };
+    let user = TestUser::new("lp").unwrap();
+    let dir = std::env::temp_dir().join(format!("hc-libpam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent_config = dir.join("agent.json");
+    std::fs::write(&agent_config, r#"{"loginSource": ["pam"]}"#).unwrap();
+    let agent = Agent::start(&["--interval", "PT1H", "--config", agent_config.to_str().unwrap()]).unwrap();
+    // A second libpam (another inode), in no library directory: as a
+    // container's is. Only a process mapping it shows the agent where it is.
+    let copy = dir.join("libpam.so.0");
+    std::fs::copy(system, &copy).unwrap();
+    let _mapper = Mapper(Command::new("sleep").arg("60").env("LD_PRELOAD", &copy).spawn().unwrap());
+    // The loader's own word that su will run on the copy, not the system's.
+    let ldd = Command::new("ldd").arg("/bin/su").env("LD_LIBRARY_PATH", &dir).output().unwrap();
+    let ldd = String::from_utf8_lossy(&ldd.stdout).into_owned();
+    assert!(ldd.lines().any(|l| l.contains("libpam.so.0") && l.contains(dir.to_str().unwrap())), "{ldd}");
+    // The rescan is every 10 s.
+    std::thread::sleep(Duration::from_secs(12));
+    let su = Command::new("/bin/su")
+        .args([&user.name, "-c", "true"])
+        .env("LD_LIBRARY_PATH", &dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(su.status.success(), "{su:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let logs = agent.stderr();
+    let events = agent.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        logs.iter().any(|l| l.contains("PAM uprobes attached to") && l.contains("hc-libpam")),
+        "the copy was attached: {logs:?}"
+    );
+    // su ran on the copy (LD_LIBRARY_PATH), which only the rescan attached to.
+    assert_eq!(
+        summary(&logins(&events, &user.name)),
+        [row("Login", "", "127.0.0.1", 1, "pam", Some("su")), row("Logout", "", "127.0.0.1", 1, "pam", Some("su"))]
+    );
+}
