@@ -136,6 +136,12 @@ impl Sshd {
         Ok(sshd)
     }
 
+    /// The listening sshd (`ip netns exec` execs it in place): its
+    /// children's CPU time, once they are reaped, is in its cutime/cstime.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
     }
