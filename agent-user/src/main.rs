@@ -66,7 +66,7 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     host_root: Option<PathBuf>,
     /// Where the agent keeps what it needs across restarts (default /var/lib/hitcount; "" for nowhere).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = any_path)]
     state_dir: Option<PathBuf>,
     /// Aggregation interval of every event type (ISO 8601, e.g. PT1H, PT10S).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -125,6 +125,11 @@ enum ConfigCommand {
     Schema,
     /// Check a configuration file; prints every problem.
     Validate { file: PathBuf },
+}
+
+/// A path, the empty one included (clap's own parser refuses ""): `--state-dir ""` means none.
+fn any_path(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

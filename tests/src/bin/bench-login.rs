@@ -159,7 +159,10 @@ fn main() -> Result<()> {
     let (wall_none, cpu_none) = attack(&sshd, &user.name, n, args.parallel)?;
 
     // 2. The agent.
-    let agent = Agent::start(&["--interval", "PT1H"])?;
+    // No state directory: the first phase's attempts, made while no agent
+    // ran, would otherwise be reported from btmp when it starts (as they
+    // should be in use), and this phase counts only its own.
+    let agent = Agent::start(&["--interval", "PT1H", "--state-dir", ""])?;
     let pid = agent.pid();
     let pam = |p: &tests::bench::bpf::ProgStats| p.name.starts_with("pam_");
     let (t0, c0) = (bpf_time(&bpftool, pam)?, agent_cpu(pid)?);
@@ -168,11 +171,14 @@ fn main() -> Result<()> {
     std::thread::sleep(wall_hc);
     let c2 = agent_cpu(pid)?;
     let events = agent.stop()?;
-    let reported: u64 = payloads(&events, "Login")
-        .iter()
+    let failed: Vec<&serde_json::Value> = payloads(&events, "Login")
+        .into_iter()
         .filter(|p| p["user_name"] == user.name.as_str() && p["operation"] == "LoginFailed")
-        .map(|p| p["hit_count"].as_u64().unwrap_or(0))
-        .sum();
+        .collect();
+    let reported: u64 = failed.iter().map(|p| p["hit_count"].as_u64().unwrap_or(0)).sum();
+    for p in &failed {
+        println!("LoginFailed from {}: executable {}, hit_count {}", p["source"], p["executable"], p["hit_count"]);
+    }
 
     // 3. bpftrace: failed pam_authenticate calls counted on one uretprobe.
     let before: Vec<u32> = bpftool.programs()?.keys().copied().collect();

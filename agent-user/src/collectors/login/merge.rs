@@ -286,3 +286,55 @@ mod tests {
         assert!(m.released.len() <= HELD_MAX);
     }
 }
+
+#[cfg(test)]
+mod parallel {
+    use super::*;
+    use crate::collectors::login::Operation;
+
+    fn ev(source: &'static str, tty: &str, pid: u32) -> LoginEvent {
+        LoginEvent {
+            operation: Operation::LoginFailed,
+            process_id: pid,
+            user_name: "u".into(),
+            executable: tty.into(),
+            remote_address: "10.200.70.1".into(),
+            remote_port: None,
+            service: (source == "pam").then(|| "hcbench-sshd".to_string()),
+            source,
+            time: None,
+        }
+    }
+
+    #[test]
+    fn a_parallel_brute_force_counts_each_attempt_once() {
+        // 10 attempts a second; PAM's verdict at t, btmp's record (whole
+        // seconds, as sshd writes it) a few ms later; polls every second.
+        let mut m = Merger::default();
+        let mut out = Vec::new();
+        let base = 1_000_000_000u64;
+        let mut pending: Vec<(u64, LoginEvent, u64)> = Vec::new();
+        for i in 0..200u64 {
+            let t = i * 100 + 37;
+            pending.push((t, ev("pam", "ssh", 1), base + t));
+            pending.push((t + 3, ev("utmp", "ssh:notty", 2), base + (t + 3) / 1000 * 1000));
+        }
+        for poll in 0..40u64 {
+            let now = poll * 1000;
+            out.extend(m.release(now, false));
+            // pam first, then utmp, as Login::poll adds them.
+            let due: Vec<_> =
+                pending.iter().filter(|(t, ..)| *t < now && *t >= now.saturating_sub(1000)).cloned().collect();
+            for (_, e, when) in due
+                .iter()
+                .filter(|(_, e, _)| e.source == "pam")
+                .chain(due.iter().filter(|(_, e, _)| e.source == "utmp"))
+            {
+                m.add(e.clone(), now, *when);
+            }
+        }
+        out.extend(m.release(u64::MAX / 2, true));
+        let by = |s: &str| out.iter().filter(|e| e.source == s).count();
+        assert_eq!((by("pam"), by("utmp")), (200, 0));
+    }
+}
