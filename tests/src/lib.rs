@@ -18,6 +18,7 @@ use serde_json::Value;
 pub mod bench;
 pub mod mosquitto;
 pub mod sshd;
+pub mod tcp;
 
 /// Returns false (after recording why) when this test cannot run here.
 /// `cargo xtask test` counts the recorded skips and fails CI when the
@@ -323,7 +324,7 @@ pub struct NetNs {
     pub name: String,
     pub host_if: String,
     pub index: u8,
-    children: Vec<Child>,
+    children: Vec<Helper>,
 }
 
 impl NetNs {
@@ -402,81 +403,124 @@ impl NetNs {
     pub fn spawn(&mut self, args: &[&str]) -> Result<u32> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).arg(helper_bin("net-peer")).args(args);
-        let child = start_ready(cmd, args)?;
-        let pid = child.id();
-        self.children.push(child);
+        let helper = start_ready(cmd, args)?;
+        let pid = helper.child.id();
+        self.children.push(helper);
         Ok(pid)
+    }
+
+    /// The counts the helper `spawn` started as `pid` reported for its
+    /// next `n` TCP connections (see [`tcp::report_line`]); waits for them.
+    pub fn tcp_counts(&self, pid: u32, n: usize) -> Vec<tcp::TcpCounts> {
+        let helper = self.children.iter().find(|h| h.child.id() == pid).expect("a helper of this namespace");
+        helper.tcp_counts(n)
     }
 
     /// Kills the helper `spawn` started as `pid`, and waits until it is
     /// gone (its sockets closed).
     pub fn kill(&mut self, pid: u32) {
-        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
-            let mut c = self.children.remove(i);
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(i) = self.children.iter().position(|h| h.child.id() == pid) {
+            let mut h = self.children.remove(i);
+            let _ = h.child.kill();
+            let _ = h.child.wait();
         }
     }
 
-    /// Runs `net-peer ARGS` inside the namespace to completion.
-    pub fn run(&self, args: &[&str]) -> Result<()> {
-        let status =
-            Command::new("ip").args(["netns", "exec", &self.name]).arg(helper_bin("net-peer")).args(args).status()?;
-        if !status.success() {
-            bail!("net-peer {args:?}: {status}");
+    /// Runs `net-peer ARGS` inside the namespace to completion; the counts
+    /// of the TCP connections it reported.
+    pub fn run(&self, args: &[&str]) -> Result<Vec<tcp::TcpCounts>> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(helper_bin("net-peer"))
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            bail!("net-peer {args:?}: {}", out.status);
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(tcp::parse_report_line).collect())
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
+        for h in &mut self.children {
+            let _ = h.child.kill();
+            let _ = h.child.wait();
         }
         let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
         let _ = run(Command::new("ip").args(["link", "del", &self.host_if]));
     }
 }
 
+/// A running `net-peer`. Its output is read to the end by a thread, so
+/// that a helper reporting every connection never blocks on a full pipe.
+struct Helper {
+    child: Child,
+    // A Mutex: a NetNs is shared by threads (a Receiver is not Sync).
+    lines: Mutex<mpsc::Receiver<String>>,
+}
+
+impl Helper {
+    /// The next `n` TCP connection reports; panics after 30 s without one.
+    fn tcp_counts(&self, n: usize) -> Vec<tcp::TcpCounts> {
+        let lines = self.lines.lock().unwrap();
+        let mut counts = Vec::new();
+        while counts.len() < n {
+            match lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => counts.extend(tcp::parse_report_line(&line)),
+                Err(e) => panic!("net-peer reported {} of {n} connections: {e}", counts.len()),
+            }
+        }
+        counts
+    }
+}
+
 /// Starts `cmd` (a `net-peer`) and waits for its `ready` line; killed
 /// again when it says anything else.
-fn start_ready(mut cmd: Command, args: &[&str]) -> Result<Child> {
+fn start_ready(mut cmd: Command, args: &[&str]) -> Result<Helper> {
     let mut child = cmd.stdout(Stdio::piped()).spawn().context("starting net-peer")?;
-    let out = child.stdout.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    let read = BufReader::new(out).read_line(&mut line);
+    let read = out.read_line(&mut line);
     if read.is_err() || line.trim() != "ready" {
         let _ = child.kill();
         let _ = child.wait();
         bail!("net-peer {args:?} did not start: {line:?} {read:?}");
     }
-    Ok(child)
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines() {
+            let Ok(line) = line else { break };
+            // The receiver may be gone (the helper outlived its NetNs): keep draining.
+            let _ = tx.send(line);
+        }
+    });
+    Ok(Helper { child, lines: Mutex::new(lines) })
 }
 
 /// A `net-peer` helper in this process's network namespace: a server that
 /// is already running when the agent starts. Dropping it kills it.
 pub struct Peer {
-    child: Child,
+    helper: Helper,
 }
 
 impl Peer {
     pub fn spawn(args: &[&str]) -> Result<Peer> {
         let mut cmd = Command::new(helper_bin("net-peer"));
         cmd.args(args);
-        Ok(Peer { child: start_ready(cmd, args)? })
+        Ok(Peer { helper: start_ready(cmd, args)? })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.helper.child.id()
     }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.helper.child.kill();
+        let _ = self.helper.child.wait();
     }
 }
 

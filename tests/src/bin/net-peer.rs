@@ -10,10 +10,16 @@
 //! net-peer dns-forge ADDR TO_ADDR TO_PORT NAME IPV4 COUNT
 //!                                                  from ADDR port 53, send COUNT answers nobody asked
 //!                                                  for (ids 0..COUNT) naming IPV4 NAME, TTL 300
+//!
+//! The TCP modes print one line per connection once it is closed, what the
+//! kernel counted on it (`tests::tcp::report_line`): the oracle for bytes
+//! counted per packet.
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
 };
+
+use tests::tcp;
 
 fn addr(a: &str, p: &str) -> SocketAddr {
     let ip: std::net::IpAddr = a.parse().expect("address");
@@ -23,6 +29,13 @@ fn addr(a: &str, p: &str) -> SocketAddr {
 fn ready() {
     println!("ready");
     std::io::stdout().flush().unwrap();
+}
+
+fn report(c: tcp::TcpCounts) {
+    // One write per line: connections are served by concurrent threads.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", tcp::report_line(c));
+    let _ = out.flush();
 }
 
 fn main() {
@@ -37,8 +50,9 @@ fn main() {
                 let reply = reply.clone();
                 std::thread::spawn(move || {
                     let mut sink = Vec::new();
-                    let _ = c.read_to_end(&mut sink);
-                    let _ = c.write_all(&reply);
+                    if c.read_to_end(&mut sink).is_ok() && c.write_all(&reply).is_ok() {
+                        report(tcp::finish(&c));
+                    }
                 });
             }
         }
@@ -74,6 +88,7 @@ fn main() {
                 c.shutdown(Shutdown::Write).expect("shutdown");
                 let mut sink = Vec::new();
                 c.read_to_end(&mut sink).expect("read");
+                report(tcp::counts_when_closed(&c));
             }
         }
         "dns-forge" => {
