@@ -74,10 +74,11 @@ pub const KERNELS: &[Kernel] = &[
     },
 ];
 
-/// Modules the tests need (the net suite's veth pairs), loaded with their
+/// Modules the tests need (the net suite's veth pairs; nf_tables and numgen
+/// for the rules that make real packet losses), loaded with their
 /// dependencies first. Debian builds them as modules; initramfs, devtmpfs,
 /// the serial console, BPF and cgroup2 are built in.
-const MODULES: &[&str] = &["veth"];
+const MODULES: &[&str] = &["veth", "nf_tables", "nft_numgen"];
 
 /// Keyring of the machine's own apt sources; it also signs the other suites.
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -103,7 +104,7 @@ const SUITES: &[(&str, Option<&str>)] = &[
 /// netns and veth, which busybox's cannot make; iputils' ping), copied in
 /// with the shared libraries they load; installed on the host from apt when
 /// missing, as the host's privileged tier does.
-const HOST_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("ping", "iputils-ping")];
+const HOST_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("ping", "iputils-ping"), ("nft", "nftables")];
 
 /// How long one guest may run before it is killed and its missing results
 /// count as failures.
@@ -270,7 +271,11 @@ fn fetch_kernel(kernel: &Kernel) -> Result<KernelFiles> {
             release,
         })
     };
-    if let Ok(release) = std::fs::read_to_string(&done) {
+    // A kernel extracted for another module list is extracted again.
+    let wanted_file = dir.join("wanted-modules");
+    let wanted_now = MODULES.join("\n");
+    let cached_for = std::fs::read_to_string(&wanted_file).unwrap_or_default();
+    if let (Ok(release), true) = (std::fs::read_to_string(&done), cached_for == wanted_now) {
         eprintln!("vmtest: kernel {}: {} (cached in {})", kernel.name, release.trim(), dir.display());
         return files(release.trim().to_string());
     }
@@ -339,6 +344,7 @@ fn fetch_kernel(kernel: &Kernel) -> Result<KernelFiles> {
         listed.push('\n');
     }
     std::fs::write(dir.join("modules"), listed)?;
+    std::fs::write(&wanted_file, &wanted_now)?;
     std::fs::remove_dir_all(&tree)?;
     std::fs::write(&done, &release)?;
     eprintln!("vmtest: kernel {}: {release} from {}", kernel.name, deb.display());
