@@ -153,7 +153,9 @@ impl Socket {
 
     /// Bounds a waiting [`Socket::recv`].
     pub fn set_timeout(&self, d: std::time::Duration) -> std::io::Result<()> {
-        let tv = libc::timeval { tv_sec: d.as_secs() as libc::time_t, tv_usec: d.subsec_micros() as libc::suseconds_t };
+        // `as _`: the field types differ between glibc and musl (whose
+        // time_t alias libc deprecates), the values fit either.
+        let tv = libc::timeval { tv_sec: d.as_secs() as _, tv_usec: d.subsec_micros() as _ };
         // SAFETY: tv is a valid timeval for SO_RCVTIMEO.
         let ret = unsafe {
             libc::setsockopt(

@@ -15,6 +15,23 @@ use anyhow::{bail, Context, Result};
 use crate::{run, NetNs};
 
 pub const PORT: u16 = 2222;
+
+/// The libpam the host's `su` loads, as `ldd` resolves it: the oracle for
+/// which file the agent's pam source must attach to, independent of the
+/// directories the agent searches. None without su or a libpam.
+pub fn system_libpam() -> Option<PathBuf> {
+    let out = Command::new("ldd").arg("/bin/su").output().ok()?;
+    libpam_of_ldd(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The path of `libpam.so.0 => PATH (0x...)` in `ldd` output.
+fn libpam_of_ldd(ldd: &str) -> Option<PathBuf> {
+    ldd.lines().find_map(|l| {
+        let (name, rest) = l.trim().split_once(" => ")?;
+        let path = rest.split_whitespace().next()?;
+        (name == "libpam.so.0" && path.starts_with('/')).then(|| PathBuf::from(path))
+    })
+}
 pub const PASSWORD: &str = "hc-Login-pw-1";
 
 /// A user with a password, removed (with its home) on drop.
@@ -190,5 +207,19 @@ impl Drop for Sshd {
             let _ = run(Command::new("kill").arg(pid.trim()));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_libpam_in_ldd_output() {
+        let ldd =
+            "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibpam_misc.so.0 => /lib/x86_64-linux-gnu/libpam_misc.so.0 (0x7f)\n\
+                   \tlibpam.so.0 => /lib/x86_64-linux-gnu/libpam.so.0 (0x00007f469aca5000)\n";
+        assert_eq!(libpam_of_ldd(ldd), Some(PathBuf::from("/lib/x86_64-linux-gnu/libpam.so.0")));
+        assert_eq!(libpam_of_ldd("\tlibpam.so.0 => not found\n"), None);
     }
 }

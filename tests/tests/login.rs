@@ -15,7 +15,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     payloads, privileged, skip,
-    sshd::{Sshd, TestUser, PASSWORD},
+    sshd::{self, Sshd, TestUser, PASSWORD},
     Agent,
 };
 
@@ -102,19 +102,9 @@ fn printed_tty(out: &str) -> String {
 
 /// Whether the PAM uprobes can attach here; records why not.
 fn pam_ready(test: &str) -> bool {
-    let found = [
-        "/lib/x86_64-linux-gnu/libpam.so.0",
-        "/usr/lib/x86_64-linux-gnu/libpam.so.0",
-        "/lib64/libpam.so.0",
-        "/usr/lib64/libpam.so.0",
-        "/lib/libpam.so.0",
-        "/usr/lib/libpam.so.0",
-        "/lib/aarch64-linux-gnu/libpam.so.0",
-    ]
-    .iter()
-    .any(|p| Path::new(p).exists());
+    let found = sshd::system_libpam().is_some();
     if !found {
-        skip(test, "no libpam.so.0 on this host: the pam source has nothing to attach to");
+        skip(test, "su loads no libpam.so.0 on this host: the pam source has nothing to attach to");
     }
     found
 }
@@ -410,13 +400,8 @@ fn a_libpam_that_appears_later_is_attached_within_the_rescan() {
     if !privileged(test) || !pam_ready(test) {
         return;
     }
-    let system = ["/lib/x86_64-linux-gnu/libpam.so.0", "/usr/lib/x86_64-linux-gnu/libpam.so.0", "/lib/libpam.so.0"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let (Some(system), true) = (system, Path::new("/bin/su").exists()) else {
-        skip(test, "no libpam.so.0 in a known directory, or no /bin/su");
-        return;
-    };
+    // pam_ready found it: su's own libpam.
+    let system = sshd::system_libpam().unwrap();
     let user = TestUser::new("lp").unwrap();
     let dir = std::env::temp_dir().join(format!("hc-libpam-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -66,8 +66,12 @@ enum Command {
         #[arg(long)]
         privileged_only: bool,
         /// Run only this privileged suite (a file of tests/tests, without `.rs`); repeatable.
+        /// The VM tier then does not run.
         #[arg(long, value_name = "NAME")]
         suite: Vec<String>,
+        /// Skip the VM tier (the privileged suites in other kernels under qemu).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra `cargo test` arguments; after another `--`, test harness arguments.
         #[arg(last = true)]
         args: Vec<String>,
@@ -137,9 +141,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let artifacts = build::build(&setup, debug)?;
             return run::run_agent(&artifacts.binary, &args);
         }
-        Command::Test { unit_only, privileged_only, suite, args } => {
+        Command::Test { unit_only, privileged_only, suite, no_vm, args } => {
             let artifacts = build::build(&setup, false)?;
-            test::run(&artifacts, &test::Options { unit_only, privileged_only, suites: &suite, extra_args: &args })?;
+            // The VM tier is part of a whole run only: not of a chosen suite or filter.
+            let vm_tier = !no_vm && suite.is_empty() && args.is_empty();
+            let options = test::Options { unit_only, privileged_only, suites: &suite, extra_args: &args, vm_tier };
+            test::run(&setup, &artifacts, &options)?;
         }
         Command::Vmtest { kernels } => vmtest::run(&setup, &kernels)?,
         Command::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds)?,

@@ -305,7 +305,12 @@ pub fn ensure_static_toolchain() -> Result<()> {
 pub fn apt_install(packages: &[&str]) -> Result<()> {
     let install = || {
         let mut apt = Command::new("apt-get");
-        apt.args(["install", "-y"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null());
+        // Another install on the machine (a second checkout's setup) holds
+        // dpkg's lock for a while: wait for it rather than fail.
+        apt.args(["-o", "DPkg::Lock::Timeout=600", "install", "-y"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
         apt
     };
     if !cmd::is_root() {
@@ -318,7 +323,12 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     if cmd::run(&mut install()).is_ok() {
         return Ok(());
     }
-    cmd::run(Command::new("apt-get").args(["update"]).env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null()))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=600", "update"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null()),
+    )?;
     cmd::run(&mut install())
 }
 

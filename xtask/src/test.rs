@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::build::{self, Artifacts, EBPF_OBJECT_VAR};
 use crate::image::{self, IMAGE_VAR};
-use crate::{cmd, fuzz, setup};
+use crate::setup::Setup;
+use crate::{cmd, fuzz, setup, vmtest};
 
 /// The integration tests find the agent binary here.
 pub const BIN_VAR: &str = "HITCOUNT_BIN";
@@ -26,6 +27,8 @@ pub struct Options<'a> {
     /// Extra arguments for both `cargo test` invocations; anything after a
     /// `--` among them goes to the test binaries.
     pub extra_args: &'a [String],
+    /// Run the VM tier after the privileged tier ([`vmtest::TEST_TIER_KERNELS`]).
+    pub vm_tier: bool,
 }
 
 /// Extra arguments split into cargo's and the test binaries' halves, so the
@@ -44,7 +47,7 @@ impl<'a> ExtraArgs<'a> {
     }
 }
 
-pub fn run(artifacts: &Artifacts, options: &Options) -> Result<()> {
+pub fn run(setup: &Setup, artifacts: &Artifacts, options: &Options) -> Result<()> {
     let extra_args = ExtraArgs::split(options.extra_args);
     if options.privileged_only {
         println!("unit tier skipped: --privileged-only");
@@ -58,13 +61,22 @@ pub fn run(artifacts: &Artifacts, options: &Options) -> Result<()> {
         return Ok(());
     }
 
-    match privileged_tier(artifacts, options.suites, &extra_args)? {
-        Some(counts) => println!(
-            "test summary: unit tier passed; privileged tier passed ({} ran, {} skipped)",
-            counts.ran, counts.skipped
-        ),
-        None => println!("test summary: unit tier passed; privileged tier not run (not root)"),
-    }
+    let privileged = match privileged_tier(artifacts, options.suites, &extra_args)? {
+        Some(counts) => format!("privileged tier passed ({} ran, {} skipped)", counts.ran, counts.skipped),
+        None => "privileged tier not run (not root)".to_string(),
+    };
+    let vm = if !options.vm_tier {
+        "VM tier not run (--no-vm, --suite or a filter)".to_string()
+    } else if !cmd::is_root() {
+        // The privileged tier already failed a run that requires it.
+        "VM tier not run (not root)".to_string()
+    } else {
+        println!("VM tier: running (kernels {})", vmtest::TEST_TIER_KERNELS.join(", "));
+        let kernels: Vec<String> = vmtest::TEST_TIER_KERNELS.iter().map(|k| k.to_string()).collect();
+        vmtest::run_tier(setup, &kernels, vmtest::Strictness::SupportedMustRun)?;
+        format!("VM tier passed (kernels {})", vmtest::TEST_TIER_KERNELS.join(", "))
+    };
+    println!("test summary: unit tier passed; {privileged}; {vm}");
     Ok(())
 }
 

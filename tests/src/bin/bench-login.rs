@@ -125,17 +125,8 @@ fn attack(sshd: &Sshd, user: &str, n: usize, parallel: usize) -> Result<(Duratio
     Ok((wall, children_cpu() - clients + (tree_cpu(sshd.pid())? - tree)))
 }
 
-fn libpam() -> Result<&'static str> {
-    [
-        "/lib/x86_64-linux-gnu/libpam.so.0",
-        "/usr/lib/x86_64-linux-gnu/libpam.so.0",
-        "/lib/aarch64-linux-gnu/libpam.so.0",
-        "/usr/lib/libpam.so.0",
-        "/lib/libpam.so.0",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .context("no libpam.so.0 found")
+fn libpam() -> Result<PathBuf> {
+    tests::sshd::system_libpam().context("su loads no libpam.so.0 here")
 }
 
 fn main() -> Result<()> {
@@ -182,7 +173,7 @@ fn main() -> Result<()> {
 
     // 3. bpftrace: failed pam_authenticate calls counted on one uretprobe.
     let before: Vec<u32> = bpftool.programs()?.keys().copied().collect();
-    let script = format!("uretprobe:{}:pam_authenticate /retval != 0/ {{ @failed = count(); }}", libpam()?);
+    let script = format!("uretprobe:{}:pam_authenticate /retval != 0/ {{ @failed = count(); }}", libpam()?.display());
     let bt = Bpftrace::start(&bpftrace_bin, &bpftool, &script, &[])?;
     // "Attaching" is printed before the probe is: give it a moment.
     std::thread::sleep(Duration::from_secs(2));
