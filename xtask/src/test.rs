@@ -65,7 +65,9 @@ pub fn run(setup: &Setup, artifacts: &Artifacts, options: &Options) -> Result<()
         Some(counts) => format!("privileged tier passed ({} ran, {} skipped)", counts.ran, counts.skipped),
         None => "privileged tier not run (not root)".to_string(),
     };
-    let vm = if !options.vm_tier {
+    let vm = if vmtest::TEST_TIER_KERNELS.is_empty() {
+        "VM tier not run (no kernel in TEST_TIER_KERNELS)".to_string()
+    } else if !options.vm_tier {
         "VM tier not run (--no-vm, --suite or a filter)".to_string()
     } else if !cmd::is_root() {
         // The privileged tier already failed a run that requires it.
