@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::cmd;
-use crate::setup::{self, Setup, MUSL_CC, STATIC_TARGET};
+use crate::setup::{self, Setup, StaticTarget};
 
 const EBPF_CRATE: &str = "agent-ebpf";
 const EBPF_TARGET: &str = "bpfel-unknown-none";
@@ -32,11 +32,29 @@ fn ebpf_cargo(setup: &Setup, subcommand: &str) -> Result<Command> {
     Ok(cargo)
 }
 
-/// Build the eBPF object and return its absolute path.
+/// Build the eBPF object for the host's architecture and return its absolute path.
 pub fn build_ebpf(setup: &Setup) -> Result<PathBuf> {
     cmd::run(&mut ebpf_cargo(setup, "build")?).context("eBPF build failed")?;
     let object = cmd::target_dir().join(EBPF_TARGET).join("release").join(EBPF_CRATE);
     eprintln!("ebpf object: {}", object.display());
+    Ok(object)
+}
+
+/// The eBPF object for the machine `target` runs on. The bytecode is the
+/// same, but aya-ebpf reads kprobe and uprobe arguments through that
+/// architecture's pt_regs (cfg `bpf_target_arch`, from the build host unless
+/// AYA_BPF_TARGET_ARCH says otherwise); another architecture's object goes
+/// to its own target directory, so the host's is not rebuilt each time.
+pub fn build_ebpf_for(setup: &Setup, target: &StaticTarget) -> Result<PathBuf> {
+    if target.bpf_arch == std::env::consts::ARCH {
+        return build_ebpf(setup);
+    }
+    let dir = cmd::target_dir().join(format!("ebpf-{}", target.bpf_arch));
+    let mut cargo = ebpf_cargo(setup, "build")?;
+    cargo.arg("--target-dir").arg(&dir).env("AYA_BPF_TARGET_ARCH", target.bpf_arch);
+    cmd::run(&mut cargo).with_context(|| format!("eBPF build for {} failed", target.bpf_arch))?;
+    let object = dir.join(EBPF_TARGET).join("release").join(EBPF_CRATE);
+    eprintln!("ebpf object ({}): {}", target.bpf_arch, object.display());
     Ok(object)
 }
 
@@ -66,31 +84,44 @@ pub fn build(setup: &Setup, debug: bool) -> Result<Artifacts> {
     Ok(Artifacts { ebpf_object, binary })
 }
 
-/// `cargo xtask build --static`: the eBPF object, then a statically linked
-/// release agent for the musl target that embeds it.
-pub fn build_static(setup: &Setup) -> Result<Artifacts> {
-    setup::ensure_static_toolchain()?;
-    let ebpf_object = build_ebpf(setup)?;
-    let binary = build_static_agent(&ebpf_object)?;
+/// `cargo xtask build --static [--target T]`: the eBPF object for T, then a
+/// statically linked release agent for T's musl target that embeds it.
+pub fn build_static(setup: &Setup, target: &StaticTarget) -> Result<Artifacts> {
+    setup::ensure_static_toolchain(target)?;
+    let ebpf_object = build_ebpf_for(setup, target)?;
+    let binary = build_static_agent(&ebpf_object, target)?;
     Ok(Artifacts { ebpf_object, binary })
+}
+
+/// The environment cargo needs to build for a static target: cc-rs's C
+/// compiler and flags (it would look for x86_64-linux-musl-gcc, which
+/// Debian does not ship), and the linker when the host's cannot link.
+pub fn static_env(cargo: &mut Command, target: &StaticTarget) {
+    let var = target.rust_target.replace('-', "_");
+    cargo.env(format!("CC_{var}"), target.cc);
+    if !target.cflags.is_empty() {
+        cargo.env(format!("CFLAGS_{var}"), target.cflags);
+    }
+    if let Some(linker) = target.linker {
+        cargo.env(format!("CARGO_TARGET_{}_LINKER", var.to_uppercase()), linker);
+    }
 }
 
 /// The static agent around an already built eBPF object; the caller has run
 /// `setup::ensure_static_toolchain`. Fails unless the result really is static,
 /// because a dynamic binary in a `FROM scratch` image only fails at run time
 /// with a bare "no such file or directory" (its loader is missing).
-pub fn build_static_agent(ebpf_object: &Path) -> Result<PathBuf> {
+pub fn build_static_agent(ebpf_object: &Path, target: &StaticTarget) -> Result<PathBuf> {
     let mut cargo = cmd::cargo(None);
     cargo
-        .args(["build", "-p", USER_CRATE, "--release", "--target", STATIC_TARGET])
-        .env(EBPF_OBJECT_VAR, ebpf_object)
-        // cc-rs would look for x86_64-linux-musl-gcc, which Debian does not ship.
-        .env(format!("CC_{}", STATIC_TARGET.replace('-', "_")), MUSL_CC);
+        .args(["build", "-p", USER_CRATE, "--release", "--target", target.rust_target])
+        .env(EBPF_OBJECT_VAR, ebpf_object);
+    static_env(&mut cargo, target);
     cmd::run(&mut cargo).context("static agent build failed")?;
 
-    let binary = cmd::target_dir().join(STATIC_TARGET).join("release").join(USER_BIN);
+    let binary = cmd::target_dir().join(target.rust_target).join("release").join(USER_BIN);
     let elf = std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
-    if has_interpreter(&elf).with_context(|| format!("{} is not an x86_64 ELF file", binary.display()))? {
+    if has_interpreter(&elf).with_context(|| format!("{} is not an ELF file", binary.display()))? {
         bail!("{} is dynamically linked (it has an ELF interpreter); a static build was expected", binary.display());
     }
     eprintln!("static agent binary: {}", binary.display());

@@ -38,9 +38,12 @@ enum Command {
         /// Build the userspace agent without --release.
         #[arg(long)]
         debug: bool,
-        /// Build a statically linked agent (x86_64-unknown-linux-musl), as the container image uses.
+        /// Build a statically linked agent (musl), as the container image uses.
         #[arg(long = "static", conflicts_with = "debug")]
         static_: bool,
+        /// The static agent's architecture: x86_64 (default) or aarch64.
+        #[arg(long, requires = "static_", default_value = "x86_64")]
+        target: String,
     },
     /// Build the static agent, then the container image (podman); prints the image name.
     Image {
@@ -125,15 +128,19 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             build::build_ebpf(&setup)?;
         }
         Command::LintEbpf => build::lint_ebpf(&setup)?,
-        Command::Build { debug, static_ } => {
+        Command::Build { debug, static_, target } => {
             if static_ {
-                build::build_static(&setup)?;
+                let Some(target) = setup::STATIC_TARGETS.iter().find(|t| t.name == target) else {
+                    let known: Vec<_> = setup::STATIC_TARGETS.iter().map(|t| t.name).collect();
+                    anyhow::bail!("unknown static target {target}; known: {}", known.join(", "));
+                };
+                build::build_static(&setup, target)?;
             } else {
                 build::build(&setup, debug)?;
             }
         }
         Command::Image { tag } => {
-            let artifacts = build::build_static(&setup)?;
+            let artifacts = build::build_static(&setup, &setup::X86_64)?;
             let image = image::build_image(&artifacts.binary, tag.as_deref().unwrap_or(image::default_tag()))?;
             println!("{image}");
         }

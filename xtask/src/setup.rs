@@ -269,32 +269,75 @@ fn ensure_kernel_filesystems() -> Result<()> {
     Ok(())
 }
 
+/// A target a static (musl) agent is built for: the Rust target, and the
+/// C compiler cc-rs needs for it (ring, pulled in by rustls, compiles C and
+/// assembly; cc-rs does not fall back to the glibc toolchain for musl).
+pub struct StaticTarget {
+    /// The name `--target` takes in `cargo xtask build --static --target`.
+    pub name: &'static str,
+    pub rust_target: &'static str,
+    pub cc: &'static str,
+    /// The Debian package that ships `cc`.
+    pub cc_package: &'static str,
+    /// Extra CFLAGS: the bundled sqlite's LFS probe fails with the glibc
+    /// cross compiler's headers against musl (off64_t is glibc's).
+    pub cflags: &'static str,
+    /// The linker, when rustc's default (`cc`, the host's) cannot link for it.
+    pub linker: Option<&'static str>,
+    /// aya-ebpf's `bpf_target_arch` (pt_regs layout of kprobes and uprobes).
+    pub bpf_arch: &'static str,
+}
+
+pub const X86_64: StaticTarget = StaticTarget {
+    name: "x86_64",
+    rust_target: STATIC_TARGET,
+    cc: MUSL_CC,
+    cc_package: "musl-tools",
+    cflags: "",
+    linker: None,
+    bpf_arch: "x86_64",
+};
+
+/// Debian has no aarch64 musl-gcc: its glibc cross gcc compiles the C, and
+/// links with rustc's self-contained musl crt objects and libc.
+pub const AARCH64: StaticTarget = StaticTarget {
+    name: "aarch64",
+    rust_target: "aarch64-unknown-linux-musl",
+    cc: "aarch64-linux-gnu-gcc",
+    cc_package: "gcc-aarch64-linux-gnu",
+    cflags: "-DSQLITE_DISABLE_LFS",
+    linker: Some("aarch64-linux-gnu-gcc"),
+    bpf_arch: "aarch64",
+};
+
+pub const STATIC_TARGETS: &[&StaticTarget] = &[&X86_64, &AARCH64];
+
 /// What a static (musl) build needs beyond the normal setup: the Rust std
-/// for the musl target, and a C compiler for it (ring, pulled in by rustls,
-/// compiles C; cc-rs does not fall back to the glibc toolchain for musl).
-/// Only the commands that build a static binary call this.
-pub fn ensure_static_toolchain() -> Result<()> {
+/// for the musl target, and a C compiler for it. Only the commands that
+/// build a static binary call this.
+pub fn ensure_static_toolchain(target: &StaticTarget) -> Result<()> {
     // In the workspace root, so that rustup picks the toolchain the build uses.
     let rustup = |args: &[&str]| {
         let mut rustup = cmd::rust_tool("rustup");
         rustup.args(args).current_dir(cmd::workspace_root());
         rustup
     };
+    let rust_target = target.rust_target;
     let installed = cmd::output(&mut rustup(&["target", "list", "--installed"]))?;
-    if installed.lines().any(|t| t.trim() == STATIC_TARGET) {
-        step(STATIC_TARGET, "already present");
+    if installed.lines().any(|t| t.trim() == rust_target) {
+        step(rust_target, "already present");
     } else {
-        cmd::run(&mut rustup(&["target", "add", STATIC_TARGET]))
-            .with_context(|| format!("cannot add the {STATIC_TARGET} target"))?;
-        step(STATIC_TARGET, "done (rustup)");
+        cmd::run(&mut rustup(&["target", "add", rust_target]))
+            .with_context(|| format!("cannot add the {rust_target} target"))?;
+        step(rust_target, "done (rustup)");
     }
 
-    if cmd::on_path(MUSL_CC) {
-        step(MUSL_CC, "already present");
+    if cmd::on_path(target.cc) {
+        step(target.cc, "already present");
     } else {
-        apt_install(&["musl-tools"])
-            .with_context(|| format!("{MUSL_CC} is needed to build C dependencies for musl"))?;
-        step(MUSL_CC, "done (apt musl-tools)");
+        apt_install(&[target.cc_package])
+            .with_context(|| format!("{} is needed to build C dependencies for {rust_target}", target.cc))?;
+        step(target.cc, &format!("done (apt {})", target.cc_package));
     }
     Ok(())
 }

@@ -232,8 +232,8 @@ fn container_image(artifacts: &Artifacts) -> Result<Option<String>> {
         return Ok(None);
     }
     let started = std::time::Instant::now();
-    setup::ensure_static_toolchain()?;
-    let binary = build::build_static_agent(&artifacts.ebpf_object)?;
+    setup::ensure_static_toolchain(&setup::X86_64)?;
+    let binary = build::build_static_agent(&artifacts.ebpf_object, &setup::X86_64)?;
     // Its own tag, so that a test run never replaces an image someone built
     // with `cargo xtask image`.
     let image = image::build_image(&binary, "test")?;

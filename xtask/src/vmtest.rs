@@ -15,28 +15,46 @@ use anyhow::{bail, Context, Result};
 
 use crate::build::{self, EBPF_OBJECT_VAR};
 use crate::cmd;
-use crate::setup::{self, Setup, MUSL_CC, STATIC_TARGET};
+use crate::setup::{self, Setup, StaticTarget};
 
 /// The guest's CPU architecture and what building and booting for it takes.
-/// Only amd64 is wired up; an arm64 entry needs its Rust target, C compiler,
-/// qemu binary and the arm64 builds of the copied host tools (see README).
 pub struct Arch {
     /// Debian's name, as in `APT::Architectures` and package file names.
     debian: &'static str,
-    /// The Rust target the guest binaries are built for (static).
-    rust_target: &'static str,
+    /// The static target the guest binaries are built for.
+    target: &'static StaticTarget,
     qemu: &'static str,
+    /// The Debian package that ships `qemu`.
+    qemu_package: &'static str,
     qemu_args: &'static [&'static str],
     console: &'static str,
 }
 
+impl Arch {
+    /// Whether the guest runs the build host's binaries: then its tools
+    /// are the host's own, otherwise they come from this architecture's .debs.
+    fn is_host(&self) -> bool {
+        self.target.bpf_arch == std::env::consts::ARCH
+    }
+}
+
 const AMD64: Arch = Arch {
     debian: "amd64",
-    rust_target: STATIC_TARGET,
+    target: &setup::X86_64,
     qemu: "qemu-system-x86_64",
+    qemu_package: "qemu-system-x86",
     // /dev/kvm on these machines cannot run stock kernels: TCG only.
     qemu_args: &["-accel", "tcg"],
     console: "ttyS0",
+};
+
+const ARM64: Arch = Arch {
+    debian: "arm64",
+    target: &setup::AARCH64,
+    qemu: "qemu-system-aarch64",
+    qemu_package: "qemu-system-arm",
+    qemu_args: &["-M", "virt", "-cpu", "cortex-a57", "-accel", "tcg"],
+    console: "ttyAMA0",
 };
 
 /// One guest kernel: Debian suites whose newest `linux-image-<flavour>`
@@ -95,6 +113,12 @@ pub const KERNELS: &[Kernel] = &[
         metapackage: "linux-image-amd64",
         not_here: &[NEEDS_MOSQUITTO, NEEDS_NFT_PACKETS, NEEDS_NFT_CALLS],
     },
+    Kernel {
+        name: "6.12-arm64",
+        arch: &ARM64,
+        sources: &[(DEBIAN, "trixie"), (SECURITY, "trixie-security")],
+        metapackage: "linux-image-arm64",
+    },
 ];
 
 /// Modules the tests need (the net suite's veth pairs), loaded with their
@@ -129,6 +153,10 @@ const SUITES: &[(&str, Option<&str>)] = &[
 /// with the shared libraries they load; installed on the host from apt when
 /// missing, as the host's privileged tier does.
 const HOST_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("ping", "iputils-ping")];
+
+/// Packages of the guest tools of another architecture than the host's:
+/// busybox (the host's is an x86_64 binary) and HOST_TOOLS' packages.
+const FOREIGN_TOOL_PACKAGES: &[&str] = &["busybox-static", "iproute2", "iputils-ping", "nftables"];
 
 /// How long one guest may run before it is killed and its missing results
 /// count as failures.
@@ -278,13 +306,13 @@ fn apt_config(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
         &config,
         format!(
             "Dir::Etc::SourceList \"/dev/null\";\nDir::Etc::SourceParts \"{}\";\nDir::State::Lists \"{}\";\n\
-             Dir::State::status \"{}\";\nDir::Cache \"{}\";\nAPT::Architectures {{ \"{}\"; }};\n\
+             Dir::State::status \"{}\";\nDir::Cache \"{}\";\nAPT::Architecture \"{arch}\";\nAPT::Architectures {{ \"{arch}\"; }};\n\
              Acquire::Languages \"none\";\nAPT::Sandbox::User \"root\";\n",
             sources.display(),
             dir.join("lists").display(),
             status.display(),
             dir.join("cache").display(),
-            kernel.arch.debian
+            arch = kernel.arch.debian
         ),
     )?;
     Ok(config)
@@ -495,18 +523,15 @@ struct GuestBinaries {
 }
 
 fn build_guest_binaries(setup: &Setup, arch: &Arch) -> Result<GuestBinaries> {
-    if arch.rust_target != STATIC_TARGET {
-        bail!("guest binaries for {} are not wired up yet", arch.rust_target);
-    }
-    setup::ensure_static_toolchain()?;
-    let ebpf_object = build::build_ebpf(setup)?;
-    let agent = build::build_static_agent(&ebpf_object)?;
+    setup::ensure_static_toolchain(arch.target)?;
+    let ebpf_object = build::build_ebpf_for(setup, arch.target)?;
+    let agent = build::build_static_agent(&ebpf_object, arch.target)?;
     let mut cargo = cmd::cargo(None);
     cargo
         .args(["test", "--release", "-p", "tests", "--no-run", "--message-format", "json-render-diagnostics"])
-        .args(["--target", arch.rust_target])
-        .env(EBPF_OBJECT_VAR, &ebpf_object)
-        .env(format!("CC_{}", arch.rust_target.replace('-', "_")), MUSL_CC);
+        .args(["--target", arch.target.rust_target])
+        .env(EBPF_OBJECT_VAR, &ebpf_object);
+    build::static_env(&mut cargo, arch.target);
     for (suite, _) in SUITES.iter().filter(|(_, skip)| skip.is_none()) {
         cargo.args(["--test", suite]);
     }
@@ -656,6 +681,104 @@ fn host_tool(name: &str) -> Option<PathBuf> {
     ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
+/// The tools' packages of a foreign architecture and everything they
+/// depend on, downloaded (once) with the kernel's private apt configuration
+/// and unpacked into one tree, which is returned.
+fn foreign_tools(kernel: &Kernel) -> Result<PathBuf> {
+    let dir = cache_dir().join("tools").join(kernel.arch.debian);
+    let tree = dir.join("tree");
+    let done = dir.join("done");
+    let wanted = FOREIGN_TOOL_PACKAGES.join("\n");
+    if std::fs::read_to_string(&done).is_ok_and(|d| d == wanted) {
+        return Ok(tree);
+    }
+    // fetch_kernel has updated these lists.
+    let config = apt_config(kernel, &cache_dir().join("kernels").join(format!("{}-{}", kernel.name, kernel.arch.debian)).join("apt"))?;
+    let depends = cmd::output(
+        apt(&config, "apt-cache")
+            .args(["depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts"])
+            .args(["--no-breaks", "--no-replaces", "--no-enhances"])
+            .args(FOREIGN_TOOL_PACKAGES),
+    )
+    .context("apt-cache depends of the guest tools failed")?;
+    let packages = package_closure(&depends);
+    let downloads = dir.join("debs");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&downloads)?;
+    eprintln!("vmtest: {} tools: downloading {} packages", kernel.arch.debian, packages.len());
+    cmd::run(apt(&config, "apt-get").args(["download", "-q"]).args(&packages).current_dir(&downloads))
+        .context("apt-get download of the guest tools failed")?;
+    std::fs::create_dir_all(&tree)?;
+    for deb in std::fs::read_dir(&downloads)? {
+        let deb = deb?.path();
+        if deb.extension().is_some_and(|x| x == "deb") {
+            cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+        }
+    }
+    std::fs::write(&done, wanted)?;
+    Ok(tree)
+}
+
+/// The real packages of `apt-cache depends --recurse` output (its unindented
+/// lines; `<name>` ones are virtual).
+fn package_closure(depends: &str) -> Vec<String> {
+    let mut packages: Vec<String> = depends
+        .lines()
+        .filter(|l| !l.starts_with(' ') && !l.starts_with('<') && !l.is_empty())
+        .map(|l| l.trim().to_string())
+        .collect();
+    packages.sort();
+    packages.dedup();
+    packages
+}
+
+/// A program of an unpacked tree: the regular file (not a symlink, whose
+/// absolute target would point into the host) in one of the bin directories.
+fn tree_program(tree: &Path, name: &str) -> Result<PathBuf> {
+    ["usr/bin", "usr/sbin", "bin", "sbin"]
+        .iter()
+        .map(|d| tree.join(d).join(name))
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .with_context(|| format!("no {name} in {}", tree.display()))
+}
+
+/// HOST_TOOLS from a foreign tree at /usr/bin, as the host's are, with
+/// every shared library of the tree's multiarch directory (their symlinks
+/// kept) and the loader at the path the binaries name (PT_INTERP).
+fn put_foreign_tools(root: &Path, tree: &Path, arch: &Arch) -> Result<()> {
+    for (tool, _) in HOST_TOOLS {
+        put(root, &format!("/usr/bin/{tool}"), &tree_program(tree, tool)?)?;
+    }
+    let triplet = format!("{}-linux-gnu", arch.target.bpf_arch);
+    // Trixie's packages ship merged /usr; the loader at /lib and the
+    // libraries at /lib/<triplet>, on glibc's built-in search path.
+    let libs = tree.join("usr/lib").join(&triplet);
+    let into = root.join("lib").join(&triplet);
+    std::fs::create_dir_all(&into)?;
+    for entry in std::fs::read_dir(&libs).with_context(|| format!("cannot read {}", libs.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !name.to_string_lossy().contains(".so") {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, into.join(&name))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), into.join(&name))?;
+        }
+    }
+    let loader = format!("ld-linux-{}.so.1", arch.target.bpf_arch);
+    let found = ["usr/lib", "lib"]
+        .iter()
+        .map(|d| tree.join(d).join(&loader))
+        .find(|p| p.exists())
+        .map(|p| if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_symlink()) { libs.join(&loader) } else { p })
+        .with_context(|| format!("no {loader} in {}", tree.display()))?;
+    put(root, &format!("/lib/{loader}"), &found)?;
+    Ok(())
+}
+
 /// Absolute library paths in `ldd` output (`libc.so.6 => /lib/... (0x...)`,
 /// `/lib64/ld-linux-x86-64.so.2 (0x...)`).
 fn ldd_paths(ldd: &str) -> Vec<String> {
@@ -674,7 +797,15 @@ fn pack_initramfs(kernel: &Kernel, files: &KernelFiles, bins: &GuestBinaries) ->
     let root = dir.join("root");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("bin"))?;
-    put(&root, "/bin/busybox", Path::new("/bin/busybox"))?;
+    // Another architecture's busybox, tools and libraries come from its .debs.
+    let foreign = if kernel.arch.is_host() { None } else { Some(foreign_tools(kernel)?) };
+    let busybox = match &foreign {
+        Some(tree) => tree_program(tree, "busybox")?,
+        None => PathBuf::from("/bin/busybox"),
+    };
+    put(&root, "/bin/busybox", &busybox)?;
+    // The host's busybox lists the applets: the same upstream tool, a
+    // different Debian release at most.
     let applets = cmd::output(Command::new("/bin/busybox").arg("--list-full"))?;
     for applet in applets.lines().filter(|a| !a.is_empty() && *a != "bin/busybox") {
         let link = root.join(applet);
@@ -685,12 +816,17 @@ fn pack_initramfs(kernel: &Kernel, files: &KernelFiles, bins: &GuestBinaries) ->
         }
         std::os::unix::fs::symlink("/bin/busybox", &link)?;
     }
-    for (tool, package) in HOST_TOOLS {
-        if host_tool(tool).is_none() {
-            setup::apt_install(&[package])?;
-        }
-        for (dest, src) in host_tool_files(tool)? {
-            put(&root, &dest, &src)?;
+    match &foreign {
+        Some(tree) => put_foreign_tools(&root, tree, kernel.arch)?,
+        None => {
+            for (tool, package) in HOST_TOOLS {
+                if host_tool(tool).is_none() {
+                    setup::apt_install(&[package])?;
+                }
+                for (dest, src) in host_tool_files(tool)? {
+                    put(&root, &dest, &src)?;
+                }
+            }
         }
     }
     std::fs::create_dir_all(root.join("etc"))?;
@@ -750,7 +886,7 @@ fn pack_initramfs(kernel: &Kernel, files: &KernelFiles, bins: &GuestBinaries) ->
 fn boot_guest(kernel: &Kernel, files: &KernelFiles, initrd: &Path) -> Result<String> {
     let arch = kernel.arch;
     if !cmd::on_path(arch.qemu) {
-        setup::apt_install(&["qemu-system-x86"]).context("qemu is needed to boot the guest kernels")?;
+        setup::apt_install(&[arch.qemu_package]).context("qemu is needed to boot the guest kernels")?;
     }
     let log_path = initrd.with_file_name("console.log");
     let mut qemu = Command::new(arch.qemu);
@@ -968,6 +1104,13 @@ mod tests {
         let ldd = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibbpf.so.1 => /lib/x86_64-linux-gnu/libbpf.so.1 (0x7f)\n\
                    \t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
         assert_eq!(ldd_paths(ldd), ["/lib/x86_64-linux-gnu/libbpf.so.1", "/lib64/ld-linux-x86-64.so.2"]);
+    }
+
+    #[test]
+    fn keeps_the_real_packages_of_a_dependency_closure() {
+        let depends = "iproute2\n  Depends: libc6\n  PreDepends: <debconf-2.0>\nlibc6\n  Depends: libgcc-s1\n\
+                       <debconf-2.0>\nlibgcc-s1\nlibc6\n";
+        assert_eq!(package_closure(depends), ["iproute2", "libc6", "libgcc-s1"]);
     }
 
     #[test]
