@@ -118,6 +118,7 @@ pub const KERNELS: &[Kernel] = &[
         arch: &ARM64,
         sources: &[(DEBIAN, "trixie"), (SECURITY, "trixie-security")],
         metapackage: "linux-image-arm64",
+        not_here: &[NEEDS_MOSQUITTO, NEEDS_NFT_PACKETS, NEEDS_NFT_CALLS],
     },
 ];
 
