@@ -132,6 +132,24 @@ impl Agent {
         self.stderr_lines.lock().unwrap().clone()
     }
 
+    /// Stops the agent (SIGSTOP) until the guard is dropped (SIGCONT),
+    /// once every thread of it is stopped: its programs go on counting in
+    /// the kernel, and nothing drains their maps meanwhile.
+    pub fn pause(&self) -> Result<Paused> {
+        let pid = self.pid();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let paused = Paused { pid };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid)? {
+            if std::time::Instant::now() > deadline {
+                bail!("agent {pid} not stopped 10 s after SIGSTOP");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(paused)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -235,6 +253,31 @@ pub fn assert_windows_account_for_every_event(events: &[Value], source: &str) ->
         dropped += d;
     }
     (seen, dropped)
+}
+
+/// An agent stopped by [`Agent::pause`]; continued on drop.
+pub struct Paused {
+    pid: u32,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid as i32, libc::SIGCONT) };
+    }
+}
+
+/// Whether every thread of `pid` is in state T (stopped), from
+/// /proc/PID/task/*/stat: the state follows the parenthesised comm.
+fn all_threads_stopped(pid: u32) -> Result<bool> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if state != Some('T') {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Runs `cmd` to completion, failing on a spawn error.
@@ -420,9 +463,7 @@ impl NetNs {
     /// gone (its sockets closed).
     pub fn kill(&mut self, pid: u32) {
         if let Some(i) = self.children.iter().position(|h| h.child.id() == pid) {
-            let mut h = self.children.remove(i);
-            let _ = h.child.kill();
-            let _ = h.child.wait();
+            drop(self.children.remove(i));
         }
     }
 
@@ -444,10 +485,8 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        for h in &mut self.children {
-            let _ = h.child.kill();
-            let _ = h.child.wait();
-        }
+        // The helpers go first: the namespace is deleted once nothing is in it.
+        self.children.clear();
         let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
         let _ = run(Command::new("ip").args(["link", "del", &self.host_if]));
     }
@@ -473,6 +512,14 @@ impl Helper {
             }
         }
         counts
+    }
+}
+
+impl Drop for Helper {
+    /// Killed, and waited for: its sockets are closed when this returns.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -514,13 +561,6 @@ impl Peer {
 
     pub fn pid(&self) -> u32 {
         self.helper.child.id()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.helper.child.kill();
-        let _ = self.helper.child.wait();
     }
 }
 

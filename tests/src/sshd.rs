@@ -16,6 +16,8 @@ use crate::{run, NetNs};
 
 pub const PORT: u16 = 2222;
 
+pub const PASSWORD: &str = "hc-Login-pw-1";
+
 /// The libpam the host's `su` loads, as `ldd` resolves it: the oracle for
 /// which file the agent's pam source must attach to, independent of the
 /// directories the agent searches. None without su or a libpam.
@@ -32,7 +34,6 @@ fn libpam_of_ldd(ldd: &str) -> Option<PathBuf> {
         (name == "libpam.so.0" && path.starts_with('/')).then(|| PathBuf::from(path))
     })
 }
-pub const PASSWORD: &str = "hc-Login-pw-1";
 
 /// A user with a password, removed (with its home) on drop.
 pub struct TestUser {
