@@ -268,12 +268,11 @@ impl Drop for Paused {
 }
 
 /// Whether every thread of `pid` is in state T (stopped), from
-/// /proc/PID/task/*/stat: the state follows the parenthesised comm.
+/// /proc/PID/task/*/stat.
 fn all_threads_stopped(pid: u32) -> Result<bool> {
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let stat = std::fs::read_to_string(task?.path().join("stat"))?;
-        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-        if state != Some('T') {
+        if bench::procfs::stat_fields(&stat)?.first() != Some(&"T") {
             return Ok(false);
         }
     }

@@ -71,11 +71,17 @@ fn parse_status(text: &str) -> Result<Memory> {
     Ok(Memory { hwm_kib: kib("VmHWM:")?, rss_kib: kib("VmRSS:")? })
 }
 
-/// utime + stime in clock ticks. The command name (field 2) may contain
-/// spaces and parentheses, so fields are counted from its closing ')' (proc(5)).
-fn parse_stat_cpu_ticks(text: &str) -> Result<u64> {
+/// The fields of a /proc/PID/stat line from field 3 (state) on. The
+/// command name (field 2) may contain spaces and parentheses, so they are
+/// counted from its last closing ')' (proc(5)).
+pub fn stat_fields(text: &str) -> Result<Vec<&str>> {
     let rest = &text[text.rfind(')').context("no ')' after the command name")? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Ok(rest.split_whitespace().collect())
+}
+
+/// utime + stime in clock ticks.
+fn parse_stat_cpu_ticks(text: &str) -> Result<u64> {
+    let fields = stat_fields(text)?;
     // Field 3 (state) is fields[0]: utime is field 14, stime field 15.
     let field = |n: usize| -> Result<u64> {
         fields.get(n - 3).with_context(|| format!("no field {n}"))?.parse().with_context(|| format!("field {n}"))
@@ -92,6 +98,13 @@ mod tests {
         let text = "Name:\thitcount\nVmPeak:\t  100 kB\nVmHWM:\t    9876 kB\nVmRSS:\t    9000 kB\n";
         assert_eq!(parse_status(text).unwrap(), Memory { hwm_kib: 9876, rss_kib: 9000 });
         assert!(parse_status("Name:\tx\n").is_err());
+    }
+
+    #[test]
+    fn stat_fields_start_at_the_state() {
+        let text = "42 (a) b (c) T 1 42";
+        assert_eq!(stat_fields(text).unwrap(), ["T", "1", "42"]);
+        assert!(stat_fields("42 no parenthesis").is_err());
     }
 
     #[test]

@@ -89,8 +89,7 @@ fn children_cpu() -> Duration {
 /// the listening sshd and every connection it forked and reaped.
 fn tree_cpu(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(") ").context("stat without a command")?.1;
-    let f: Vec<u64> = after.split_whitespace().skip(11).take(4).map(|v| v.parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = procfs::stat_fields(&stat)?.iter().skip(11).take(4).map(|v| v.parse().unwrap_or(0)).collect();
     Ok(procfs::clock_tick()? * u32::try_from(f.iter().sum::<u64>())?)
 }
 
