@@ -10,8 +10,10 @@ use core::mem::size_of;
 
 /// Longest command line kept in a key. The configured limit
 /// (`commandline_max_bytes`) may be lower, never higher: the map's key size is
-/// fixed when the object is compiled.
-pub const CMDLINE_CAP: usize = 512;
+/// fixed when the object is compiled. 488 makes a [`ProcKey`] 512 bytes, the
+/// largest hash map key Linux before 5.11 creates (`MAX_BPF_STACK` in
+/// `htab_map_alloc_check`).
+pub const CMDLINE_CAP: usize = 488;
 /// Longest executable path kept.
 pub const EXE_CAP: usize = 256;
 /// `TASK_COMM_LEN` in include/linux/sched.h.
@@ -42,6 +44,8 @@ pub mod maps {
     pub const TRAF_1: &str = "TRAF_1";
     /// UDP/ICMP flows seen recently: [`super::ConnKey`] -> last packet time.
     pub const FLOWS: &str = "FLOWS";
+    /// [`super::FlowClaim`]s: which CPU counted a flow that was idle.
+    pub const FLOW_CLAIMS: &str = "FLOW_CLAIMS";
     /// TCP sockets between connect() (SYN_SENT) and leaving SYN_SENT: skaddr -> owner.
     pub const PENDING: &str = "PENDING";
     /// Listening TCP sockets: [`super::ListenKey`] -> owner, for accepted connections.
@@ -137,6 +141,9 @@ pub const FLAG_NET_TCP_BYTES_BY_CALL: u32 = 1 << 8;
 /// least recently used entry goes, which costs an owner (reported as pid 0)
 /// or makes a quiet UDP/ICMP flow count as new again, never a crash.
 pub const FLOWS_ENTRIES: u32 = 16384;
+/// A claim matters only between two CPUs' reads of the same stale time, a
+/// few microseconds, so a small LRU map holds every claim that matters.
+pub const FLOW_CLAIMS_ENTRIES: u32 = 1024;
 pub const PENDING_ENTRIES: u32 = 4096;
 pub const LISTENERS_ENTRIES: u32 = 1024;
 pub const SOCK_OWNER_ENTRIES: u32 = 4096;
@@ -245,7 +252,7 @@ pub struct ProcKey {
     pub nonce: u64,
     pub cmdline: [u8; CMDLINE_CAP],
 }
-const _: () = assert!(size_of::<ProcKey>() == 24 + CMDLINE_CAP);
+const _: () = assert!(size_of::<ProcKey>() == 24 + CMDLINE_CAP && size_of::<ProcKey>() <= 512);
 
 /// What is kept about the first occurrence of a [`ProcKey`].
 #[repr(C)]
@@ -286,6 +293,17 @@ pub struct ExitValue {
     pub exe_is_comm: u32,
 }
 const _: () = assert!(size_of::<ExitValue>() == 24);
+
+/// A flow found idle, keyed by the time of its last packet before the gap:
+/// every CPU that read that same time tries to insert the claim, and the one
+/// whose insert succeeds counts the flow as new. An exchange would do it in
+/// one instruction, but BPF_XCHG is 5.12+ and 5.10 refuses it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowClaim {
+    pub flow: ConnKey,
+    pub last_ns: u64,
+}
 
 /// Identity of a connection record: the 5-tuple of seed 002 (local and remote
 /// address and port, transport protocol) plus the network namespace, which
@@ -482,8 +500,11 @@ pub struct KernelOffsets {
     pub tp_len_flags: u32,
     /// 1 when the kernel has both length tracepoints with the fields above.
     pub has_sock_length: u32,
+    /// 1 when the kernel has `bpf_get_current_task_btf` (5.11+): task fields
+    /// are plain loads; else one `bpf_probe_read_kernel` each.
+    pub has_task_btf: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 104 + 14 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 104 + 15 * 4);
 
 // ---- Login: PAM uprobes (agent-ebpf pam.rs) ----
 
@@ -699,6 +720,7 @@ impl KernelOffsets {
             tp_len_ret: 0,
             tp_len_flags: 0,
             has_sock_length: 0,
+            has_task_btf: 0,
         }
     }
 }

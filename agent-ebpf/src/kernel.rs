@@ -83,26 +83,64 @@ pub fn current_task() -> *const u8 {
 /// against the kernel's BTF, instead of one helper call per field. Offsets
 /// come from read-only globals, which the verifier treats as constants.
 #[inline(always)]
-pub fn current_task_btf() -> *const u8 {
+fn current_task_btf() -> *const u8 {
     unsafe { gen::bpf_get_current_task_btf() as *const u8 }
 }
 
-/// The tgid of `task`'s parent (a BTF-typed task, [`current_task_btf`]); 0 when it has none.
+/// A `task_struct`, or a structure reached from one through its pointer
+/// fields (`mm`, `real_parent`), read in the way the kernel allows: with plain
+/// loads through BTF-typed pointers where `bpf_get_current_task_btf` exists
+/// (5.11+), else with one `bpf_probe_read_kernel` per field (5.10). The choice
+/// is a read-only global, so each kernel's verifier sees one path and drops
+/// the other as dead code: 5.10 never checks the helper it lacks.
+#[derive(Clone, Copy)]
+pub struct TaskRef(*const u8);
+
+impl TaskRef {
+    #[inline(always)]
+    pub fn current() -> TaskRef {
+        TaskRef(if offsets().has_task_btf != 0 { current_task_btf() } else { current_task() })
+    }
+
+    #[inline(always)]
+    pub fn is_null(self) -> bool {
+        self.0.is_null()
+    }
+
+    /// The field at `offset`; a fault (a NULL or stale pointer) reads as the
+    /// default, as the BTF path's exception table makes it read as zero.
+    #[inline(always)]
+    pub fn get<T: Copy + Default>(self, offset: u32) -> T {
+        if offsets().has_task_btf != 0 {
+            unsafe { load(self.0, offset) }
+        } else {
+            unsafe { read_field(self.0, offset) }.unwrap_or_default()
+        }
+    }
+
+    /// The structure a pointer field at `offset` points to.
+    #[inline(always)]
+    pub fn follow(self, offset: u32) -> TaskRef {
+        TaskRef(self.get::<u64>(offset) as *const u8)
+    }
+}
+
+/// The tgid of `task`'s parent; 0 when it has none.
 #[inline(always)]
-pub fn parent_tgid(task: *const u8) -> u32 {
+pub fn parent_tgid(task: TaskRef) -> u32 {
     let off = offsets();
-    let parent: *const u8 = unsafe { load(task, off.task_real_parent) };
+    let parent = task.follow(off.task_real_parent);
     if parent.is_null() {
         return 0;
     }
-    unsafe { load::<i32>(parent, off.task_tgid) as u32 }
+    parent.get::<i32>(off.task_tgid) as u32
 }
 
 /// Loads a field of a BTF-typed object (see [`current_task_btf`]). A fault
 /// (a NULL or stale pointer) reads as zero: the kernel's exception table
 /// covers these loads.
 #[inline(always)]
-pub unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T {
+unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T {
     unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const T) }
 }
 
@@ -185,12 +223,6 @@ fn atomic_inc(p: *mut u64) {
 pub fn atomic_add(p: *mut u64, n: u64) {
     // AtomicU64 does not lower on the BPF target; the intrinsic becomes XADD.
     unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, n) };
-}
-
-/// Race-safe swap: returns the old value (BPF_XCHG, kernel 5.12+).
-#[inline(always)]
-pub fn atomic_swap(p: *mut u64, v: u64) -> u64 {
-    unsafe { core::intrinsics::atomic_xchg::<u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v) }
 }
 
 /// Sets `*dst` to all zero bytes. The BPF target has no memset: rustc falls

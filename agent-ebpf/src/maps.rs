@@ -1,10 +1,10 @@
 //! Every map of the kernel side. Sizes given here are placeholders where the
 //! agent sets the real value at load time (`cache_size`).
 use agent_common::{
-    ConnKey, ConnValue, Control, ExitKey, ExitValue, ListenKey, NetScratch, Owner, PamCall, PamHandleKey, PamItems,
-    ProcKey, ProcValue, Scratch, TaskExe, TrafficValue, COUNTER_COUNT, DNS_RING_BYTES, FLOWS_ENTRIES,
-    LISTENERS_ENTRIES, PAM_CALL_ENTRIES, PAM_COUNTER_COUNT, PAM_HANDLE_ENTRIES, PAM_RING_BYTES, PENDING_ENTRIES,
-    ROLLUP_ENTRIES, SOCK_OWNER_ENTRIES, TASK_EXE_ENTRIES,
+    ConnKey, ConnValue, Control, ExitKey, ExitValue, FlowClaim, ListenKey, NetScratch, Owner, PamCall, PamHandleKey,
+    PamItems, ProcKey, ProcValue, Scratch, TaskExe, TrafficValue, COUNTER_COUNT, DNS_RING_BYTES, FLOWS_ENTRIES,
+    FLOW_CLAIMS_ENTRIES, LISTENERS_ENTRIES, PAM_CALL_ENTRIES, PAM_COUNTER_COUNT, PAM_HANDLE_ENTRIES, PAM_RING_BYTES,
+    PENDING_ENTRIES, ROLLUP_ENTRIES, SOCK_OWNER_ENTRIES, TASK_EXE_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -62,6 +62,8 @@ pub static TRAF_1: HashMap<ConnKey, TrafficValue> = HashMap::with_max_entries(10
 /// Flow key -> boot ns of its last packet.
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(FLOWS_ENTRIES, 0);
+#[map(name = "FLOW_CLAIMS")]
+pub static FLOW_CLAIMS: LruHashMap<FlowClaim, u8> = LruHashMap::with_max_entries(FLOW_CLAIMS_ENTRIES, 0);
 #[map(name = "PENDING")]
 pub static PENDING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(PENDING_ENTRIES, 0);
 #[map(name = "LISTENERS")]

@@ -33,9 +33,9 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use agent_common::{
-    ConnKey, Control, Counter, DnsEvent, ListenKey, Owner, TrafficValue, AF_INET, AF_INET6, DIR_IN, DIR_OUT, DNS_CAP,
-    DNS_KIND_ANSWER, DNS_KIND_QUERY, FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT, FLAG_NET_TCP_BYTES_BY_CALL,
-    FLOW_IDLE_NS, HEAD_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    ConnKey, Control, Counter, DnsEvent, FlowClaim, ListenKey, Owner, TrafficValue, AF_INET, AF_INET6, DIR_IN, DIR_OUT,
+    DNS_CAP, DNS_KIND_ANSWER, DNS_KIND_QUERY, FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT,
+    FLAG_NET_TCP_BYTES_BY_CALL, FLOW_IDLE_NS, HEAD_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -47,12 +47,12 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{
-        add_hit, add_rollup, atomic_add, atomic_swap, boot_ns, control, copy, count, current_task, offsets, read_argv,
-        read_field, TpRecord,
+        add_hit, add_rollup, atomic_add, boot_ns, control, copy, count, current_task, offsets, read_argv, read_field,
+        TpRecord,
     },
     maps::{
-        CONNR_0, CONNR_1, CONN_0, CONN_1, DNS_EVENTS, FLOWS, LISTENERS, NET_SCRATCH, PENDING, SOCK_OWNER, TRAF_0,
-        TRAF_1,
+        CONNR_0, CONNR_1, CONN_0, CONN_1, DNS_EVENTS, FLOWS, FLOW_CLAIMS, LISTENERS, NET_SCRATCH, PENDING, SOCK_OWNER,
+        TRAF_0, TRAF_1,
     },
 };
 
@@ -409,32 +409,36 @@ fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Result<[u8; N], i64
     Ok(buf)
 }
 
-/// The socket's network namespace. `skb->sk` is a PTR_TO_SOCK_COMMON the
-/// verifier forbids arithmetic on; copying the pointer through the stack with
-/// bpf_probe_read_kernel turns it into a plain number that can be offset and
-/// read like any kernel address (allowed to CAP_PERFMON loaders).
+/// The packet's socket as a kernel address, 0 when it has none. `skb->sk` is
+/// a PTR_TO_SOCK_COMMON the verifier forbids arithmetic on; copying the
+/// pointer through the stack with bpf_probe_read_kernel turns it into a
+/// plain number that can be offset and read like any kernel address
+/// (allowed to CAP_PERFMON loaders). A number, not an `Option`: LLVM reads
+/// an `Option<u64>`'s payload even on the `None` path, stack that 5.10's
+/// verifier refuses to read uninitialised.
 #[inline(always)]
-fn skb_sock(ctl: &Control, ctx: &SkBuffContext) -> Option<u64> {
+fn skb_sock(ctl: &Control, ctx: &SkBuffContext) -> u64 {
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return None;
+        return 0;
     }
     let slot = sk;
     match unsafe { bpf_probe_read_kernel(&slot as *const _ as *const u64) } {
-        Ok(v) => Some(v),
+        Ok(v) => v,
         Err(_) => {
             count(ctl, Counter::NetReadFailed);
-            None
+            0
         }
     }
 }
 
+/// The network namespace of socket `sk` (0 when there is none).
 #[inline(always)]
-fn skb_netns(ctl: &Control, sk: Option<u64>) -> u32 {
-    match sk {
-        Some(sk) => sock_netns(ctl, sk),
-        None => 0,
+fn skb_netns(ctl: &Control, sk: u64) -> u32 {
+    if sk == 0 {
+        return 0;
     }
+    sock_netns(ctl, sk)
 }
 
 /// Whether this TCP packet carries its connection's first payload in its
@@ -445,10 +449,10 @@ fn skb_netns(ctl: &Control, sk: Option<u64>) -> u32 {
 /// retransmitted first segment does not match again; its head was kept the
 /// first time.
 #[inline(always)]
-fn first_tcp_payload(sk: Option<u64>, egress: bool, payload: u32) -> bool {
-    let Some(sk) = sk else {
+fn first_tcp_payload(sk: u64, egress: bool, payload: u32) -> bool {
+    if sk == 0 {
         return false;
-    };
+    }
     let off = offsets();
     let (offset, first) = if egress { (off.tcp_bytes_sent, payload as u64) } else { (off.tcp_bytes_received, 0) };
     let counter = unsafe { read_field::<u64>(sk as *const u8, offset) };
@@ -708,8 +712,20 @@ fn new_flow(ctx: &SkBuffContext, ctl: &Control, key: &mut ConnKey, flow_id: u16,
     let mut fk = *key;
     fk.lport = if key.proto == IPPROTO_UDP { key.lport } else { flow_id };
     let is_new = match FLOWS.get_ptr_mut(&fk) {
-        // The swap makes exactly one CPU see the old, idle time.
-        Some(last) => now.saturating_sub(atomic_swap(last, now)) > FLOW_IDLE_NS,
+        Some(last) => {
+            // Plain loads and stores: a racing CPU may store a time a few
+            // microseconds older, which no idle gap notices.
+            let seen = unsafe { core::ptr::read_volatile(last) };
+            unsafe { core::ptr::write_volatile(last, now) };
+            // Every CPU that read this same idle time tries the claim;
+            // exactly one insert succeeds (FlowClaim).
+            now.saturating_sub(seen) > FLOW_IDLE_NS && {
+                let claim = FlowClaim { flow: fk, last_ns: seen };
+                // -EEXIST: another CPU counted it. Another error (no free
+                // LRU node) counts it here rather than losing it.
+                !matches!(FLOW_CLAIMS.insert(&claim, &0, BPF_NOEXIST as u64), Err(-17))
+            }
+        }
         None => FLOWS.insert(&fk, &now, BPF_NOEXIST as u64).is_ok(),
     };
     if !is_new {

@@ -33,7 +33,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, boot_ns, copy, current_task_btf, parent_tgid, zero},
+    kernel::{atomic_add, boot_ns, copy, parent_tgid, zero, TaskRef},
     maps::{PAM_CALLS, PAM_COUNTERS, PAM_EVENTS, PAM_HANDLES, PAM_SCRATCH},
 };
 
@@ -212,7 +212,7 @@ fn items_of(handle: u64) -> Option<*mut PamItems> {
     if let Some(p) = PAM_HANDLES.get_ptr_mut(own) {
         return Some(p);
     }
-    let parent = PamHandleKey { tgid: parent_tgid(current_task_btf()), _pad: 0, handle };
+    let parent = PamHandleKey { tgid: parent_tgid(TaskRef::current()), _pad: 0, handle };
     PAM_HANDLES.get_ptr_mut(parent)
 }
 

@@ -23,8 +23,8 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{
-        add_hit, add_rollup, boot_ns, control, copy, count, current_task, current_task_btf, load, offsets, parent_tgid,
-        read_field, zero,
+        add_hit, add_rollup, boot_ns, control, copy, count, current_task, offsets, parent_tgid, read_field, zero,
+        TaskRef,
     },
     maps::{EXITR_0, EXITR_1, EXIT_0, EXIT_1, PROCR_0, PROCR_1, PROC_0, PROC_1, SCRATCH, TASK_EXE},
 };
@@ -66,7 +66,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if ctl.flags & FLAG_EXEC == 0 {
         return Ok(());
     }
-    let task = current_task_btf();
+    let task = TaskRef::current();
     let ppid = parent_tgid(task);
     record_process(scratch, PROC_KIND_EXEC, task, tgid, ppid, &ctl);
     Ok(())
@@ -94,7 +94,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     if ctl.flags & FLAG_FORK == 0 {
         return Ok(());
     }
-    let task = current_task_btf();
+    let task = TaskRef::current();
     record_process(scratch, PROC_KIND_FORK, task, child_tgid as u32, parent_tgid, &ctl);
     Ok(())
 }
@@ -102,7 +102,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
 /// Builds the key from `task`'s argv and uid and adds one hit. `scratch.proc_value.exe`
 /// holds the executable already.
 #[inline(always)]
-fn record_process(scratch: &mut agent_common::Scratch, kind: u8, task: *const u8, pid: u32, ppid: u32, ctl: &Control) {
+fn record_process(scratch: &mut agent_common::Scratch, kind: u8, task: TaskRef, pid: u32, ppid: u32, ctl: &Control) {
     count(ctl, Counter::ProcSeen);
     let key = &mut scratch.proc_key;
     zero(key);
@@ -154,14 +154,14 @@ fn record_process(scratch: &mut agent_common::Scratch, kind: u8, task: *const u8
 /// Copies argv (`mm->arg_start..arg_end`, NUL-separated as the process laid
 /// it out) into the key, at most `max` bytes.
 #[inline(always)]
-fn read_argv(task: *const u8, key: &mut ProcKey, max: u32) -> Result<(), i64> {
+fn read_argv(task: TaskRef, key: &mut ProcKey, max: u32) -> Result<(), i64> {
     let off = offsets();
-    let mm: *const u8 = unsafe { load(task, off.task_mm) };
+    let mm = task.follow(off.task_mm);
     if mm.is_null() {
         return Ok(()); // a kernel thread: no user memory, no argv
     }
-    let start: u64 = unsafe { load(mm, off.mm_arg_start) };
-    let end: u64 = unsafe { load(mm, off.mm_arg_end) };
+    let start: u64 = mm.get(off.mm_arg_start);
+    let end: u64 = mm.get(off.mm_arg_end);
     key.cmdline_len = 0;
     let (n, truncated) = crate::kernel::read_argv(&mut key.cmdline, start, end, max)?;
     key.cmdline_len = n;

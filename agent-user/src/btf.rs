@@ -314,6 +314,36 @@ impl Btf {
         self.structs.contains_key(name)
     }
 
+    /// The type id of the function `name` (a `BTF_KIND_FUNC`), which
+    /// fentry and LSM programs name as their attach point.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        let id = self.offsets[1..].iter().position(|&pos| {
+            let pos = pos as usize;
+            let kind = (le32(&self.types, pos + 4) >> 24) & 0x1f;
+            kind == KIND_FUNC && str_bytes(&self.strings, le32(&self.types, pos)).is_ok_and(|n| n == name.as_bytes())
+        })?;
+        Some(id as u32 + 1)
+    }
+
+    /// Whether `enum enum_name` has an enumerator `value`: the kernel's own
+    /// `enum bpf_func_id` tells which BPF helpers it has. One scan of the
+    /// types, done once at load time.
+    pub fn has_enumerator(&self, enum_name: &str, value: &str) -> bool {
+        let name_is = |off: u32, want: &str| str_bytes(&self.strings, off).is_ok_and(|n| n == want.as_bytes());
+        self.offsets[1..].iter().any(|&pos| {
+            let pos = pos as usize;
+            let ty = TypeRef { info: le32(&self.types, pos + 4), size_or_type: 0, data_pos: pos + TYPE_LEN };
+            let entry_len = match ty.kind() {
+                KIND_ENUM => 8,
+                KIND_ENUM64 => 12,
+                _ => return false,
+            };
+            // Bounds of every record were checked while building `offsets`.
+            name_is(le32(&self.types, pos), enum_name)
+                && (0..ty.vlen()).any(|i| name_is(le32(&self.types, ty.data_pos + i * entry_len), value))
+        })
+    }
+
     fn ty(&self, id: u32) -> Result<TypeRef, BtfError> {
         if id == 0 {
             return Err(BtfError::BadTypeId(id));
@@ -566,6 +596,32 @@ mod tests {
         assert_eq!(btf.member_path_offset("net", &["b"]).unwrap(), 8);
         let e = btf.member_path_offset("net", &["b", "inum"]).unwrap_err();
         assert!(matches!(e, BtfError::MemberNotFound { ref member, .. } if member == "b.inum"), "{e}");
+    }
+
+    #[test]
+    fn enumerators_are_found_by_enum_and_name() {
+        let mut b = Builder::new();
+        let (x, y, z) = (b.name("BPF_FUNC_unspec"), b.name("BPF_FUNC_get_current_task_btf"), b.name("OTHER"));
+        b.raw("bpf_func_id", KIND_ENUM, false, 2, 4, &[x, 0, y, 158]);
+        b.raw("wide", KIND_ENUM64, false, 1, 8, &[z, 1, 0]);
+        let btf = Btf::parse(&b.finish()).unwrap();
+        assert!(btf.has_enumerator("bpf_func_id", "BPF_FUNC_get_current_task_btf"));
+        assert!(btf.has_enumerator("bpf_func_id", "BPF_FUNC_unspec"));
+        assert!(btf.has_enumerator("wide", "OTHER"));
+        assert!(!btf.has_enumerator("bpf_func_id", "OTHER"), "an enumerator of another enum");
+        assert!(!btf.has_enumerator("bpf_func_id", "BPF_FUNC_loop"));
+        assert!(!btf.has_enumerator("missing", "BPF_FUNC_unspec"));
+    }
+
+    #[test]
+    fn functions_are_found_by_name() {
+        let mut b = Builder::new();
+        let proto = b.raw("", KIND_FUNC_PROTO, false, 0, 0, &[]);
+        let _other = b.int("vfs_read", 8);
+        let f = b.raw("vfs_read", KIND_FUNC, false, 0, proto, &[]);
+        let btf = Btf::parse(&b.finish()).unwrap();
+        assert_eq!(btf.func_id("vfs_read"), Some(f), "the function, not the int of the same name");
+        assert_eq!(btf.func_id("vfs_write"), None);
     }
 
     #[test]

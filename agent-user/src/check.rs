@@ -3,7 +3,7 @@ use std::fmt;
 
 use agent_common::programs;
 
-use crate::{btf::Btf, collectors::login, drain::Quiesce, ebpf, hostfs::HostFs, tracefs};
+use crate::{btf::Btf, collectors::login, drain::Quiesce, ebpf, hostfs::HostFs, kernel_hooks, tracefs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -74,6 +74,21 @@ pub fn run_checks() -> Vec<Check> {
         Some(why) => check(Status::Fail, "privileges", why.clone()),
     });
 
+    if ebpf::charges_memlock() {
+        out.push(match ebpf::raise_memlock_limit() {
+            Ok(()) => {
+                check(Status::Ok, "memlock limit", "raised to unlimited (kernels before 5.11 charge BPF maps to it)")
+            }
+            Err(e) => check(
+                Status::Warn,
+                "memlock limit",
+                format!(
+                    "cannot raise RLIMIT_MEMLOCK ({e}), which kernels before 5.11 charge BPF maps to: grant \
+                     CAP_SYS_RESOURCE or raise it (ulimit -l, LimitMEMLOCK=)"
+                ),
+            ),
+        });
+    }
     let btf = Btf::from_sys_fs();
     out.push(match &btf {
         Ok(_) => check(Status::Ok, "kernel BTF", "/sys/kernel/btf/vmlinux"),
@@ -120,6 +135,15 @@ pub fn run_checks() -> Vec<Check> {
                 "TCP connections and direction",
                 "sock/inet_sock_set_state: SYN_SENT exits are outbound, SYN_RECV->ESTABLISHED inbound",
             ));
+            out.push(if o.has_task_btf != 0 {
+                check(Status::Ok, "task fields", "bpf_get_current_task_btf: plain loads checked against BTF")
+            } else {
+                check(
+                    Status::Ok,
+                    "task fields",
+                    "one bpf_probe_read_kernel each (no bpf_get_current_task_btf: Linux < 5.11)",
+                )
+            });
             out.push(if o.has_group_dead != 0 {
                 check(Status::Ok, "exit: last thread detection", "sched_process_exit.group_dead")
             } else {
@@ -132,6 +156,20 @@ pub fn run_checks() -> Vec<Check> {
         }
         Some(Err(e)) => out.push(check(Status::Fail, "structure offsets", e.to_string())),
         None => out.push(check(Status::Fail, "structure offsets", "needs kernel BTF")),
+    }
+    // Not used by any collector: said so that extensions know what is there.
+    if let Ok(btf) = &btf {
+        let hooks = [
+            ("kprobes", kernel_hooks::kprobes()),
+            ("fentry", kernel_hooks::fentry(btf)),
+            ("BPF LSM", kernel_hooks::bpf_lsm(btf)),
+        ];
+        for (name, probe) in hooks {
+            out.push(match probe {
+                Ok(how) => check(Status::Ok, format!("{name} (not needed)"), format!("available: {how}")),
+                Err(why) => check(Status::Ok, format!("{name} (not needed)"), format!("unavailable: {why}")),
+            });
+        }
     }
     let cgroup = ebpf::cgroup2_root();
     out.push(match &cgroup {

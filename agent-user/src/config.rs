@@ -258,7 +258,7 @@ pub struct RawConfig {
     pub cache_size_process_terminate: Option<u32>,
     /// Bytes of a process's argv kept as its command line; longer ones are cut and marked truncated.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 16, max = 512))]
+    #[schemars(range(min = 16, max = 488))]
     pub process_command_line_max_bytes: Option<u32>,
 
     /// Priority of ConnectionCreate events (network connections). Off: not collected, programs not attached.
@@ -1119,7 +1119,7 @@ mod tests {
         let text = e.to_string();
         assert_eq!(e.errors.len(), 3, "{text}");
         assert!(text.contains("cacheSizeProcessCreate: must be between 1 and 65536, got 0"), "{text}");
-        assert!(text.contains("processCommandLineMaxBytes: must be between 16 and 512, got 4096"), "{text}");
+        assert!(text.contains("processCommandLineMaxBytes: must be between 16 and 488, got 4096"), "{text}");
         assert!(text.contains("aggregationIntervalProcessTerminate: must be between PT1S and P1D"), "{text}");
     }
 

@@ -59,9 +59,8 @@ pub enum LoadError {
         source: aya::programs::ProgramError,
     },
     #[error(
-        "{source}; this kernel, Linux {release}, is older than 5.11, the oldest hitcount runs on: the process \
-         programs call bpf_get_current_task_btf (5.11+), and 5.10 refuses hash map keys over 512 bytes \
-         (the process maps' are 536)"
+        "{source}; this kernel, Linux {release}, is older than 5.10, the oldest hitcount is tested on: the \
+         programs need BPF ring buffers and bpf_ktime_get_boot_ns (5.8+)"
     )]
     KernelTooOld {
         release: String,
@@ -373,6 +372,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
         tp_exec_filename: field(&exec, "sched/sched_process_exec", "filename")?,
         tp_exit_group_dead: group_dead.unwrap_or(0),
         has_group_dead: group_dead.is_some() as u32,
+        has_task_btf: btf.has_enumerator("bpf_func_id", "BPF_FUNC_get_current_task_btf") as u32,
     })
 }
 
@@ -396,8 +396,8 @@ fn sock_length_fields() -> Option<[u32; 5]> {
     (read("sock_recv_length")? == send).then(|| [send[0], send[1], send[2], send[3], send[4]])
 }
 
-/// The oldest kernel the programs load on (README, Required kernel).
-const MIN_KERNEL: (u32, u32) = (5, 11);
+/// The oldest kernel the programs are tested on (README, Required kernel).
+const MIN_KERNEL: (u32, u32) = (5, 10);
 
 /// Whether a kernel release (`5.10.0-46-amd64`) is older than `min`; false
 /// when it cannot be read, so that only a known old kernel is blamed.
@@ -412,7 +412,7 @@ fn release_older_than(release: &str, min: (u32, u32)) -> bool {
 /// Loads the object with this kernel's offsets and the configured map sizes.
 /// Programs are loaded into the kernel but not attached. The load is tried
 /// on any kernel (a vendor kernel may have what it needs backported); a
-/// failure on one older than 5.11 says why that is expected.
+/// failure on one older than 5.10 says why that is expected.
 pub fn load(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError> {
     load_object(offsets, sizes).map_err(|e| {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -428,7 +428,7 @@ fn load_object(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadErr
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    raise_memlock_limit();
+    raise_memlock_limit_or_warn();
     let mut ebpf = EbpfLoader::new()
         // The object has no CO-RE relocations (rustc emits none; offsets
         // come in KERNEL_OFFSETS), so aya need not parse the kernel's BTF
@@ -499,7 +499,7 @@ fn release_freed_memory() {
 /// programs on the cgroup (systemd's, for one) and refuses any flag
 /// (kernel/bpf/cgroup.c, cgroup_bpf_link_attach: flags must be 0), so the
 /// flag-free mode is the one that shares. Older kernels get legacy attach,
-/// where this mode would be exclusive; those are below the supported 5.11.
+/// where this mode would be exclusive; those are below the supported 5.10.
 const CGROUP_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 fn open_cgroup(path: &Path) -> Result<std::fs::File, LoadError> {
@@ -828,14 +828,33 @@ fn read_owner(host: &HostFs, pid: u32, status: listeners::Status, cmdline_max: u
     Some(listeners::kernel_owner(pid, status, &comm, &argv, cmdline_max))
 }
 
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use
-/// memcg and ignore it. Without CAP_SYS_RESOURCE raising it fails, which is
-/// only a problem on those old kernels.
-fn raise_memlock_limit() {
+/// Whether this kernel charges BPF maps to RLIMIT_MEMLOCK: before 5.11;
+/// later ones use memcg and ignore the limit.
+pub fn charges_memlock() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    release_older_than(&release, (5, 11))
+}
+
+/// Lifts RLIMIT_MEMLOCK for the maps. Without CAP_SYS_RESOURCE that fails,
+/// which matters only where [`charges_memlock`].
+pub fn raise_memlock_limit() -> std::io::Result<()> {
     let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        log::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11): {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn raise_memlock_limit_or_warn() {
+    let Err(err) = raise_memlock_limit() else { return };
+    if charges_memlock() {
+        log::warn!(
+            "could not raise RLIMIT_MEMLOCK ({err}): kernels before 5.11 charge BPF maps to it, so creating \
+             them may fail with EPERM; grant CAP_SYS_RESOURCE or raise the limit (ulimit -l, LimitMEMLOCK=)"
+        );
+    } else {
+        log::debug!("could not raise RLIMIT_MEMLOCK (not used for BPF since 5.11): {err}");
     }
 }
 
@@ -854,10 +873,10 @@ mod tests {
     }
 
     #[test]
-    fn tells_kernels_older_than_5_11() {
-        assert!(release_older_than("5.10.0-46-amd64\n", MIN_KERNEL));
+    fn tells_kernels_older_than_5_10() {
+        assert!(release_older_than("5.4.0-216-generic\n", MIN_KERNEL));
         assert!(release_older_than("4.19.0", MIN_KERNEL));
-        assert!(!release_older_than("5.11.0", MIN_KERNEL));
+        assert!(!release_older_than("5.10.0-46-amd64", MIN_KERNEL));
         assert!(!release_older_than("6.1.0-57-amd64", MIN_KERNEL));
         assert!(!release_older_than("6.12.118+deb13-amd64", MIN_KERNEL));
         assert!(!release_older_than("", MIN_KERNEL), "unknown: not blamed");

@@ -16,6 +16,7 @@ pub mod ebpf;
 pub mod enrich;
 pub mod events;
 pub mod hostfs;
+pub mod kernel_hooks;
 pub mod limits;
 pub mod listeners;
 pub mod net;

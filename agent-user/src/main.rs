@@ -77,7 +77,7 @@ struct RunArgs {
     /// Report every event on its own (hit_count 1) instead of aggregating.
     #[arg(long)]
     no_aggregation: bool,
-    /// Bytes of argv kept as the command line (16..=512).
+    /// Bytes of argv kept as the command line (16..=488).
     #[arg(long, value_name = "N")]
     commandline_max_bytes: Option<u32>,
     /// passwd file for user names (default: /etc/passwd under --host-root).

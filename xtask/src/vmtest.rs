@@ -72,9 +72,19 @@ pub struct Kernel {
     not_here: &'static [(&'static str, &'static str)],
 }
 
+/// Hooks no collector uses, which `hitcount check` reports and every
+/// Debian kernel of the guests has (../shared/TOOLCHAIN.md).
+const HOOKS_IN_EVERY_GUEST: &[&str] = &["kprobes", "fentry", "BPF LSM"];
+
 /// Needs what the guests do not carry, on every kernel: a broker.
 const NEEDS_MOSQUITTO: (&str, &str) =
     ("net/listeners_are_seeded_again_when_the_network_collector_comes_back", "needs mosquitto, not in the guest");
+
+/// Needs sock/sock_send_length and sock_recv_length, which came in 6.3.
+const NEEDS_SOCK_LENGTH: [(&str, &str); 2] = [
+    ("net/tcp_ipv4_connections_direction_and_exact_bytes", "per-call TCP bytes need Linux 6.3+"),
+    ("net/tcp_bytes_per_call_ignore_retransmissions", "per-call TCP bytes need Linux 6.3+"),
+];
 
 const DEBIAN: &str = "http://deb.debian.org/debian";
 const SECURITY: &str = "http://deb.debian.org/debian-security";
@@ -85,19 +95,14 @@ pub const KERNELS: &[Kernel] = &[
         arch: &AMD64,
         sources: &[(DEBIAN, "bullseye"), (SECURITY, "bullseye-security")],
         metapackage: "linux-image-amd64",
-        // The agent cannot load there (README, "Kernels"): nothing runs.
-        not_here: &[],
+        not_here: &[NEEDS_MOSQUITTO, NEEDS_SOCK_LENGTH[0], NEEDS_SOCK_LENGTH[1]],
     },
     Kernel {
         name: "6.1",
         arch: &AMD64,
         sources: &[(DEBIAN, "bookworm"), (SECURITY, "bookworm-security")],
         metapackage: "linux-image-amd64",
-        not_here: &[
-            NEEDS_MOSQUITTO,
-            ("net/tcp_ipv4_connections_direction_and_exact_bytes", "per-call TCP bytes need Linux 6.3+"),
-            ("net/tcp_bytes_per_call_ignore_retransmissions", "per-call TCP bytes need Linux 6.3+"),
-        ],
+        not_here: &[NEEDS_MOSQUITTO, NEEDS_SOCK_LENGTH[0], NEEDS_SOCK_LENGTH[1]],
     },
     Kernel {
         name: "6.12",
@@ -169,7 +174,7 @@ fn cache_dir() -> PathBuf {
 }
 
 /// The kernels the VM tier of `cargo xtask test` (and so CI) boots.
-pub const TEST_TIER_KERNELS: &[&str] = &["6.12", "6.12-arm64"];
+pub const TEST_TIER_KERNELS: &[&str] = &["5.10", "6.12", "6.12-arm64"];
 
 /// What a test that skips in a guest means.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -232,6 +237,7 @@ fn run_kernels(setup: &Setup, kernels: &[&'static Kernel], strictness: Strictnes
         let mut summary = Summary::of(&outcome, &skipped_suites()?);
         if strictness == Strictness::SupportedMustRun {
             summary.fail_unexpected_skips(kernel);
+            summary.fail_missing_hooks(&outcome);
         }
         let line = format!(
             "kernel {}: {} passed, {} failed, {} skipped",
@@ -689,6 +695,7 @@ fn init_script(release: &str, modules: &[String], suites: &[(String, String)]) -
          mount -t tracefs tracefs /sys/kernel/tracing\n\
          mount -t bpf bpf /sys/fs/bpf\n\
          mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
+         mount -t securityfs securityfs /sys/kernel/security\n\
          echo 1 > /proc/sys/kernel/printk\n\
          hostname hcvm\n\
          /usr/bin/ip link set lo up\n",
@@ -1022,6 +1029,8 @@ struct Outcome {
     /// Output of failed tests, by suite/test.
     output: BTreeMap<String, Vec<String>>,
     errors: Vec<String>,
+    /// What `hitcount check` printed, one line each.
+    checks: Vec<String>,
 }
 
 fn parse_console(console: &str) -> Outcome {
@@ -1052,6 +1061,7 @@ fn parse_console(console: &str) -> Outcome {
                 }
             }
             Some("HCVM-END") => o.ended = true,
+            Some("HCVM-CHECK") => o.checks.push(line.strip_prefix("HCVM-CHECK ").unwrap_or("").to_string()),
             Some("HCVM-ERROR") | Some("HCVM-TIMEOUT") => o.errors.push(line.to_string()),
             _ => {}
         }
@@ -1145,11 +1155,48 @@ impl Summary {
             self.failures.push((test, format!("skipped ({why}), but it is supported on {}", kernel.name)));
         }
     }
+
+    /// Every guest kernel has kprobes, fentry and BPF LSM (Debian builds
+    /// them in), unlike the development machine: `hitcount check` must find
+    /// each there, so its probes are tested where the answer is yes.
+    fn fail_missing_hooks(&mut self, o: &Outcome) {
+        for hook in HOOKS_IN_EVERY_GUEST {
+            let label = format!("{hook} (not needed)");
+            let line = o.checks.iter().find(|l| l.get(6..).is_some_and(|rest| rest.starts_with(&label)));
+            match line {
+                Some(l) if l[6 + label.len()..].trim_start().starts_with("available:") => {}
+                Some(l) => {
+                    self.failed += 1;
+                    self.failures.push(("check".to_string(), format!("{hook}: {}", l[6 + label.len()..].trim())));
+                }
+                None => {
+                    self.failed += 1;
+                    self.failures.push(("check".to_string(), format!("{hook}: hitcount check printed no line")));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guests_must_report_every_hook_available() {
+        let console = "HCVM-CHECK ok    kprobes (not needed)               available: kprobe on vfs_read created\n\
+                       HCVM-CHECK ok    fentry (not needed)                unavailable: the kernel refused the program\n\
+                       HCVM-END\n";
+        let o = parse_console(console);
+        let mut s = Summary::of(&o, &[]);
+        s.fail_missing_hooks(&o);
+        assert_eq!(s.failed, 2, "{:?}", s.failures);
+        assert_eq!(
+            s.failures[0],
+            ("check".to_string(), "fentry: unavailable: the kernel refused the program".to_string())
+        );
+        assert_eq!(s.failures[1], ("check".to_string(), "BPF LSM: hitcount check printed no line".to_string()));
+    }
 
     #[test]
     fn reads_module_dependencies_from_modinfo() {
