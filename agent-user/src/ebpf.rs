@@ -415,7 +415,7 @@ fn release_older_than(release: &str, min: (u32, u32)) -> bool {
 /// failure on one older than 5.10 says why that is expected.
 pub fn load(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError> {
     load_object(offsets, sizes).map_err(|e| {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let release = running_release();
         if release_older_than(&release, MIN_KERNEL) {
             LoadError::KernelTooOld { release: release.trim().to_string(), source: Box::new(e) }
         } else {
@@ -831,8 +831,12 @@ fn read_owner(host: &HostFs, pid: u32, status: listeners::Status, cmdline_max: u
 /// Whether this kernel charges BPF maps to RLIMIT_MEMLOCK: before 5.11;
 /// later ones use memcg and ignore the limit.
 pub fn charges_memlock() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    release_older_than(&release, (5, 11))
+    release_older_than(&running_release(), (5, 11))
+}
+
+/// The running kernel's release (`5.10.0-46-amd64`), empty when unreadable.
+fn running_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default()
 }
 
 /// Lifts RLIMIT_MEMLOCK for the maps. Without CAP_SYS_RESOURCE that fails,
