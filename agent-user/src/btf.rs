@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 const VMLINUX_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -87,12 +88,16 @@ pub enum BtfError {
     OffsetOverflow { struct_name: String, member: String },
 }
 
-/// Parsed BTF: the raw type and string sections plus indexes built once at parse time.
+/// Parsed BTF: the raw bytes as read, where its type and string sections are,
+/// plus indexes built once at parse time. The sections stay in the buffer
+/// they were read into: vmlinux BTF is megabytes, and a copy of it would be
+/// the agent's peak memory.
 pub struct Btf {
-    /// Raw type section.
-    types: Vec<u8>,
-    /// Raw string section.
-    strings: Vec<u8>,
+    data: Vec<u8>,
+    /// The type section's place in `data`.
+    types: Range<usize>,
+    /// The string section's place in `data`.
+    strings: Range<usize>,
     /// Byte position in `types` of each type id's `btf_type` (index 0 = void, unused).
     /// Every record and its trailing data were bounds-checked while building this.
     offsets: Vec<u32>,
@@ -106,7 +111,7 @@ impl fmt::Debug for Btf {
         f.debug_struct("Btf")
             .field("types", &(self.offsets.len() - 1))
             .field("named_structs", &self.structs.len())
-            .field("string_bytes", &self.strings.len())
+            .field("string_bytes", &self.strings().len())
             .finish()
     }
 }
@@ -157,10 +162,11 @@ fn str_bytes(strings: &[u8], off: u32) -> Result<&[u8], BtfError> {
     Ok(&tail[..end])
 }
 
-fn section<'a>(body: &'a [u8], hdr_len: usize, what: &'static str, off: u32, len: u32) -> Result<&'a [u8], BtfError> {
+/// Where a section is in the whole of the BTF bytes, checked to lie inside them.
+fn section(body: &[u8], hdr_len: usize, what: &'static str, off: u32, len: u32) -> Result<Range<usize>, BtfError> {
     let start = off as usize;
     let end = start + len as usize; // u32 + u32 cannot overflow usize on 64-bit
-    body.get(start..end).ok_or(BtfError::Truncated {
+    body.get(start..end).map(|_| hdr_len + start..hdr_len + end).ok_or(BtfError::Truncated {
         what,
         needed: hdr_len as u64 + end as u64,
         available: hdr_len + body.len(),
@@ -170,6 +176,11 @@ fn section<'a>(body: &'a [u8], hdr_len: usize, what: &'static str, off: u32, len
 impl Btf {
     /// Parses raw BTF bytes (little-endian host, as in /sys/kernel/btf/vmlinux).
     pub fn parse(bytes: &[u8]) -> Result<Btf, BtfError> {
+        Self::parse_owned(bytes.to_vec())
+    }
+
+    /// Parses BTF bytes, keeping them.
+    fn parse_owned(bytes: Vec<u8>) -> Result<Btf, BtfError> {
         if bytes.len() < HEADER_LEN {
             return Err(BtfError::Truncated { what: "header", needed: HEADER_LEN as u64, available: bytes.len() });
         }
@@ -183,7 +194,7 @@ impl Btf {
         if bytes[2] != BTF_VERSION {
             return Err(BtfError::UnsupportedVersion(bytes[2]));
         }
-        let hdr_len_raw = le32(bytes, 4);
+        let hdr_len_raw = le32(&bytes, 4);
         let hdr_len = hdr_len_raw as usize;
         if hdr_len < HEADER_LEN {
             return Err(BtfError::BadHeaderLen(hdr_len_raw));
@@ -193,8 +204,9 @@ impl Btf {
             needed: hdr_len as u64,
             available: bytes.len(),
         })?;
-        let types = section(body, hdr_len, "type section", le32(bytes, 8), le32(bytes, 12))?;
-        let strings = section(body, hdr_len, "string section", le32(bytes, 16), le32(bytes, 20))?;
+        let types_at = section(body, hdr_len, "type section", le32(&bytes, 8), le32(&bytes, 12))?;
+        let strings_at = section(body, hdr_len, "string section", le32(&bytes, 16), le32(&bytes, 20))?;
+        let (types, strings) = (&bytes[types_at.clone()], &bytes[strings_at.clone()]);
 
         let mut offsets = vec![0u32];
         let mut structs: HashMap<Box<str>, u32> = HashMap::new();
@@ -242,7 +254,8 @@ impl Btf {
             pos = end;
         }
 
-        Ok(Btf { types: types.to_vec(), strings: strings.to_vec(), offsets, structs })
+        offsets.shrink_to_fit();
+        Ok(Btf { data: bytes, types: types_at, strings: strings_at, offsets, structs })
     }
 
     /// Reads and parses /sys/kernel/btf/vmlinux.
@@ -252,7 +265,15 @@ impl Btf {
 
     fn from_file(path: &Path) -> Result<Btf, BtfError> {
         let bytes = std::fs::read(path).map_err(|source| BtfError::Io { path: path.to_path_buf(), source })?;
-        Self::parse(&bytes)
+        Self::parse_owned(bytes)
+    }
+
+    fn types(&self) -> &[u8] {
+        &self.data[self.types.clone()]
+    }
+
+    fn strings(&self) -> &[u8] {
+        &self.data[self.strings.clone()]
     }
 
     /// Byte offset of `member` in `struct struct_name`. Members of anonymous struct/union
@@ -319,8 +340,8 @@ impl Btf {
     pub fn func_id(&self, name: &str) -> Option<u32> {
         let id = self.offsets[1..].iter().position(|&pos| {
             let pos = pos as usize;
-            let kind = (le32(&self.types, pos + 4) >> 24) & 0x1f;
-            kind == KIND_FUNC && str_bytes(&self.strings, le32(&self.types, pos)).is_ok_and(|n| n == name.as_bytes())
+            let kind = (le32(self.types(), pos + 4) >> 24) & 0x1f;
+            kind == KIND_FUNC && str_bytes(self.strings(), le32(self.types(), pos)).is_ok_and(|n| n == name.as_bytes())
         })?;
         Some(id as u32 + 1)
     }
@@ -329,18 +350,18 @@ impl Btf {
     /// `enum bpf_func_id` tells which BPF helpers it has. One scan of the
     /// types, done once at load time.
     pub fn has_enumerator(&self, enum_name: &str, value: &str) -> bool {
-        let name_is = |off: u32, want: &str| str_bytes(&self.strings, off).is_ok_and(|n| n == want.as_bytes());
+        let name_is = |off: u32, want: &str| str_bytes(self.strings(), off).is_ok_and(|n| n == want.as_bytes());
         self.offsets[1..].iter().any(|&pos| {
             let pos = pos as usize;
-            let ty = TypeRef { info: le32(&self.types, pos + 4), size_or_type: 0, data_pos: pos + TYPE_LEN };
+            let ty = TypeRef { info: le32(self.types(), pos + 4), size_or_type: 0, data_pos: pos + TYPE_LEN };
             let entry_len = match ty.kind() {
                 KIND_ENUM => 8,
                 KIND_ENUM64 => 12,
                 _ => return false,
             };
             // Bounds of every record were checked while building `offsets`.
-            name_is(le32(&self.types, pos), enum_name)
-                && (0..ty.vlen()).any(|i| name_is(le32(&self.types, ty.data_pos + i * entry_len), value))
+            name_is(le32(self.types(), pos), enum_name)
+                && (0..ty.vlen()).any(|i| name_is(le32(self.types(), ty.data_pos + i * entry_len), value))
         })
     }
 
@@ -350,8 +371,8 @@ impl Btf {
         }
         let pos = *self.offsets.get(id as usize).ok_or(BtfError::BadTypeId(id))? as usize;
         Ok(TypeRef {
-            info: le32(&self.types, pos + 4),
-            size_or_type: le32(&self.types, pos + 8),
+            info: le32(self.types(), pos + 4),
+            size_or_type: le32(self.types(), pos + 8),
             data_pos: pos + TYPE_LEN,
         })
     }
@@ -379,7 +400,7 @@ impl Btf {
     fn is_int_bitfield(&self, type_id: u32) -> Result<bool, BtfError> {
         match self.resolve(type_id)? {
             Some((_, ty)) if ty.kind() == KIND_INT => {
-                let enc = le32(&self.types, ty.data_pos);
+                let enc = le32(self.types(), ty.data_pos);
                 let nr_bits = u64::from(enc & 0xff);
                 let bit_off = (enc >> 16) & 0xff;
                 Ok(bit_off != 0 || nr_bits != u64::from(ty.size_or_type) * 8)
@@ -402,16 +423,16 @@ impl Btf {
                 return Err(BtfError::TypeLoop(id));
             }
             let pos = ty.data_pos + i * MEMBER_LEN;
-            let name_off = le32(&self.types, pos);
-            let m_type = le32(&self.types, pos + 4);
-            let raw_off = le32(&self.types, pos + 8);
+            let name_off = le32(self.types(), pos);
+            let m_type = le32(self.types(), pos + 4);
+            let raw_off = le32(self.types(), pos + 8);
             // With kind_flag the offset word packs bitfield size (high 8 bits) and
             // bit offset (low 24 bits).
             let (bit_off, bitfield_size) =
                 if kind_flag { (raw_off & 0x00ff_ffff, raw_off >> 24) } else { (raw_off, 0) };
             let misaligned = bitfield_size != 0 || bit_off % 8 != 0;
             if name_off != 0 {
-                if str_bytes(&self.strings, name_off)? == member {
+                if str_bytes(self.strings(), name_off)? == member {
                     let bitfield = misaligned || self.is_int_bitfield(m_type)?;
                     return Ok(Some(Found { bits: u64::from(bit_off), bitfield, type_id: m_type }));
                 }

@@ -69,6 +69,8 @@ pub enum LoadError {
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("cannot restore the root directory after creating the loader: {0}")]
+    RootNotRestored(std::io::Error),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -424,15 +426,73 @@ pub fn load(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError>
     })
 }
 
+/// Where the root directory moves while aya's loader is created: a directory
+/// every kernel the agent runs on has (the BTF was just read from it), and
+/// which holds no `sys/kernel/btf/vmlinux`.
+const LOADER_ROOT: &str = "/sys/kernel/btf";
+
+/// An `EbpfLoader` that has not parsed the kernel's BTF. `EbpfLoader::new`
+/// parses /sys/kernel/btf/vmlinux whatever the caller wants next (aya
+/// 0.14): about 20 MiB allocated for a few milliseconds, which was the
+/// agent's peak memory (README, Benchmarks). With the root directory moved
+/// to [`LOADER_ROOT`] for that one call, the file is not there and aya
+/// goes without, as `.btf(None)` then asks anyway. The agent has one
+/// thread here (the runtime starts later), so nothing else sees the moved
+/// root. Without CAP_SYS_CHROOT the loader parses the BTF as before.
+fn loader_without_kernel_btf<'a>() -> Result<EbpfLoader<'a>, LoadError> {
+    let moved = match MovedRoot::to(LOADER_ROOT) {
+        Ok(moved) => moved,
+        Err(e) => {
+            log::debug!("cannot move the root directory to {LOADER_ROOT} ({e}): aya parses the kernel's BTF");
+            return Ok(EbpfLoader::new());
+        }
+    };
+    let loader = EbpfLoader::new();
+    moved.restore().map_err(LoadError::RootNotRestored)?;
+    Ok(loader)
+}
+
+/// The process's root directory, moved elsewhere until [`MovedRoot::restore`].
+struct MovedRoot {
+    root: std::os::fd::OwnedFd,
+    cwd: std::os::fd::OwnedFd,
+}
+
+impl MovedRoot {
+    fn to(dir: &str) -> std::io::Result<MovedRoot> {
+        let open = |p: &str| std::fs::File::open(p).map(std::os::fd::OwnedFd::from);
+        let (root, cwd) = (open("/")?, open(".")?);
+        let dir = std::ffi::CString::new(dir).map_err(std::io::Error::other)?;
+        // SAFETY: a NUL-terminated path; chroot leaves the working directory alone.
+        if unsafe { libc::chroot(dir.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(MovedRoot { root, cwd })
+    }
+
+    /// Back to the old root (the usual way out of a chroot: into the old
+    /// root's directory, then make `.` the root), then the old working
+    /// directory.
+    fn restore(self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+        // SAFETY: plain syscalls on descriptors this struct owns and a static path.
+        unsafe {
+            check(libc::fchdir(self.root.as_raw_fd()))?;
+            check(libc::chroot(c".".as_ptr()))?;
+            check(libc::fchdir(self.cwd.as_raw_fd()))
+        }
+    }
+}
+
 fn load_object(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Ebpf, LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
     raise_memlock_limit_or_warn();
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = loader_without_kernel_btf()?
         // The object has no CO-RE relocations (rustc emits none; offsets
-        // come in KERNEL_OFFSETS), so aya need not parse the kernel's BTF
-        // again: that alone would add megabytes to the agent's peak memory.
+        // come in KERNEL_OFFSETS), so aya needs no kernel BTF.
         .btf(None)
         .override_global(OFFSETS_GLOBAL, offsets, true)
         .map_max_entries(maps::PROC_0, sizes.process_create)

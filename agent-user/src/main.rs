@@ -331,7 +331,27 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// glibc raises its mmap threshold to the size of each large block freed
+/// (up to 32 MiB), so that after the kernel BTF's 5.5 MiB buffer is freed,
+/// later large blocks come from the heap, and the heap keeps what they
+/// free: about 4 MiB of the agent's resident memory, for good. A fixed
+/// threshold (glibc's default) keeps large blocks in their own mappings,
+/// returned when freed. musl (the static build) has no such adjustment.
+#[cfg(target_env = "gnu")]
+fn fix_malloc_thresholds() {
+    const THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt only sets allocator parameters; nothing is allocated yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn fix_malloc_thresholds() {}
+
 fn main() -> ExitCode {
+    fix_malloc_thresholds();
     let printer = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         // rumqttc's debug and trace output prints packets, and a CONNECT
         // packet carries the password: capped whatever RUST_LOG says.

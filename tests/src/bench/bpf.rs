@@ -52,6 +52,15 @@ impl ProgStats {
     }
 }
 
+/// One map and what the kernel charges for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapMemory {
+    pub id: u32,
+    /// The kernel keeps 15 bytes of the name.
+    pub name: String,
+    pub bytes: u64,
+}
+
 pub struct Bpftool {
     path: PathBuf,
 }
@@ -76,6 +85,20 @@ impl Bpftool {
         parse_prog_show(&self.json(&["prog", "show"])?)
     }
 
+    /// Every map `pid` holds open, by id, with the memory the kernel charges
+    /// for it: `memlock` of the map fd's fdinfo (since 6.4 what the map
+    /// really holds, before that an estimate from its sizes), named by
+    /// `bpftool map show`.
+    pub fn maps_of(&self, pid: u32) -> Result<BTreeMap<u32, MapMemory>> {
+        let names = parse_map_names(&self.json(&["map", "show"])?);
+        let mut maps = BTreeMap::new();
+        for (id, bytes) in fdinfo_of(pid)?.iter().filter_map(|t| parse_map_fdinfo(t)) {
+            let name = names.get(&id).cloned().unwrap_or_default();
+            maps.insert(id, MapMemory { id, name, bytes });
+        }
+        Ok(maps)
+    }
+
     /// Tracepoint name -> program id for everything `pid` has attached,
     /// whichever way it attached it. Program names cannot tell this: the
     /// kernel cuts both sched_process_exec and sched_process_exit to
@@ -90,23 +113,43 @@ impl Bpftool {
 /// bpf_link fds (how aya attaches): their fdinfo names the tracepoint
 /// (`tp_name`) and the program (`prog_id`).
 fn link_attachments(pid: u32) -> Result<BTreeMap<String, u32>> {
+    Ok(fdinfo_of(pid)?.iter().filter_map(|t| parse_link_fdinfo(t)).collect())
+}
+
+/// The fdinfo text of every fd `pid` has open.
+fn fdinfo_of(pid: u32) -> Result<Vec<String>> {
     let dir = format!("/proc/{pid}/fdinfo");
-    let mut found = BTreeMap::new();
+    let mut texts = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
         // An fd closed between listing and reading is simply gone.
         if let Ok(text) = std::fs::read_to_string(entry?.path()) {
-            found.extend(parse_link_fdinfo(&text));
+            texts.push(text);
         }
     }
-    Ok(found)
+    Ok(texts)
+}
+
+fn fdinfo_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim))
+}
+
+/// A map fd's (id, memlock bytes). Program fds have a memlock too, but no map_id.
+fn parse_map_fdinfo(text: &str) -> Option<(u32, u64)> {
+    fdinfo_field(text, "map_type")?;
+    Some((fdinfo_field(text, "map_id")?.parse().ok()?, fdinfo_field(text, "memlock")?.parse().ok()?))
+}
+
+fn parse_map_names(json: &Value) -> BTreeMap<u32, String> {
+    let Some(entries) = json.as_array() else { return BTreeMap::new() };
+    entries
+        .iter()
+        .filter_map(|e| Some((e["id"].as_u64()?.try_into().ok()?, e["name"].as_str().unwrap_or_default().to_string())))
+        .collect()
 }
 
 fn parse_link_fdinfo(text: &str) -> Option<(String, u32)> {
-    let field = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
-    };
-    field("link_type")?;
-    Some((field("tp_name")?, field("prog_id")?.parse().ok()?))
+    fdinfo_field(text, "link_type")?;
+    Some((fdinfo_field(text, "tp_name")?.to_string(), fdinfo_field(text, "prog_id")?.parse().ok()?))
 }
 
 /// Perf event fds with a program attached (how bpftrace attaches
@@ -158,6 +201,17 @@ mod tests {
         assert_eq!(parse_link_fdinfo(raw), Some(("sched_process_fork".into(), 184)));
         // A program fd also has a prog_id, but attaches nothing.
         assert_eq!(parse_link_fdinfo("prog_type:\t5\nprog_id:\t183\nrun_cnt:\t0\n"), None);
+    }
+
+    #[test]
+    fn map_fdinfo_gives_id_and_memlock() {
+        let map = "pos:\t0\nflags:\t02000002\nmap_type:\t9\nkey_size:\t8\nvalue_size:\t544\n\
+                   max_entries:\t4096\nmemlock:\t2536512\nmap_id:\t41\nfrozen:\t0\n";
+        assert_eq!(parse_map_fdinfo(map), Some((41, 2_536_512)));
+        // A program fd has a memlock too.
+        assert_eq!(parse_map_fdinfo("prog_type:\t5\nmemlock:\t4096\nprog_id:\t183\n"), None);
+        let names = parse_map_names(&json!([{"id": 41, "name": "SOCK_OWNER"}, {"id": 42}]));
+        assert_eq!(names, BTreeMap::from([(41, "SOCK_OWNER".to_string()), (42, String::new())]));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use clap::Parser;
 use serde_json::Value;
 use tests::{
     bench::{
-        bpf::{Bpftool, ProgStats, RunTimeStats},
+        bpf::{Bpftool, MapMemory, ProgStats, RunTimeStats},
         bpftrace::{self, Bpftrace},
         catch_interrupts, check_interrupted, procfs, require_root, tools,
     },
@@ -100,6 +100,8 @@ pub struct WatcherUsage {
     pub execs_counted: u64,
     /// Hook -> its program's statistics; empty unless statistics were on.
     pub kernel: BTreeMap<String, ProgStats>,
+    /// Every map the watcher holds, by id, at the end of the storm.
+    pub maps: BTreeMap<u32, MapMemory>,
 }
 
 /// CPU time of a process, both ways procfs tells it.
@@ -162,11 +164,12 @@ impl Bench {
         let cpu = Cpu::of(pid)?.since(cpu_before.expect("measured with the watcher"));
         let memory = procfs::memory(pid)?;
         let kernel = if with_kernel_stats { self.kernel_stats(setup, pid)? } else { BTreeMap::new() };
+        let maps = self.bpftool.maps_of(pid)?;
         let execs_counted = match watcher {
             Watcher::Hitcount(agent) => self.hitcount_execs(agent, &marker)?,
             Watcher::Bpftrace(bt) => self.bpftrace_execs(bt)?,
         };
-        Ok(Run { wall, watcher: Some(WatcherUsage { cpu, memory, execs_counted, kernel }) })
+        Ok(Run { wall, watcher: Some(WatcherUsage { cpu, memory, execs_counted, kernel, maps }) })
     }
 
     /// Stops the agent and checks that it counted every exec of the storm.
