@@ -311,10 +311,7 @@ impl Report {
         let mut map_memory = Map::new();
         for setup in [Setup::Hitcount, Setup::Bpftrace] {
             let maps: Map<String, Value> = self.maps(setup).iter().map(|m| (m.name.clone(), json!(m.bytes))).collect();
-            map_memory.insert(
-                setup.name().into(),
-                json!({ "total_kib": self.map_kib(setup), "bytes_by_map": maps }),
-            );
+            map_memory.insert(setup.name().into(), json!({ "total_kib": self.map_kib(setup), "bytes_by_map": maps }));
         }
         let ratio = |a, b| self.ratio(a, b).map(|r| round(r, 4));
         let goals: Map<String, Value> =
@@ -431,7 +428,10 @@ mod tests {
             table.lines().find(|l| l.trim_start().starts_with(start) && l.contains(has)).unwrap().to_string()
         };
         let exec = line("sched_process_exec", "ns");
-        assert!(exec.ends_with("goal exec < 1000 ns in kernel: met; goal exec <= 1 x bpftrace: not measured"), "{exec}");
+        assert!(
+            exec.ends_with("goal exec < 1000 ns in kernel: met; goal exec <= 1 x bpftrace: not measured"),
+            "{exec}"
+        );
         assert!(line("hitcount", "x none").ends_with("goal storm <= 1.03 x none: met"), "{table}");
         assert!(line("hitcount", "1.018 x none").contains("11.200 s"), "{table}");
         assert!(line("hitcount", "VmHWM").ends_with("goal VmHWM <= 12 MiB: MISSED"), "{table}");
