@@ -52,6 +52,9 @@ pub mod maps {
     pub const LISTENERS: &str = "LISTENERS";
     /// UDP/ICMP/raw sockets: socket cookie -> owner, filled at socket().
     pub const SOCK_OWNER: &str = "SOCK_OWNER";
+    /// [`super::ProcId`] -> [`super::Argv`]: the command line of each socket
+    /// owner, stored once per process rather than in every owner.
+    pub const ARGV: &str = "ARGV";
     /// Ring buffer of DNS messages ([`super::DnsEvent`]): queries sent
     /// (egress, to port 53) and answers received (ingress, from port 53), in
     /// the order they passed, so that userspace matches each answer to its query.
@@ -147,6 +150,11 @@ pub const FLOW_CLAIMS_ENTRIES: u32 = 1024;
 pub const PENDING_ENTRIES: u32 = 4096;
 pub const LISTENERS_ENTRIES: u32 = 1024;
 pub const SOCK_OWNER_ENTRIES: u32 = 4096;
+/// Processes whose command line is kept for socket owners: those that made
+/// a socket event since their entry was last used. An owner whose entry
+/// went before the agent read it is reported without a command line, and
+/// counted (README, Output).
+pub const ARGV_ENTRIES: u32 = 1024;
 /// Bytes of the DNS ring buffer (a power of two pages). Queries and answers
 /// share it: about 880 messages (220 lookups of A and AAAA) per drain.
 pub const DNS_RING_BYTES: u32 = 512 * 1024;
@@ -327,20 +335,42 @@ pub struct ConnKey {
 }
 const _: () = assert!(size_of::<ConnKey>() == 56);
 
-/// Who owns a socket: the process that created it (UDP/ICMP), called
-/// connect() (TCP out) or listen() (TCP in).
+/// A process, for as long as the machine runs: its tgid and
+/// `task_struct.start_time` (ns of CLOCK_MONOTONIC), which tell apart two
+/// processes that had the same tgid. Owners of listeners the agent found
+/// in /proc at start have `start_ns` 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProcId {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub start_ns: u64,
+}
+const _: () = assert!(size_of::<ProcId>() == 16);
+
+/// A process's argv as in memory, NUL-separated, at most
+/// `Control::cmdline_max` bytes, read at its first socket event.
 #[repr(C)]
 #[derive(Clone, Copy)]
+pub struct Argv {
+    pub len: u32,
+    pub _pad: u32,
+    pub bytes: [u8; CMDLINE_CAP],
+}
+const _: () = assert!(size_of::<Argv>() == 8 + CMDLINE_CAP);
+
+/// Who owns a socket: the process that created it (UDP/ICMP), called
+/// connect() (TCP out) or listen() (TCP in). Its command line is in ARGV
+/// under `process`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
-    pub pid: u32,
+    pub process: ProcId,
     pub uid: u32,
-    pub cmdline_len: u32,
     pub _pad: u32,
     pub comm: [u8; COMM_LEN],
-    /// argv as in memory, NUL-separated, at most `Control::cmdline_max` bytes.
-    pub cmdline: [u8; CMDLINE_CAP],
 }
-const _: () = assert!(size_of::<Owner>() == 16 + COMM_LEN + CMDLINE_CAP);
+const _: () = assert!(size_of::<Owner>() == 24 + COMM_LEN);
 
 /// A connection record: hits, and details of the first occurrence.
 #[repr(C)]
@@ -417,6 +447,7 @@ const _: () = assert!(size_of::<DnsEvent>() == 72 + DNS_CAP);
 pub struct NetScratch {
     pub conn: ConnValue,
     pub owner: Owner,
+    pub argv: Argv,
 }
 
 /// Executable path recorded at exec, looked up at fork and exit.
@@ -503,8 +534,10 @@ pub struct KernelOffsets {
     /// 1 when the kernel has `bpf_get_current_task_btf` (5.11+): task fields
     /// are plain loads; else one `bpf_probe_read_kernel` each.
     pub has_task_btf: u32,
+    /// `task_struct.start_time`: with the tgid, a process's identity ([`ProcId`]).
+    pub task_start_time: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 104 + 15 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 104 + 16 * 4);
 
 // ---- Login: PAM uprobes (agent-ebpf pam.rs) ----
 
@@ -648,6 +681,8 @@ mod pod {
     unsafe impl aya::Pod for ConnValue {}
     unsafe impl aya::Pod for ListenKey {}
     unsafe impl aya::Pod for Owner {}
+    unsafe impl aya::Pod for ProcId {}
+    unsafe impl aya::Pod for Argv {}
     unsafe impl aya::Pod for TrafficValue {}
     unsafe impl aya::Pod for DnsEvent {}
     unsafe impl aya::Pod for PamItems {}
@@ -693,6 +728,7 @@ impl KernelOffsets {
             task_cred: 0,
             cred_uid: 0,
             task_comm: 0,
+            task_start_time: 0,
             sk_net: 0,
             net_inum: 0,
             tp_skaddr: 0,
@@ -744,6 +780,6 @@ impl ConnKey {
 
 impl Owner {
     pub const fn zeroed() -> Self {
-        Self { pid: 0, uid: 0, cmdline_len: 0, _pad: 0, comm: [0; COMM_LEN], cmdline: [0; CMDLINE_CAP] }
+        Self { process: ProcId { tgid: 0, _pad: 0, start_ns: 0 }, uid: 0, _pad: 0, comm: [0; COMM_LEN] }
     }
 }

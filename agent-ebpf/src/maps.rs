@@ -1,10 +1,10 @@
 //! Every map of the kernel side. Sizes given here are placeholders where the
 //! agent sets the real value at load time (`cache_size`).
 use agent_common::{
-    ConnKey, ConnValue, Control, ExitKey, ExitValue, FlowClaim, ListenKey, NetScratch, Owner, PamCall, PamHandleKey,
-    PamItems, ProcKey, ProcValue, Scratch, TaskExe, TrafficValue, COUNTER_COUNT, DNS_RING_BYTES, FLOWS_ENTRIES,
-    FLOW_CLAIMS_ENTRIES, LISTENERS_ENTRIES, PAM_CALL_ENTRIES, PAM_COUNTER_COUNT, PAM_HANDLE_ENTRIES, PAM_RING_BYTES,
-    PENDING_ENTRIES, ROLLUP_ENTRIES, SOCK_OWNER_ENTRIES, TASK_EXE_ENTRIES,
+    Argv, ConnKey, ConnValue, Control, ExitKey, ExitValue, FlowClaim, ListenKey, NetScratch, Owner, PamCall,
+    PamHandleKey, PamItems, ProcId, ProcKey, ProcValue, Scratch, TaskExe, TrafficValue, ARGV_ENTRIES, COUNTER_COUNT,
+    DNS_RING_BYTES, FLOWS_ENTRIES, FLOW_CLAIMS_ENTRIES, LISTENERS_ENTRIES, PAM_CALL_ENTRIES, PAM_COUNTER_COUNT,
+    PAM_HANDLE_ENTRIES, PAM_RING_BYTES, PENDING_ENTRIES, ROLLUP_ENTRIES, SOCK_OWNER_ENTRIES, TASK_EXE_ENTRIES,
 };
 use aya_ebpf::{
     macros::map,
@@ -70,6 +70,8 @@ pub static PENDING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(PENDIN
 pub static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(LISTENERS_ENTRIES, 0);
 #[map(name = "SOCK_OWNER")]
 pub static SOCK_OWNER: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(SOCK_OWNER_ENTRIES, 0);
+#[map(name = "ARGV")]
+pub static ARGV: LruHashMap<ProcId, Argv> = LruHashMap::with_max_entries(ARGV_ENTRIES, 0);
 #[map(name = "DNS_EVENTS")]
 pub static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
 #[map(name = "NET_SCRATCH")]

@@ -28,14 +28,15 @@
 //!   bulk transfer cheap. The cgroup_skb programs then only take the first
 //!   payload bytes of a TCP connection (recognised from the socket's own
 //!   byte counters, without a map lookup) and DNS over TCP.
-// Map calls take `impl Borrow<K>`: passing references keeps 544-byte owners
+// Map calls take `impl Borrow<K>`: passing references keeps owners, argv
 // and 56-byte keys where they are instead of copying them onto the 512-byte stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 use agent_common::{
-    ConnKey, Control, Counter, DnsEvent, FlowClaim, ListenKey, Owner, TrafficValue, AF_INET, AF_INET6, DIR_IN, DIR_OUT,
-    DNS_CAP, DNS_KIND_ANSWER, DNS_KIND_QUERY, FLAG_NET, FLAG_NET_AGG_EPHEMERAL, FLAG_NET_PER_EVENT,
-    FLAG_NET_TCP_BYTES_BY_CALL, FLOW_IDLE_NS, HEAD_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    ConnKey, Control, Counter, DnsEvent, FlowClaim, ListenKey, NetScratch, Owner, ProcId, TrafficValue, AF_INET,
+    AF_INET6, DIR_IN, DIR_OUT, DNS_CAP, DNS_KIND_ANSWER, DNS_KIND_QUERY, FLAG_NET, FLAG_NET_AGG_EPHEMERAL,
+    FLAG_NET_PER_EVENT, FLAG_NET_TCP_BYTES_BY_CALL, FLOW_IDLE_NS, HEAD_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -51,8 +52,8 @@ use crate::{
         TpRecord,
     },
     maps::{
-        CONNR_0, CONNR_1, CONN_0, CONN_1, DNS_EVENTS, FLOWS, FLOW_CLAIMS, LISTENERS, NET_SCRATCH, PENDING, SOCK_OWNER,
-        TRAF_0, TRAF_1,
+        ARGV, CONNR_0, CONNR_1, CONN_0, CONN_1, DNS_EVENTS, FLOWS, FLOW_CLAIMS, LISTENERS, NET_SCRATCH, PENDING,
+        SOCK_OWNER, TRAF_0, TRAF_1,
     },
 };
 
@@ -130,41 +131,49 @@ fn sock_netns(ctl: &Control, sk: u64) -> u32 {
 
 /// The calling process as a socket owner. Only meaningful in process context.
 /// Reads the task directly rather than through `bpf_get_current_comm` and
-/// friends, which cgroup programs may not call on every kernel.
+/// friends, which cgroup programs may not call on every kernel. The
+/// command line goes to ARGV, once per process.
 #[inline(always)]
-fn current_owner(o: &mut Owner, cmdline_max: u32) {
+fn current_owner(scratch: &mut NetScratch, cmdline_max: u32) {
     let off = offsets();
     let task = current_task();
+    let o = &mut scratch.owner;
     clear_owner(o);
-    o.pid = unsafe { read_field::<i32>(task, off.task_tgid) }.unwrap_or(0) as u32;
+    o.process.tgid = unsafe { read_field::<i32>(task, off.task_tgid) }.unwrap_or(0) as u32;
+    o.process.start_ns = unsafe { read_field::<u64>(task, off.task_start_time) }.unwrap_or(0);
     if let Ok(cred) = unsafe { read_field::<*const u8>(task, off.task_cred) } {
         o.uid = unsafe { read_field::<u32>(cred, off.cred_uid) }.unwrap_or(0);
     }
     o.comm = unsafe { read_field::<[u8; 16]>(task, off.task_comm) }.unwrap_or([0; 16]);
+    // A process's argv is read at its first socket event, not at every one:
+    // a connect storm reads it once.
+    if unsafe { ARGV.get(&o.process) }.is_some() {
+        return;
+    }
+    let argv = &mut scratch.argv;
+    argv.len = 0;
+    argv._pad = 0;
     // argv: mm->arg_start..arg_end, as in process.rs.
-    let Ok(mm) = (unsafe { read_field::<*const u8>(task, off.task_mm) }) else {
-        return;
-    };
-    if mm.is_null() {
-        return;
+    if let Ok(mm) = unsafe { read_field::<*const u8>(task, off.task_mm) } {
+        if !mm.is_null() {
+            if let (Ok(start), Ok(end)) =
+                (unsafe { read_field::<u64>(mm, off.mm_arg_start) }, unsafe { read_field::<u64>(mm, off.mm_arg_end) })
+            {
+                if let Ok((n, _)) = read_argv(&mut argv.bytes, start, end, cmdline_max) {
+                    argv.len = n;
+                }
+            }
+        }
     }
-    let (Ok(start), Ok(end)) =
-        (unsafe { read_field::<u64>(mm, off.mm_arg_start) }, unsafe { read_field::<u64>(mm, off.mm_arg_end) })
-    else {
-        return;
-    };
-    if let Ok((n, _)) = read_argv(&mut o.cmdline, start, end, cmdline_max) {
-        o.cmdline_len = n;
-    }
+    // -EEXIST: another CPU stored it first, the same bytes.
+    let _ = ARGV.insert(&scratch.owner.process, &scratch.argv, BPF_NOEXIST as u64);
 }
 
-/// An unknown owner. Bytes of `cmdline` past `cmdline_len` are never read,
-/// so only the header is cleared (a 512-byte zeroing would not fit the stack).
+/// An unknown owner.
 #[inline(always)]
 fn clear_owner(o: &mut Owner) {
-    o.pid = 0;
+    o.process = ProcId::default();
     o.uid = 0;
-    o.cmdline_len = 0;
     o._pad = 0;
     o.comm = [0; 16];
 }
@@ -243,7 +252,7 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
 
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
         // connect(): the caller owns the socket; the port comes later.
-        current_owner(&mut scratch.owner, ctl.cmdline_max);
+        current_owner(scratch, ctl.cmdline_max);
         let _ = PENDING.insert(&sk, &scratch.owner, BPF_ANY as u64);
         return Ok(());
     }
@@ -253,7 +262,7 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
         let lk = ListenKey { netns: sock_netns(&ctl, sk), family, port: sport };
         if new == TCP_LISTEN {
             // The port is known only if the socket was bound before listen().
-            current_owner(&mut scratch.owner, ctl.cmdline_max);
+            current_owner(scratch, ctl.cmdline_max);
             let _ = LISTENERS.insert(&lk, &scratch.owner, BPF_ANY as u64);
         } else {
             let _ = LISTENERS.remove(&lk);
@@ -379,7 +388,7 @@ fn try_sock_create(ctx: &SockContext) -> Result<(), i64> {
     }
     let cookie = unsafe { gen::bpf_get_socket_cookie(ctx.as_ptr()) };
     let scratch = unsafe { &mut *NET_SCRATCH.get_ptr_mut(0).ok_or(0)? };
-    current_owner(&mut scratch.owner, ctl.cmdline_max);
+    current_owner(scratch, ctl.cmdline_max);
     let _ = SOCK_OWNER.insert(&cookie, &scratch.owner, BPF_ANY as u64);
     Ok(())
 }

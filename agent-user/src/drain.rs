@@ -11,8 +11,8 @@
 use std::{ffi::CStr, mem::size_of, time::Duration};
 
 use agent_common::{
-    maps, pam_maps, ConnKey, ConnValue, Control, Counter, ExitKey, ExitValue, PamEvent, ProcKey, ProcValue,
-    TrafficValue, COUNTER_COUNT, PAM_COUNTER_COUNT, PAM_EVENT_NO_ITEMS, PROC_KIND_FORK,
+    maps, pam_maps, Argv, ConnKey, ConnValue, Control, Counter, ExitKey, ExitValue, PamEvent, ProcId, ProcKey,
+    ProcValue, TrafficValue, COUNTER_COUNT, PAM_COUNTER_COUNT, PAM_EVENT_NO_ITEMS, PROC_KIND_FORK,
 };
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
@@ -112,6 +112,9 @@ pub struct Drainer {
     procr: [HashMap<MapData, ProcKey, ProcValue>; 2],
     exitr: [HashMap<MapData, ExitKey, ExitValue>; 2],
     connr: [HashMap<MapData, ConnKey, ConnValue>; 2],
+    /// Socket owners' command lines, read (never cleared) for each drained
+    /// connection record.
+    argv: HashMap<MapData, ProcId, Argv>,
     dns: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     zeros: Vec<u64>,
@@ -121,6 +124,22 @@ pub struct Drainer {
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DrainError> {
     let map = ebpf.take_map(name).ok_or(DrainError::MissingMap(name))?;
     T::try_from(map).map_err(|source| DrainError::Map { name, source })
+}
+
+/// A map the loader keeps (the listener seeding writes it too), opened again
+/// by its id for the drainer.
+fn second_handle<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<T, DrainError> {
+    let err = |source| DrainError::Map { name, source };
+    let data = match ebpf.map(name).ok_or(DrainError::MissingMap(name))? {
+        aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) => d,
+        // Only hash maps are opened this way.
+        _ => return Err(err(MapError::InvalidMapType { map_type: u32::MAX })),
+    };
+    let again = MapData::from_id(data.info().map_err(err)?.id()).map_err(err)?;
+    T::try_from(aya::maps::Map::from_map_data(again).map_err(err)?).map_err(err)
 }
 
 impl Drainer {
@@ -136,6 +155,7 @@ impl Drainer {
             procr: [take(ebpf, maps::PROCR_0)?, take(ebpf, maps::PROCR_1)?],
             exitr: [take(ebpf, maps::EXITR_0)?, take(ebpf, maps::EXITR_1)?],
             connr: [take(ebpf, maps::CONNR_0)?, take(ebpf, maps::CONNR_1)?],
+            argv: second_handle(ebpf, maps::ARGV)?,
             dns: take(ebpf, maps::DNS_EVENTS)?,
             counters: take(ebpf, maps::COUNTERS)?,
             zeros: vec![0; aya::util::nr_cpus().map_err(|(_, e)| DrainError::Cpus(e))?],
@@ -172,9 +192,10 @@ impl Drainer {
             drain_map(&mut self.proc[old], maps::PROC_0)?.into_iter().map(|(k, v)| process_record(&k, &v)).collect();
         let mut terminations: Vec<TerminateRecord> =
             drain_map(&mut self.exit[old], maps::EXIT_0)?.into_iter().map(|(k, v)| terminate_record(&k, &v)).collect();
+        let mut argv = ArgvReader::new(&self.argv);
         let mut connections: Vec<net::ConnRecord> = drain_map(&mut self.conn[old], maps::CONN_0)?
             .into_iter()
-            .filter_map(|(k, v)| net::conn_record(&k, &v))
+            .filter_map(|(k, v)| net::conn_record(&k, &v, argv.of(&v.owner.process)))
             .collect();
         // Kernel rollups become rollup records (rolled_up normalises them as
         // the window cache would: a process rollup's argv is its executable).
@@ -183,7 +204,10 @@ impl Drainer {
         let exitr = drain_map(&mut self.exitr[old], maps::EXITR_0)?;
         terminations.extend(exitr.into_iter().filter_map(|(k, v)| terminate_record(&k, &v).rolled_up()));
         let connr = drain_map(&mut self.connr[old], maps::CONNR_0)?;
-        connections.extend(connr.into_iter().filter_map(|(k, v)| net::conn_record(&k, &v)?.rolled_up()));
+        connections.extend(
+            connr.into_iter().filter_map(|(k, v)| net::conn_record(&k, &v, argv.of(&v.owner.process))?.rolled_up()),
+        );
+        let argv_lost = argv.lost;
         let traffic = drain_map(&mut self.traf[old], maps::TRAF_0)?
             .into_iter()
             .filter_map(|(k, v)| net::traffic_sample(&k, &v))
@@ -194,7 +218,7 @@ impl Drainer {
             dns.extend(net::dns_message(&item));
         }
         let counters = self.take_counters(old as u32)?;
-        Ok(Drained { processes, terminations, net: NetDrained { connections, traffic, dns }, counters })
+        Ok(Drained { processes, terminations, net: NetDrained { connections, traffic, dns, argv_lost }, counters })
     }
 
     /// Reads and zeroes one generation's counters.
@@ -276,6 +300,43 @@ impl PamFeed for PamRing {
         feed.lost += pam::lost_events(&self.counters().map_err(|e| e.to_string())?);
         Ok(feed)
     }
+}
+
+/// Owners' command lines from ARGV, each process's read once per drain.
+struct ArgvReader<'a> {
+    map: &'a HashMap<MapData, ProcId, Argv>,
+    read: std::collections::HashMap<ProcId, Option<Vec<u8>>>,
+    /// Records of known owners whose entry was gone (pushed out of the
+    /// full LRU map before this drain).
+    lost: u64,
+}
+
+impl<'a> ArgvReader<'a> {
+    fn new(map: &'a HashMap<MapData, ProcId, Argv>) -> Self {
+        ArgvReader { map, read: std::collections::HashMap::new(), lost: 0 }
+    }
+
+    /// The command line of `process`; empty for an unknown owner (tgid 0)
+    /// and for one whose entry is gone, which is counted.
+    fn of(&mut self, process: &ProcId) -> Vec<u8> {
+        if process.tgid == 0 {
+            return Vec::new();
+        }
+        let map = self.map;
+        let argv = self.read.entry(*process).or_insert_with(|| map.get(process, 0).ok().map(|a| argv_bytes(&a)));
+        match argv {
+            Some(bytes) => bytes.clone(),
+            None => {
+                self.lost += 1;
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// The bytes an [`Argv`] holds, whatever its length field says.
+fn argv_bytes(a: &Argv) -> Vec<u8> {
+    a.bytes[..(a.len as usize).min(a.bytes.len())].to_vec()
 }
 
 /// Reads every entry, then deletes them. The map is quiescent: nothing else

@@ -6,8 +6,8 @@ use std::{
 };
 
 use agent_common::{
-    maps, programs, KernelOffsets, ListenKey, Owner, AF_INET, AF_INET6, FLAG_NET_TCP_BYTES_BY_CALL, LISTENERS_ENTRIES,
-    OFFSETS_GLOBAL, TP_RECORD_LEN,
+    maps, programs, Argv, KernelOffsets, ListenKey, Owner, ProcId, AF_INET, AF_INET6, FLAG_NET_TCP_BYTES_BY_CALL,
+    LISTENERS_ENTRIES, OFFSETS_GLOBAL, TP_RECORD_LEN,
 };
 
 use aya::{
@@ -334,6 +334,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, LoadError> {
         task_cred: task("cred")?,
         cred_uid: btf.member_offset("cred", "uid")?,
         task_comm: task("comm")?,
+        task_start_time: task("start_time")?,
         // skc_net is a possible_net_t (a typedef'd anonymous struct holding
         // `struct net *net`); ns.inum sits in struct ns_common, inside an
         // anonymous union on newer kernels. The path walk handles both.
@@ -759,6 +760,11 @@ impl Programs {
         }
     }
 
+    fn argv_map(&mut self) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, ProcId, Argv>, LoadError> {
+        let map = self.ebpf.map_mut(maps::ARGV).ok_or(LoadError::MissingMap(maps::ARGV))?;
+        aya::maps::HashMap::try_from(map).map_err(|source| LoadError::Map { name: maps::ARGV, source })
+    }
+
     fn listeners_map(&mut self) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, ListenKey, Owner>, LoadError> {
         let map = self.ebpf.map_mut(maps::LISTENERS).ok_or(LoadError::MissingMap(maps::LISTENERS))?;
         aya::maps::HashMap::try_from(map).map_err(|source| LoadError::Map { name: maps::LISTENERS, source })
@@ -799,14 +805,20 @@ impl Programs {
             report.failed = found.len() - room;
             found.truncate(room);
         }
-        let mut map = self.listeners_map()?;
         let mut first_error = None;
         for (key, owner) in found {
-            let Some(owner) = owner else {
+            let Some((owner, argv)) = owner else {
                 report.unattributed += 1;
                 continue;
             };
-            match map.insert(key, owner, BPF_NOEXIST) {
+            // The command line first: the kernel may copy the owner as soon
+            // as it is in LISTENERS.
+            if let Err(e) = self.argv_map()?.insert(owner.process, argv, 0) {
+                first_error.get_or_insert(e);
+                report.failed += 1;
+                continue;
+            }
+            match self.listeners_map()?.insert(key, owner, BPF_NOEXIST) {
                 Ok(()) => report.seeded += 1,
                 Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => report.known += 1,
                 Err(e) => {
@@ -828,7 +840,7 @@ const BPF_NOEXIST: u64 = 1;
 /// What [`scan_listeners`] found.
 struct Scan {
     /// One entry per key, with the owner when one could be read.
-    found: Vec<(ListenKey, Option<Owner>)>,
+    found: Vec<(ListenKey, Option<(Owner, Argv)>)>,
     /// Network namespaces whose tables were read.
     namespaces: usize,
     /// Processes whose file descriptors the agent may not read.
@@ -881,8 +893,8 @@ fn read_tcp_tables(host: &HostFs, pid: u32) -> Option<(String, String)> {
     Some((v4, v6))
 }
 
-/// `pid` as a socket owner; None when it exited meanwhile.
-fn read_owner(host: &HostFs, pid: u32, status: listeners::Status, cmdline_max: u32) -> Option<Owner> {
+/// `pid` as a socket owner, and its command line; None when it exited meanwhile.
+fn read_owner(host: &HostFs, pid: u32, status: listeners::Status, cmdline_max: u32) -> Option<(Owner, Argv)> {
     let comm = procfs::comm(host, pid)?;
     let argv = procfs::cmdline(host, pid, cmdline_max)?;
     Some(listeners::kernel_owner(pid, status, &comm, &argv, cmdline_max))

@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use agent_common::{ListenKey, Owner, CMDLINE_CAP, COMM_LEN};
+use agent_common::{Argv, ListenKey, Owner, ProcId, CMDLINE_CAP, COMM_LEN};
 
 /// `TCP_LISTEN` and `TCP_CLOSE` in include/net/tcp_states.h.
 pub const TCP_LISTEN: u8 = 0x0A;
@@ -137,21 +137,25 @@ pub fn choose_owner(holders: &[(u32, u32)]) -> Option<u32> {
     eldest.or_else(|| holders.iter().map(|&(p, _)| p).min())
 }
 
-/// The owner as the kernel program records it (`current_owner` in
-/// agent-ebpf/src/net.rs): `comm` NUL-padded to 16 bytes (at most 15
-/// characters, as TASK_COMM_LEN allows), the raw argv bytes of
-/// /proc/<pid>/cmdline cut to `cmdline_max` (itself at most CMDLINE_CAP).
-pub fn kernel_owner(pid: u32, status: Status, comm: &[u8], cmdline: &[u8], cmdline_max: u32) -> Owner {
+/// The owner and its command line as the kernel program records them
+/// (`current_owner` in agent-ebpf/src/net.rs): `comm` NUL-padded to 16
+/// bytes (at most 15 characters, as TASK_COMM_LEN allows), the raw argv
+/// bytes of /proc/<pid>/cmdline cut to `cmdline_max` (itself at most
+/// CMDLINE_CAP). The process's start time is 0: a seeded owner's ARGV
+/// entry is its own, apart from the one the kernel makes if the same
+/// process opens a socket later.
+pub fn kernel_owner(pid: u32, status: Status, comm: &[u8], cmdline: &[u8], cmdline_max: u32) -> (Owner, Argv) {
     let mut o = Owner::zeroed();
-    o.pid = pid;
+    o.process = ProcId { tgid: pid, _pad: 0, start_ns: 0 };
     o.uid = status.uid;
     let comm = comm.strip_suffix(b"\n").unwrap_or(comm);
     let n = comm.len().min(COMM_LEN - 1);
     o.comm[..n].copy_from_slice(&comm[..n]);
+    let mut argv = Argv { len: 0, _pad: 0, bytes: [0; CMDLINE_CAP] };
     let n = cmdline.len().min(cmdline_max as usize).min(CMDLINE_CAP);
-    o.cmdline[..n].copy_from_slice(&cmdline[..n]);
-    o.cmdline_len = n as u32;
-    o
+    argv.bytes[..n].copy_from_slice(&cmdline[..n]);
+    argv.len = n as u32;
+    (o, argv)
 }
 
 /// One entry per key. Listeners that share a key (SO_REUSEPORT groups, or
@@ -307,21 +311,21 @@ mod tests {
     #[test]
     fn owner_matches_what_the_kernel_records() {
         let st = Status { uid: 1000, ppid: 1 };
-        let o = kernel_owner(42, st, b"python3\n", b"python3\0-m\0http.server\0", 256);
-        assert_eq!((o.pid, o.uid, o.cmdline_len), (42, 1000, 23));
+        let (o, a) = kernel_owner(42, st, b"python3\n", b"python3\0-m\0http.server\0", 256);
+        assert_eq!((o.process, o.uid, a.len), (ProcId { tgid: 42, _pad: 0, start_ns: 0 }, 1000, 23));
         assert_eq!(&o.comm, b"python3\0\0\0\0\0\0\0\0\0");
-        assert_eq!(&o.cmdline[..23], b"python3\0-m\0http.server\0");
-        assert!(o.cmdline[23..].iter().all(|&b| b == 0));
+        assert_eq!(&a.bytes[..23], b"python3\0-m\0http.server\0");
+        assert!(a.bytes[23..].iter().all(|&b| b == 0));
         // Cut to the configured maximum, raw bytes (NULs included).
-        let o = kernel_owner(42, st, b"x\n", b"python3\0-m\0http.server\0", 10);
-        assert_eq!(&o.cmdline[..o.cmdline_len as usize], b"python3\0-m");
+        let (_, a) = kernel_owner(42, st, b"x\n", b"python3\0-m\0http.server\0", 10);
+        assert_eq!(&a.bytes[..a.len as usize], b"python3\0-m");
         // Never past CMDLINE_CAP; comm at most 15 bytes and NUL-terminated.
         let long = vec![b'a'; 2 * CMDLINE_CAP];
-        let o = kernel_owner(1, st, b"abcdefghijklmnopqrstuvwxyz", &long, u32::MAX);
-        assert_eq!(o.cmdline_len as usize, CMDLINE_CAP);
+        let (o, a) = kernel_owner(1, st, b"abcdefghijklmnopqrstuvwxyz", &long, u32::MAX);
+        assert_eq!(a.len as usize, CMDLINE_CAP);
         assert_eq!(&o.comm, b"abcdefghijklmno\0");
         // A kernel thread or a zombie: empty command line.
-        assert_eq!(kernel_owner(2, st, b"kthreadd\n", b"", 256).cmdline_len, 0);
+        assert_eq!(kernel_owner(2, st, b"kthreadd\n", b"", 256).1.len, 0);
     }
 
     #[test]

@@ -159,6 +159,10 @@ pub struct NetworkLosses {
     pub dns_queries_lost: u64,
     /// Records whose network namespace could not be read (reported as netns 0).
     pub netns_unreadable: u64,
+    /// Connection records whose owner's command line was pushed out of the
+    /// kernel's ARGV map (1024 processes) before the agent read it: reported
+    /// with the owner's comm alone.
+    pub commandline_lost: u64,
 }
 
 /// A desired configuration that was refused (seed 004: "Agent failed to

@@ -31,6 +31,7 @@ pub fn network_losses(counters: &Counters, net: &mut NetState) -> NetworkLosses 
         dns_unsolicited: dns.unsolicited,
         dns_queries_lost: counters.get(Counter::DnsQueryRingFull).saturating_add(dns.query_table_full),
         netns_unreadable: counters.get(Counter::NetReadFailed),
+        commandline_lost: net.take_argv_lost(),
     };
     warn_network_losses(&losses);
     losses
@@ -109,6 +110,7 @@ fn warn_network_losses(l: &NetworkLosses) {
         (l.dns_unsolicited, "DNS answers matched no query sent (5-tuple, id, question, 5 s); they named nothing"),
         (l.dns_queries_lost, "DNS queries could not be kept for matching; their answers name nothing"),
         (l.netns_unreadable, "socket namespace reads failed; those records have netns 0"),
+        (l.commandline_lost, "records' owners had their command line pushed out of the kernel's ARGV map"),
     ] {
         if n > 0 {
             log::warn!("ConnectionCreate: {n} {what}");

@@ -107,9 +107,9 @@ pub struct Owner {
 }
 
 impl Owner {
-    fn from_kernel(o: &agent_common::Owner) -> Owner {
-        let len = (o.cmdline_len as usize).min(o.cmdline.len());
-        Owner { pid: o.pid, uid: o.uid, argv: o.cmdline[..len].to_vec(), comm: c_string(&o.comm) }
+    /// `argv` is the owner's command line, from ARGV.
+    fn from_kernel(o: &agent_common::Owner, argv: Vec<u8>) -> Owner {
+        Owner { pid: o.process.tgid, uid: o.uid, argv, comm: c_string(&o.comm) }
     }
 }
 
@@ -202,14 +202,15 @@ pub struct TrafficSample {
     pub head: Vec<u8>,
 }
 
-pub fn conn_record(k: &ConnKey, v: &ConnValue) -> Option<ConnRecord> {
+/// `argv`: the owner's command line.
+pub fn conn_record(k: &ConnKey, v: &ConnValue, argv: Vec<u8>) -> Option<ConnRecord> {
     Some(ConnRecord {
         tuple: Tuple::from_key(k)?,
         nonce: k.nonce,
         direction: if v.direction == DIR_IN { Direction::In } else { Direction::Out },
         hit_count: v.hit_count,
         first_seen_ns: v.first_seen_ns,
-        owner: Owner::from_kernel(&v.owner),
+        owner: Owner::from_kernel(&v.owner, argv),
         bytes_in: 0,
         bytes_out: 0,
         dns_queries: 0,
@@ -310,6 +311,8 @@ pub struct NetDrained {
     pub connections: Vec<ConnRecord>,
     pub traffic: Vec<TrafficSample>,
     pub dns: Vec<DnsMessage>,
+    /// Connection records whose owner's command line was gone from ARGV.
+    pub argv_lost: u64,
 }
 
 /// What the DNS side of the collector lost or refused since the last call.
@@ -333,6 +336,8 @@ pub struct NetState {
     dns: dns::DnsCache,
     queries: dns::QueryTable<Tuple>,
     losses: DnsLosses,
+    /// Connection records whose owner's command line was gone, since the last take.
+    argv_lost: u64,
 }
 
 impl NetState {
@@ -342,6 +347,7 @@ impl NetState {
             dns: dns::DnsCache::new(dns_cache_size),
             queries: dns::QueryTable::new(dns::QUERY_TABLE_ENTRIES),
             losses: DnsLosses::default(),
+            argv_lost: 0,
         }
     }
 
@@ -372,6 +378,7 @@ impl NetState {
     /// the connections they name), then connection and traffic records
     /// joined by 5-tuple, then host names.
     pub fn ingest(&mut self, d: NetDrained, now_ns: u64) -> Vec<ConnRecord> {
+        self.argv_lost += d.argv_lost;
         for m in &d.dns {
             self.dns_message(m);
         }
@@ -437,6 +444,12 @@ impl NetState {
     }
 
     /// What DNS lost or refused since the last call.
+    /// Connection records reported without their owner's command line
+    /// since the last call.
+    pub fn take_argv_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.argv_lost)
+    }
+
     pub fn take_dns_losses(&mut self) -> DnsLosses {
         let mut l = std::mem::take(&mut self.losses);
         l.cache_full = self.dns.take_evicted();
@@ -512,12 +525,15 @@ mod tests {
                 connections: vec![conn(t, Direction::Out, 1, 10, 77)],
                 traffic: vec![traffic(t, 5, 7, 9)],
                 dns: vec![],
+                argv_lost: 2,
             },
             20,
         );
         assert_eq!(first.len(), 1);
         assert_eq!((first[0].hit_count, first[0].bytes_in, first[0].bytes_out), (1, 5, 7));
         assert_eq!(first[0].head, b"GET / HT");
+        // Owners without their command line are counted once.
+        assert_eq!((s.take_argv_lost(), s.take_argv_lost()), (2, 0));
         // A later drain with bytes only: hit_count 0, direction and owner remembered.
         let later = s.ingest(NetDrained { traffic: vec![traffic(t, 100, 0, 30)], ..Default::default() }, 40);
         assert_eq!(later.len(), 1);
@@ -543,7 +559,7 @@ mod tests {
             NetDrained {
                 connections: vec![conn(agg, Direction::Out, 3, 10, 5)],
                 traffic: vec![traffic(tuple(40001, 443), 1, 2, 9), traffic(tuple(40002, 443), 10, 20, 11)],
-                dns: vec![],
+                ..Default::default()
             },
             20,
         );
@@ -768,7 +784,11 @@ mod tests {
         let mut kernel_rollup = conn(icmp, Direction::Out, 9, 1, 1);
         kernel_rollup.rollup = true;
         let out = s.ingest(
-            NetDrained { connections: vec![kernel_rollup], traffic: vec![traffic(icmp, 64, 64, 2)], dns: vec![] },
+            NetDrained {
+                connections: vec![kernel_rollup],
+                traffic: vec![traffic(icmp, 64, 64, 2)],
+                ..Default::default()
+            },
             3,
         );
         assert_eq!(out.len(), 2, "the ICMP flow's bytes are its own record: {out:#?}");
