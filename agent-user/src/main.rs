@@ -334,7 +334,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 /// glibc raises its mmap threshold to the size of each large block freed
 /// (up to 32 MiB), so that after the kernel BTF's 5.5 MiB buffer is freed,
 /// later large blocks come from the heap, and the heap keeps what they
-/// free: about 4 MiB of the agent's resident memory, for good. A fixed
+/// free: 1.3 MiB of the agent's resident memory here, for good. A fixed
 /// threshold (glibc's default) keeps large blocks in their own mappings,
 /// returned when freed. musl (the static build) has no such adjustment.
 #[cfg(target_env = "gnu")]
