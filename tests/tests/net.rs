@@ -715,6 +715,84 @@ fn connect_storm_is_counted_exactly_across_windows() {
     assert_eq!(dropped, 0);
 }
 
+/// More processes with a socket event before one drain than the kernel's
+/// ARGV map holds: the owners whose command line was pushed out are
+/// reported as `[comm]` and counted in `commandline_lost`; every other
+/// record carries its own process's command line.
+#[test]
+fn owners_past_the_argv_map_keep_their_comm_and_are_counted() {
+    if !privileged("owners_past_the_argv_map_keep_their_comm_and_are_counted") {
+        return;
+    }
+    let ns = NetNs::new(25).unwrap();
+    let peer = ns.peer_v4();
+    let agent = Agent::start(&["--interval", "PT10M", "--cache-size", "4096"]).unwrap();
+    let tag = marker("argv");
+    let senders = agent_common::ARGV_ENTRIES as usize * 3 / 2;
+    // A port per sender, so that no two share a 5-tuple (the kernel picks
+    // the source ports, and some would collide); nothing listens there.
+    const FIRST_PORT: usize = 20_000;
+    let go = std::env::temp_dir().join(&tag);
+    let path = std::ffi::CString::new(go.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo {}", go.display());
+    // Every sender makes its socket (socket() stores its command line),
+    // then waits on the FIFO; only then do they all send. The agent drains
+    // every second, so senders that sent at once would have their command
+    // line read before the map overflowed.
+    let peer_bin = helper_bin("net-peer");
+    let args = |i: usize| -> [String; 5] {
+        let port = (FIRST_PORT + i).to_string();
+        ["udp-send-after".into(), peer.clone(), port, go.display().to_string(), tag.clone()]
+    };
+    let mut children: Vec<_> =
+        (0..senders).map(|i| Command::new(&peer_bin).args(args(i)).spawn().unwrap()).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !children.is_empty() {
+        assert!(Instant::now() < deadline, "{} senders never sent", children.len());
+        // Readers that opened the FIFO read end of file when this closes.
+        // Non-blocking: with no reader in open() yet, it fails (ENXIO) and
+        // the next turn tries again.
+        use std::os::unix::fs::OpenOptionsExt;
+        drop(std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&go));
+        std::thread::sleep(Duration::from_millis(200));
+        children.retain_mut(|c| match c.try_wait().unwrap() {
+            Some(status) => {
+                assert!(status.success());
+                false
+            }
+            None => true,
+        });
+    }
+    std::fs::remove_file(&go).unwrap();
+    let events = agent.stop().unwrap();
+    let ours: Vec<&Value> = matching(&events, own_netns(), "UDP", &peer, None)
+        .into_iter()
+        .filter(|p| {
+            p["remote_port"].as_u64().is_some_and(|port| (FIRST_PORT..FIRST_PORT + senders).contains(&(port as usize)))
+        })
+        .collect();
+    assert_eq!((ours.len(), sum(&ours, "hit_count")), (senders, senders as u64), "one flow per sender");
+    let port_of = |p: &Value| p["remote_port"].as_u64().unwrap() as usize;
+    let mut ports: Vec<usize> = ours.iter().map(|p| port_of(p)).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), senders, "a flow of each sender");
+    let (lost, named): (Vec<&Value>, Vec<&Value>) = ours.iter().partition(|p| p["commandline"] == "[net-peer]");
+    for p in &named {
+        let own = format!("{} {}", peer_bin.display(), args(port_of(p) - FIRST_PORT).join(" "));
+        assert_eq!(p["commandline"], own.as_str(), "the sender's own command line: {p}");
+    }
+    // At most ARGV_ENTRIES command lines are still there at the drain.
+    assert!(lost.len() >= senders - agent_common::ARGV_ENTRIES as usize, "{} lost", lost.len());
+    // Other processes of this machine may lose theirs too.
+    let counted = network_loss(&events, "commandline_lost");
+    eprintln!("{} of {senders} senders reported as [net-peer]; commandline_lost {counted}", lost.len());
+    assert!(counted >= lost.len() as u64, "commandline_lost {counted}, records of ours as [net-peer]: {}", lost.len());
+    assert_windows_account_for_every_event(&events, CC);
+}
+
 #[test]
 fn disabled_network_collector_reports_nothing() {
     if !privileged("disabled_network_collector_reports_nothing") {

@@ -10,6 +10,9 @@
 //! net-peer dns-forge ADDR TO_ADDR TO_PORT NAME IPV4 COUNT
 //!                                                  from ADDR port 53, send COUNT answers nobody asked
 //!                                                  for (ids 0..COUNT) naming IPV4 NAME, TTL 300
+//! net-peer udp-send-after ADDR PORT FIFO [TAG]     connect a UDP socket to ADDR PORT, wait until FIFO
+//!                                                  is opened for writing and closed again, send one
+//!                                                  datagram; TAG marks the command line
 //!
 //! The TCP modes print one line per connection once it is closed, what the
 //! kernel counted on it (`tests::tcp::report_line`): the oracle for bytes
@@ -59,7 +62,10 @@ fn main() {
         "udp-server" => {
             let s = UdpSocket::bind(addr(&a[2], &a[3])).expect("bind");
             ready();
-            let mut buf = [0u8; 65536];
+            // On the heap: in main's frame, its pages would be touched at
+            // entry (stack probes) by every mode, and udp-send-after runs
+            // as 1000s of processes at once.
+            let mut buf = vec![0u8; 65536];
             loop {
                 let _ = s.recv_from(&mut buf);
             }
@@ -105,6 +111,16 @@ fn main() {
                 let r = answer(&q, &a[5].to_ascii_lowercase(), ip, 300).expect("an answer");
                 s.send_to(&r, to).expect("send");
             }
+        }
+        "udp-send-after" => {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.connect(addr(&a[2], &a[3])).expect("connect");
+            // Opening a FIFO for reading blocks until a writer opens it;
+            // reading then ends when the writer closes it.
+            let mut go = std::fs::File::open(&a[4]).expect("fifo");
+            let mut sink = Vec::new();
+            go.read_to_end(&mut sink).expect("read fifo");
+            s.send(b"go").expect("send");
         }
         m => panic!("unknown mode {m}"),
     }
