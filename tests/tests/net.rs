@@ -3,7 +3,7 @@
 //! every connection shows up twice, once per namespace, each oriented from
 //! its own socket. Assertions pick records by namespace and orientation.
 use std::{
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Command,
     time::{Duration, Instant},
@@ -745,9 +745,15 @@ fn owners_past_the_argv_map_keep_their_comm_and_are_counted() {
         let port = (FIRST_PORT + i).to_string();
         ["udp-send-after".into(), peer.clone(), port, go.display().to_string(), tag.clone()]
     };
-    let mut children: Vec<_> =
-        (0..senders).map(|i| Command::new(&peer_bin).args(args(i)).spawn().unwrap()).collect();
-    std::thread::sleep(Duration::from_secs(2));
+    // One pipe for every sender's `ready`: a write of 6 bytes is atomic.
+    let (ready, ready_w) = std::io::pipe().unwrap();
+    let mut children: Vec<_> = (0..senders)
+        .map(|i| Command::new(&peer_bin).args(args(i)).stdout(ready_w.try_clone().unwrap()).spawn().unwrap())
+        .collect();
+    drop(ready_w);
+    // Every socket, and so every command line stored, before anyone sends.
+    let readies = BufReader::new(ready).lines().take(senders).filter(|l| l.as_ref().unwrap() == "ready").count();
+    assert_eq!(readies, senders, "senders that connected");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !children.is_empty() {
         assert!(Instant::now() < deadline, "{} senders never sent", children.len());

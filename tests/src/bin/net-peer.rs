@@ -10,9 +10,9 @@
 //! net-peer dns-forge ADDR TO_ADDR TO_PORT NAME IPV4 COUNT
 //!                                                  from ADDR port 53, send COUNT answers nobody asked
 //!                                                  for (ids 0..COUNT) naming IPV4 NAME, TTL 300
-//! net-peer udp-send-after ADDR PORT FIFO [TAG]     connect a UDP socket to ADDR PORT, wait until FIFO
-//!                                                  is opened for writing and closed again, send one
-//!                                                  datagram; TAG marks the command line
+//! net-peer udp-send-after ADDR PORT FIFO [TAG]     connect a UDP socket to ADDR PORT, print `ready`,
+//!                                                  wait until FIFO is opened for writing and closed
+//!                                                  again, send one datagram; TAG marks the command line
 //!
 //! The TCP modes print one line per connection once it is closed, what the
 //! kernel counted on it (`tests::tcp::report_line`): the oracle for bytes
@@ -115,6 +115,7 @@ fn main() {
         "udp-send-after" => {
             let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
             s.connect(addr(&a[2], &a[3])).expect("connect");
+            ready();
             // Opening a FIFO for reading blocks until a writer opens it;
             // reading then ends when the writer closes it.
             let mut go = std::fs::File::open(&a[4]).expect("fifo");
