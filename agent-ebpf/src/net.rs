@@ -34,7 +34,7 @@
 
 use agent_common::{
     ConnKey, Control, Counter, DnsEvent, FlowClaim, ListenKey, NetScratch, Owner, ProcId, TrafficValue, AF_INET,
-    AF_INET6, DIR_IN, DIR_OUT, DNS_CAP, DNS_KIND_ANSWER, DNS_KIND_QUERY, FLAG_NET, FLAG_NET_AGG_EPHEMERAL,
+    AF_INET6, CMDLINE_CAP, DIR_IN, DIR_OUT, DNS_CAP, DNS_KIND_ANSWER, DNS_KIND_QUERY, FLAG_NET, FLAG_NET_AGG_EPHEMERAL,
     FLAG_NET_PER_EVENT, FLAG_NET_TCP_BYTES_BY_CALL, FLOW_IDLE_NS, HEAD_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
     IPPROTO_UDP,
 };
@@ -151,22 +151,26 @@ fn current_owner(scratch: &mut NetScratch, cmdline_max: u32) {
         return;
     }
     let argv = &mut scratch.argv;
-    argv.len = 0;
     argv._pad = 0;
-    // argv: mm->arg_start..arg_end, as in process.rs.
-    if let Ok(mm) = unsafe { read_field::<*const u8>(task, off.task_mm) } {
-        if !mm.is_null() {
-            if let (Ok(start), Ok(end)) =
-                (unsafe { read_field::<u64>(mm, off.mm_arg_start) }, unsafe { read_field::<u64>(mm, off.mm_arg_end) })
-            {
-                if let Ok((n, _)) = read_argv(&mut argv.bytes, start, end, cmdline_max) {
-                    argv.len = n;
-                }
-            }
-        }
-    }
+    argv.len = task_argv(task, &mut argv.bytes, cmdline_max).unwrap_or(0);
     // -EEXIST: another CPU stored it first, the same bytes.
     let _ = ARGV.insert(&scratch.owner.process, &scratch.argv, BPF_NOEXIST as u64);
+}
+
+/// The bytes of `task`'s argv copied into `dst`: `mm->arg_start..arg_end`,
+/// as process.rs reads it, but through probe reads (this runs in cgroup
+/// programs too, which cannot all take a BTF-typed task). A kernel thread
+/// has no mm, and no argv.
+#[inline(always)]
+fn task_argv(task: *const u8, dst: &mut [u8; CMDLINE_CAP], max: u32) -> Result<u32, i64> {
+    let off = offsets();
+    let mm = unsafe { read_field::<*const u8>(task, off.task_mm) }?;
+    if mm.is_null() {
+        return Ok(0);
+    }
+    let start = unsafe { read_field::<u64>(mm, off.mm_arg_start) }?;
+    let end = unsafe { read_field::<u64>(mm, off.mm_arg_end) }?;
+    Ok(read_argv(dst, start, end, max)?.0)
 }
 
 /// An unknown owner.

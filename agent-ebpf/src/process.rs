@@ -187,7 +187,12 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     zero(key);
     let mut exe_is_comm = 0;
     match unsafe { TASK_EXE.get(tgid) } {
-        Some(e) => copy(&mut key.exe, &e.path),
+        // Up to the NUL only: the bytes after it are whatever an earlier,
+        // longer path left in the per-CPU scratch that exec filled, and in
+        // a key they would make one executable's exits several records.
+        Some(e) => unsafe {
+            gen::bpf_probe_read_kernel_str(key.exe.as_mut_ptr() as *mut _, EXE_CAP as u32, e.path.as_ptr() as *const _);
+        },
         None => {
             let comm = bpf_get_current_comm().unwrap_or([0; 16]);
             key.exe[..16].copy_from_slice(&comm);
