@@ -52,6 +52,7 @@ pub fn run(setup: &Setup, artifacts: &Artifacts, options: &Options) -> Result<()
     if options.privileged_only {
         println!("unit tier skipped: --privileged-only");
     } else {
+        lint(setup, artifacts)?;
         unit_tier(artifacts, &extra_args)?;
     }
 
@@ -78,6 +79,22 @@ pub fn run(setup: &Setup, artifacts: &Artifacts, options: &Options) -> Result<()
         format!("VM tier passed (kernels {})", vmtest::TEST_TIER_KERNELS.join(", "))
     };
     println!("test summary: unit tier passed; {privileged}; {vm}");
+    Ok(())
+}
+
+/// Formatting and clippy, warnings denied, on every crate: part of the unit
+/// tier so that what CI runs is what `cargo xtask test` runs.
+fn lint(setup: &Setup, artifacts: &Artifacts) -> Result<()> {
+    println!("lint: running");
+    cmd::run(cmd::cargo(None).args(["fmt", "--all", "--", "--check"]))
+        .context("lint failed: code not formatted (run `cargo fmt --all`)")?;
+    let mut clippy = cmd::cargo(None);
+    clippy
+        .args(["clippy", "--workspace", "--exclude", "agent-ebpf", "--all-targets", "--", "-D", "warnings"])
+        .env(EBPF_OBJECT_VAR, &artifacts.ebpf_object);
+    cmd::run(&mut clippy).context("lint failed: clippy")?;
+    build::lint_ebpf(setup)?;
+    println!("lint: passed");
     Ok(())
 }
 
