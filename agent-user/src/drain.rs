@@ -31,6 +31,8 @@ pub enum DrainError {
     MissingMap(&'static str),
     #[error("cannot count possible CPUs: {0}")]
     Cpus(std::io::Error),
+    #[error("map {0} is not a hash map; only hash maps are opened a second time")]
+    NotAHashMap(&'static str),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -135,8 +137,7 @@ fn second_handle<T: TryFrom<aya::maps::Map, Error = MapError>>(
     let err = |source| DrainError::Map { name, source };
     let data = match ebpf.map(name).ok_or(DrainError::MissingMap(name))? {
         aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) => d,
-        // Only hash maps are opened this way.
-        _ => return Err(err(MapError::InvalidMapType { map_type: u32::MAX })),
+        _ => return Err(DrainError::NotAHashMap(name)),
     };
     let again = MapData::from_id(data.info().map_err(err)?.id()).map_err(err)?;
     T::try_from(aya::maps::Map::from_map_data(again).map_err(err)?).map_err(err)

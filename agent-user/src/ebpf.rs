@@ -760,9 +760,26 @@ impl Programs {
         }
     }
 
-    fn argv_map(&mut self) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, ProcId, Argv>, LoadError> {
-        let map = self.ebpf.map_mut(maps::ARGV).ok_or(LoadError::MissingMap(maps::ARGV))?;
-        aya::maps::HashMap::try_from(map).map_err(|source| LoadError::Map { name: maps::ARGV, source })
+    /// ARGV and LISTENERS at once, for the listener seeding, which writes
+    /// an owner's command line and then the owner.
+    #[allow(clippy::type_complexity)]
+    fn argv_and_listeners_maps(
+        &mut self,
+    ) -> Result<
+        (
+            aya::maps::HashMap<&mut aya::maps::MapData, ProcId, Argv>,
+            aya::maps::HashMap<&mut aya::maps::MapData, ListenKey, Owner>,
+        ),
+        LoadError,
+    > {
+        let [argv, listeners] = self.ebpf.maps_disjoint_mut([maps::ARGV, maps::LISTENERS]);
+        let argv = argv.ok_or(LoadError::MissingMap(maps::ARGV))?;
+        let listeners = listeners.ok_or(LoadError::MissingMap(maps::LISTENERS))?;
+        Ok((
+            aya::maps::HashMap::try_from(argv).map_err(|source| LoadError::Map { name: maps::ARGV, source })?,
+            aya::maps::HashMap::try_from(listeners)
+                .map_err(|source| LoadError::Map { name: maps::LISTENERS, source })?,
+        ))
     }
 
     fn listeners_map(&mut self) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, ListenKey, Owner>, LoadError> {
@@ -806,6 +823,7 @@ impl Programs {
             found.truncate(room);
         }
         let mut first_error = None;
+        let (mut argv_map, mut listeners_map) = self.argv_and_listeners_maps()?;
         for (key, owner) in found {
             let Some((owner, argv)) = owner else {
                 report.unattributed += 1;
@@ -813,12 +831,12 @@ impl Programs {
             };
             // The command line first: the kernel may copy the owner as soon
             // as it is in LISTENERS.
-            if let Err(e) = self.argv_map()?.insert(owner.process, argv, 0) {
+            if let Err(e) = argv_map.insert(owner.process, argv, 0) {
                 first_error.get_or_insert(e);
                 report.failed += 1;
                 continue;
             }
-            match self.listeners_map()?.insert(key, owner, BPF_NOEXIST) {
+            match listeners_map.insert(key, owner, BPF_NOEXIST) {
                 Ok(()) => report.seeded += 1,
                 Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => report.known += 1,
                 Err(e) => {
