@@ -252,7 +252,7 @@ impl Btf {
         if bytes[2] != BTF_VERSION {
             return Err(BtfError::UnsupportedVersion(bytes[2]));
         }
-        let hdr_len_raw = le32(&bytes, 4);
+        let hdr_len_raw = le32(bytes, 4);
         let hdr_len = hdr_len_raw as usize;
         if hdr_len < HEADER_LEN {
             return Err(BtfError::BadHeaderLen(hdr_len_raw));
@@ -262,8 +262,8 @@ impl Btf {
             needed: hdr_len as u64,
             available: bytes.len(),
         })?;
-        let types_at = section(body, hdr_len, "type section", le32(&bytes, 8), le32(&bytes, 12))?;
-        let strings_at = section(body, hdr_len, "string section", le32(&bytes, 16), le32(&bytes, 20))?;
+        let types_at = section(body, hdr_len, "type section", le32(bytes, 8), le32(bytes, 12))?;
+        let strings_at = section(body, hdr_len, "string section", le32(bytes, 16), le32(bytes, 20))?;
         let (types, strings) = (&bytes[types_at.clone()], &bytes[strings_at.clone()]);
 
         let mut offsets = vec![0u32];
@@ -929,7 +929,7 @@ mod tests {
         let path = Path::new(VMLINUX_BTF_PATH);
         let Ok(read) = std::fs::read(path) else { return };
         let btf = Btf::from_file(path).unwrap();
-        assert!(&*btf.data == &read[..]);
+        assert!(*btf.data == read[..]);
     }
 
     #[test]
