@@ -332,9 +332,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// glibc raises its mmap threshold to the size of each large block freed
-/// (up to 32 MiB), so that after the kernel BTF's 5.5 MiB buffer is freed,
-/// later large blocks come from the heap, and the heap keeps what they
-/// free: 1.3 MiB of the agent's resident memory here, for good. A fixed
+/// (up to 32 MiB), so that after a large buffer is freed (the kernel BTF's
+/// 5.5 MiB where it is read rather than mapped, before Linux 6.16; the
+/// SBoM's package database at each snapshot), later large blocks come from
+/// the heap, and the heap keeps what they free: 1.3 MiB of the agent's
+/// resident memory, measured when the BTF was read, for good. A fixed
 /// threshold (glibc's default) keeps large blocks in their own mappings,
 /// returned when freed. musl (the static build) has no such adjustment.
 #[cfg(target_env = "gnu")]
