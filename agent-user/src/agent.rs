@@ -358,11 +358,11 @@ impl<S: Sink> Agent<S> {
     /// Takes the snapshots that are due and publishes each with its statistics.
     fn take_snapshots(&mut self) -> anyhow::Result<()> {
         let cx = Context::new(&self.host, &self.config);
-        for (t, sent) in self.snapshots.take_due(&cx, Instant::now()) {
-            let transport = self.sink.take_transport_drops(t);
-            let events = snapshot_window(&self.config, t, sent, transport);
-            self.sink.publish(&events)?;
-        }
+        let (config, sink) = (&self.config, &mut self.sink);
+        self.snapshots.take_due(&cx, Instant::now(), |t, sent| {
+            let transport = sink.take_transport_drops(t);
+            sink.publish(&snapshot_window(config, t, sent, transport))
+        })?;
         Ok(())
     }
 }

@@ -210,10 +210,9 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let mut snapshots = collectors::snapshot::Snapshots::new(collectors::select(&only));
     let cx = collectors::Context::new(&host, &config);
     let mut sink = sinks::stdout::StdoutSink::stdout();
-    for (t, sent) in snapshots.take_due(&cx, std::time::Instant::now()) {
-        let events = agent::snapshot_window(&config, t, sent, Default::default());
-        sinks::Sink::publish(&mut sink, &events)?;
-    }
+    snapshots.take_due(&cx, std::time::Instant::now(), |t, sent| {
+        sinks::Sink::publish(&mut sink, &agent::snapshot_window(&config, t, sent, Default::default()))
+    })?;
     Ok(())
 }
 

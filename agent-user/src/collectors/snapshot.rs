@@ -25,7 +25,9 @@ pub const MAX_ITEMS: usize = 65_536;
 #[derive(Debug, Default, Clone)]
 pub struct History {
     sequence: u64,
-    /// The last set sent in full or rebuilt from deltas, by key.
+    /// The last set sent in full or rebuilt from deltas, by key; kept only
+    /// while deltas are on (without them it is never read, and an SBoM's
+    /// set is most of the agent's heap between snapshots).
     previous: Option<BTreeMap<String, serde_json::Value>>,
     /// Snapshots since the last full one.
     since_full: u32,
@@ -76,9 +78,18 @@ pub fn snapshot_events(
         set.insert(item.key, item.payload);
     }
     history.sequence += 1;
+    if !settings.deltas {
+        history.previous = None;
+    }
     let full = !settings.deltas || history.previous.is_none() || history.since_full + 1 >= settings.full_every;
+    let digest = digest(&set);
+    let items = set.len() as u64;
     let mut changes: Vec<(Option<&'static str>, serde_json::Value)> = Vec::new();
-    if full {
+    if full && !settings.deltas {
+        // Nothing keeps the set: its payloads move into the events.
+        history.since_full = 0;
+        changes.extend(std::mem::take(&mut set).into_values().map(|v| (None, v)));
+    } else if full {
         history.since_full = 0;
         changes.extend(set.values().map(|v| (None, v.clone())));
     } else {
@@ -100,9 +111,9 @@ pub fn snapshot_events(
     let info = SnapshotInfo {
         sequence: history.sequence,
         mode: if full { "full" } else { "delta" },
-        items: set.len() as u64,
+        items,
         events: changes.len().max(1) as u64,
-        digest: digest(&set),
+        digest,
         change: None,
         failed_sources: taken.failures.clone(),
     };
@@ -118,7 +129,9 @@ pub fn snapshot_events(
             e
         })
         .collect();
-    history.previous = Some(set);
+    if settings.deltas {
+        history.previous = Some(set);
+    }
     let losses = Losses { seen, evicted, sources_unreadable: taken.failures.len() as u64, ..Default::default() };
     Sent { window, events, losses }
 }
@@ -154,9 +167,15 @@ impl Snapshots {
     }
 
     /// Takes the snapshots that are due and collected under `cx.config`, and
-    /// returns, per snapshot, its type and what it sends.
-    pub fn take_due(&mut self, cx: &Context<'_>, now: Instant) -> Vec<(EventType, Sent)> {
-        let mut out = Vec::new();
+    /// hands each, with its type, to `publish` before the next is taken: one
+    /// snapshot's events are held at a time, never every collector's at once
+    /// (the memory peak of a snapshot round). Stops at `publish`'s first error.
+    pub fn take_due<E>(
+        &mut self,
+        cx: &Context<'_>,
+        now: Instant,
+        mut publish: impl FnMut(EventType, Sent) -> Result<(), E>,
+    ) -> Result<(), E> {
         let every: Duration = cx.config.transport.snapshot_frequency;
         for s in &mut self.list {
             let t = s.collector.event_type();
@@ -170,9 +189,9 @@ impl Snapshots {
                 log::warn!("{t}: cannot read {}: {}", f.source, f.reason);
             }
             let window = Window { start, end: SystemTime::now() };
-            out.push((t, snapshot_events(t, taken, &mut s.history, cx.config.snapshots, window)));
+            publish(t, snapshot_events(t, taken, &mut s.history, cx.config.snapshots, window))?;
         }
-        out
+        Ok(())
     }
 }
 
@@ -260,6 +279,25 @@ mod tests {
             ("delta", 1, &crate::report::Payload::Collected(serde_json::Value::Null)),
             "unchanged: one event"
         );
+    }
+
+    #[test]
+    fn without_deltas_no_set_is_kept_and_turning_them_on_starts_full() {
+        let off = SnapshotSettings { deltas: false, full_every: 3 };
+        let mut h = History::default();
+        let first = snapshot_events(EventType::SBoM, taken(&[("a", json!(1)), ("b", json!(2))]), &mut h, off, W);
+        assert!(h.previous.is_none(), "nothing reads it without deltas");
+        let info = first.events[0].snapshot.as_ref().unwrap();
+        assert_eq!((info.items, info.events), (2, 2));
+        let two: BTreeMap<String, serde_json::Value> =
+            [("a", json!(1)), ("b", json!(2))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(info.digest, digest(&two));
+        let on = SnapshotSettings { deltas: true, ..off };
+        let second = snapshot_events(EventType::SBoM, taken(&[("a", json!(1)), ("b", json!(2))]), &mut h, on, W);
+        assert_eq!(second.events[0].snapshot.as_ref().unwrap().mode, "full", "no set to compare with");
+        assert_eq!(second.events.len(), 2);
+        let third = snapshot_events(EventType::SBoM, taken(&[("a", json!(1)), ("b", json!(2))]), &mut h, on, W);
+        assert_eq!(third.events[0].snapshot.as_ref().unwrap().mode, "delta");
     }
 
     #[test]
