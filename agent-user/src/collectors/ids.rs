@@ -7,15 +7,29 @@
 //! digits, two spaces and the name; two tabs start a subsystem line (ignored
 //! here). Sections after the vendor list start with a letter ("C 02  Network
 //! controller", usb.ids' "AT", "HID", ...) and end it. Lookups stream over
-//! the lines and stop at the vendor's block end, so no table is built.
+//! the file's lines and stop at the vendor's block end; the first lookup
+//! also notes where each vendor starts, so later ones read only that
+//! block. Neither the file (1.4 MB) nor a table of its names is held: they
+//! were the largest block of the agent's heap at a snapshot.
+use std::{
+    borrow::Cow,
+    cell::OnceCell,
+    io::{BufRead, BufReader, Read, Seek, SeekFrom},
+    path::PathBuf,
+};
+
 use crate::hostfs::HostFs;
 
 /// Where distributions put the files, in the order tried (Debian, then
 /// Fedora/Arch's hwdata, then the older Debian path for usb.ids).
 const PCI_PATHS: [&str; 3] = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids"];
 const USB_PATHS: [&str; 3] = ["/usr/share/misc/usb.ids", "/usr/share/hwdata/usb.ids", "/var/lib/usbutils/usb.ids"];
-/// Largest ids file read (pci.ids is about 1.3 MB in 2025, usb.ids 0.7 MB).
+/// Most bytes of an ids file a lookup reads (pci.ids is about 1.3 MB in
+/// 2025, usb.ids 0.7 MB): a lookup in a larger one ends there, unnamed.
 const IDS_MAX_BYTES: u64 = 8 << 20;
+/// Longest line looked at, in bytes; a longer one is cut (the longest in
+/// pci.ids is about 130).
+const LINE_MAX: u64 = 4 << 10;
 /// Longest name kept, in bytes (the longest in pci.ids is about 120).
 const NAME_MAX: usize = 256;
 
@@ -25,12 +39,29 @@ pub enum Bus {
     Usb,
 }
 
+/// One database: the file found on the host, or a text (fixtures).
+#[derive(Debug, Clone)]
+enum Source {
+    File {
+        /// The resolved path of the host file, opened at each lookup.
+        path: PathBuf,
+        /// Where each vendor's line starts, made by the first lookup's one
+        /// pass over the file: later lookups read only their vendor's block.
+        vendors: OnceCell<Vec<(u16, u32)>>,
+    },
+    Text(String),
+}
+
+/// Most vendors indexed (pci.ids lists about 2,500, usb.ids about 3,500);
+/// past it, a vendor is looked up from the start of the file.
+const MAX_VENDORS: usize = 1 << 16;
+
 /// The two databases as found on the host; either may be absent, and then
 /// names fall back to hex ids.
 #[derive(Debug, Default, Clone)]
 pub struct Ids {
-    pci: Option<String>,
-    usb: Option<String>,
+    pci: Option<Source>,
+    usb: Option<Source>,
 }
 
 /// Names of one vendor and product, when the database knows them.
@@ -41,36 +72,110 @@ pub struct Names {
 }
 
 impl Ids {
-    /// Reads whichever of the files exist. A file that cannot be read is
+    /// Finds whichever of the files exist. A file that cannot be read is
     /// the same as a missing one: names are a nicety, the ids are the data.
     pub fn load(host: &HostFs) -> Ids {
         let first = |paths: &[&str]| {
             paths.iter().find_map(|p| {
-                let bytes = host.read_bounded(p, IDS_MAX_BYTES).ok()?;
-                // usb.ids has a few Latin-1 names: keep the rest readable.
-                Some(String::from_utf8_lossy(&bytes).into_owned())
+                let path = host.resolve(p).ok().filter(|r| r.is_file())?;
+                Some(Source::File { path, vendors: OnceCell::new() })
             })
         };
         Ids { pci: first(&PCI_PATHS), usb: first(&USB_PATHS) }
     }
 
     pub fn from_texts(pci: Option<&str>, usb: Option<&str>) -> Ids {
-        Ids { pci: pci.map(str::to_string), usb: usb.map(str::to_string) }
+        Ids { pci: pci.map(|t| Source::Text(t.to_string())), usb: usb.map(|t| Source::Text(t.to_string())) }
     }
 
     pub fn names(&self, bus: Bus, vendor: u16, product: Option<u16>) -> Names {
-        let text = match bus {
-            Bus::Pci => self.pci.as_deref(),
-            Bus::Usb => self.usb.as_deref(),
+        let source = match bus {
+            Bus::Pci => self.pci.as_ref(),
+            Bus::Usb => self.usb.as_ref(),
         };
-        text.map(|t| lookup(t, vendor, product)).unwrap_or_default()
+        match source {
+            None => Names::default(),
+            Some(Source::Text(t)) => lookup(t.as_bytes(), vendor, product),
+            Some(Source::File { path, vendors }) => {
+                let open = |at: u64| {
+                    let mut f = std::fs::File::open(path).ok()?;
+                    f.seek(SeekFrom::Start(at)).ok()?;
+                    Some(BufReader::with_capacity(16 << 10, f.take(IDS_MAX_BYTES.saturating_sub(at))))
+                };
+                let vendors = vendors.get_or_init(|| open(0).map(vendor_index).unwrap_or_default());
+                let from = |at: u64| open(at).map(|db| lookup(db, vendor, product)).unwrap_or_default();
+                match vendors.iter().find(|(id, _)| *id == vendor) {
+                    Some(&(_, at)) => {
+                        let names = from(u64::from(at));
+                        if names.vendor.is_some() {
+                            return names;
+                        }
+                        // Not at its offset: the file changed since the index was made.
+                        from(0)
+                    }
+                    // Past the bound, a vendor may be listed unindexed.
+                    None if vendors.len() == MAX_VENDORS => from(0),
+                    None => Names::default(),
+                }
+            }
+        }
     }
 }
 
-/// Finds `vendor` (and `product` among its devices) in an ids text.
-pub fn lookup(text: &str, vendor: u16, product: Option<u16>) -> Names {
+/// Reads one line into `raw` (its end of line removed), a line past
+/// LINE_MAX cut there and its rest skipped, not read as a line of its own.
+/// Returns the bytes it consumed, 0 at the end (or a read error).
+fn next_line(db: &mut impl BufRead, raw: &mut Vec<u8>) -> u64 {
+    raw.clear();
+    let mut consumed = match db.take(LINE_MAX).read_until(b'\n', raw) {
+        Ok(n) => n as u64,
+        Err(_) => return 0,
+    };
+    if consumed == LINE_MAX && raw.last() != Some(&b'\n') {
+        match db.skip_until(b'\n') {
+            Ok(n) => consumed += n as u64,
+            Err(_) => return 0,
+        }
+    }
+    if raw.last() == Some(&b'\n') {
+        raw.pop();
+    }
+    if raw.last() == Some(&b'\r') {
+        raw.pop();
+    }
+    consumed
+}
+
+/// Where each vendor line of the vendor list starts, in one pass.
+fn vendor_index(mut db: impl BufRead) -> Vec<(u16, u32)> {
+    let mut vendors = Vec::new();
+    let (mut raw, mut at) = (Vec::new(), 0u64);
+    while vendors.len() < MAX_VENDORS {
+        let n = next_line(&mut db, &mut raw);
+        if n == 0 {
+            break;
+        }
+        if !(raw.is_empty() || raw[0] == b'#' || raw[0] == b'\t' || raw.trim_ascii().is_empty()) {
+            match entry(&String::from_utf8_lossy(&raw)) {
+                // IDS_MAX_BYTES (8 MiB) keeps offsets in u32.
+                Some((id, _)) => vendors.push((id, at as u32)),
+                None => break, // a class or other section: the vendor list is over
+            }
+        }
+        at += n;
+    }
+    vendors
+}
+
+/// Finds `vendor` (and `product` among its devices) in an ids database,
+/// reading it a line at a time up to the vendor's block end. A read error
+/// ends the lookup with what was found.
+pub fn lookup(mut db: impl BufRead, vendor: u16, product: Option<u16>) -> Names {
     let mut names = Names::default();
-    for line in text.lines() {
+    let mut raw = Vec::new();
+    while next_line(&mut db, &mut raw) > 0 {
+        // usb.ids has a few Latin-1 names: keep the rest readable.
+        let line: Cow<str> = String::from_utf8_lossy(&raw);
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
         }
@@ -90,7 +195,7 @@ pub fn lookup(text: &str, vendor: u16, product: Option<u16>) -> Names {
         if names.vendor.is_some() {
             break; // the next vendor: the product is not listed
         }
-        match entry(line) {
+        match entry(&line) {
             Some((id, name)) if id == vendor => {
                 names.vendor = Some(name);
                 if product.is_none() {
@@ -193,32 +298,69 @@ C 02  Network controller
 
     #[test]
     fn vendor_and_device_lines_are_found_subsystems_ignored() {
-        let n = lookup(PCI, 0x1af4, Some(0x1041));
+        let n = lookup(PCI.as_bytes(), 0x1af4, Some(0x1041));
         assert_eq!(n.vendor.as_deref(), Some("Red Hat, Inc."));
         assert_eq!(n.product.as_deref(), Some("Virtio 1.0 network device"));
-        assert_eq!(lookup(PCI, 0x1af4, None).product, None);
+        assert_eq!(lookup(PCI.as_bytes(), 0x1af4, None).product, None);
         // 0xfffb is a subsystem id of 1000, not a device of 1af4.
-        let n = lookup(PCI, 0x1af4, Some(0xfffb));
+        let n = lookup(PCI.as_bytes(), 0x1af4, Some(0xfffb));
         assert_eq!((n.vendor.as_deref(), n.product), (Some("Red Hat, Inc."), None));
         // A device id of the next vendor is not taken for this one's.
-        assert_eq!(lookup(PCI, 0x1af5, Some(0x1000)).product, None);
-        assert_eq!(lookup(PCI, 0x1af5, Some(0x1041)).product.as_deref(), Some("Not Red Hat's"));
+        assert_eq!(lookup(PCI.as_bytes(), 0x1af5, Some(0x1000)).product, None);
+        assert_eq!(lookup(PCI.as_bytes(), 0x1af5, Some(0x1041)).product.as_deref(), Some("Not Red Hat's"));
     }
 
     #[test]
     fn unknown_ids_and_the_class_section_give_nothing() {
-        assert_eq!(lookup(PCI, 0x8086, Some(0x0d57)), Names::default());
+        assert_eq!(lookup(PCI.as_bytes(), 0x8086, Some(0x0d57)), Names::default());
         // "C 02" is a class, not vendor 0x0002 or anything after it.
-        assert_eq!(lookup(PCI, 0x0002, None), Names::default());
-        assert_eq!(lookup("", 0x1af4, None), Names::default());
-        assert_eq!(lookup("1af4\n\t1000\n1af4  \n", 0x1af4, Some(0x1000)), Names::default(), "nameless lines");
+        assert_eq!(lookup(PCI.as_bytes(), 0x0002, None), Names::default());
+        assert_eq!(lookup(&b""[..], 0x1af4, None), Names::default());
+        assert_eq!(lookup(&b"1af4\n\t1000\n1af4  \n"[..], 0x1af4, Some(0x1000)), Names::default(), "nameless lines");
     }
 
     #[test]
     fn names_are_bounded() {
         let long = format!("abcd  {}\n", "é".repeat(400));
-        let n = lookup(&long, 0xabcd, None).vendor.unwrap();
+        let n = lookup(long.as_bytes(), 0xabcd, None).vendor.unwrap();
         assert!(n.len() <= NAME_MAX && n.chars().all(|c| c == 'é'), "{}", n.len());
+    }
+
+    #[test]
+    fn the_rest_of_a_long_line_is_not_a_line() {
+        // The rest of the long line, were it read as a line, is a vendor entry.
+        let db = format!("0001  {}1af4  Fake\n1af4  Red Hat, Inc.\n", "x".repeat(LINE_MAX as usize - 6));
+        assert_eq!(lookup(db.as_bytes(), 0x1af4, None).vendor.as_deref(), Some("Red Hat, Inc."));
+    }
+
+    #[test]
+    fn a_host_file_is_read_at_each_lookup() {
+        let root = std::env::temp_dir().join(format!("hitcount-ids-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("usr/share/hwdata")).unwrap();
+        std::fs::write(root.join("usr/share/hwdata/pci.ids"), PCI).unwrap();
+        let ids = Ids::load(&HostFs::new(&root));
+        assert_eq!(ids.names(Bus::Pci, 0x1af4, Some(0x1000)).product.as_deref(), Some("Virtio network device"));
+        assert_eq!(ids.names(Bus::Pci, 0x1af5, Some(0x1041)).product.as_deref(), Some("Not Red Hat's"));
+        assert_eq!(ids.names(Bus::Pci, 0x8086, None), Names::default(), "not listed");
+        // The file rewritten under the index: a stale offset falls back to
+        // reading from the start.
+        std::fs::write(root.join("usr/share/hwdata/pci.ids"), "1af4  Renamed\n").unwrap();
+        assert_eq!(ids.names(Bus::Pci, 0x1af4, None).vendor.as_deref(), Some("Renamed"));
+        assert_eq!(ids.names(Bus::Pci, 0x1af5, None), Names::default(), "no longer listed");
+        assert_eq!(ids.names(Bus::Usb, 0x1af4, None), Names::default(), "no usb.ids");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_index_points_at_each_vendor_line_and_stops_at_the_classes() {
+        let index = vendor_index(PCI.as_bytes());
+        let at = |id: u16| index.iter().find(|(v, _)| *v == id).map(|(_, at)| *at as usize).unwrap();
+        assert_eq!(index.len(), 3);
+        assert!(PCI[at(0x1af4)..].starts_with("1af4  Red Hat"));
+        assert!(PCI[at(0x1af5)..].starts_with("1af5  Netezza"));
+        let long = format!("0001  {}\n1af4  Red Hat, Inc.\n", "x".repeat(2 * LINE_MAX as usize));
+        assert_eq!(vendor_index(long.as_bytes())[1], (0x1af4, 2 * LINE_MAX as u32 + 7), "skipped bytes counted");
     }
 
     #[test]
