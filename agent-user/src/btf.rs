@@ -191,10 +191,12 @@ impl std::ops::Deref for Bytes {
     }
 }
 
-/// A whole file mapped read-only and private, unmapped on drop. For
+/// A whole sysfs file mapped read-only and private, unmapped on drop. For
 /// /sys/kernel/btf/vmlinux the kernel maps its own copy of the BTF
 /// (remap_pfn_range), which the agent's RSS does not count: 5.5 MiB less
-/// peak memory than reading it.
+/// peak memory than reading it. Only sysfs files are mapped: their size is
+/// the kernel's and cannot shrink under the mapping, where a regular file
+/// truncated by someone else would kill the agent with SIGBUS.
 struct Mapping {
     ptr: *const u8,
     len: usize,
@@ -205,10 +207,13 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// None when the file cannot be mapped (an older kernel's sysfs, an
-    /// empty file): the caller reads it instead.
+    /// None when the file cannot be mapped (not on sysfs, an older kernel's
+    /// sysfs, an empty file): the caller reads it instead.
     fn of(file: &std::fs::File) -> Option<Mapping> {
         use std::os::fd::AsRawFd;
+        if !on_sysfs(file) {
+            return None;
+        }
         let len = usize::try_from(file.metadata().ok()?.len()).ok().filter(|&len| len > 0)?;
         // SAFETY: a new mapping of `len` bytes of an open file, read-only;
         // the kernel checks the file and the length.
@@ -221,6 +226,22 @@ impl Mapping {
         // SAFETY: `len` readable bytes at `ptr` for as long as self lives.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
+}
+
+/// Whether an open file is on sysfs (statfs(2)'s f_type).
+fn on_sysfs(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs fills `st` for an open descriptor, or fails.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs succeeded, so `st` is initialised.
+    let st = unsafe { st.assume_init() };
+    // f_type and SYSFS_MAGIC have different integer types across targets.
+    #[allow(clippy::unnecessary_cast)]
+    let sysfs = st.f_type as u64 == libc::SYSFS_MAGIC as u64;
+    sysfs
 }
 
 impl Drop for Mapping {
@@ -908,16 +929,16 @@ mod tests {
     }
 
     #[test]
-    fn a_file_is_mapped_and_parses_as_its_bytes_do() {
+    fn a_regular_file_is_read_not_mapped() {
         let dir = std::env::temp_dir().join(format!("hitcount-btf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("simple.btf");
         std::fs::write(&path, simple()).unwrap();
-        let mapped = Btf::from_file(&path).unwrap();
-        assert!(matches!(mapped.data, Bytes::Mapped(_)));
-        assert_eq!(&*mapped.data, &simple()[..]);
-        assert_eq!(mapped.member_offset("foo", "c").unwrap(), 16);
-        // An empty file cannot be mapped: it is read, and refused as BTF.
+        let read = Btf::from_file(&path).unwrap();
+        assert!(matches!(read.data, Bytes::Read(_)), "a regular file can shrink under a mapping");
+        assert_eq!(&*read.data, &simple()[..]);
+        assert_eq!(read.member_offset("foo", "c").unwrap(), 16);
+        // An empty file is refused as BTF.
         std::fs::write(&path, b"").unwrap();
         assert!(matches!(Btf::from_file(&path), Err(BtfError::Truncated { what: "header", .. })));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -930,6 +951,11 @@ mod tests {
         let Ok(read) = std::fs::read(path) else { return };
         let btf = Btf::from_file(path).unwrap();
         assert!(*btf.data == read[..]);
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut v = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+        if (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 16) {
+            assert!(matches!(btf.data, Bytes::Mapped(_)), "sysfs maps the BTF since 6.16 ({release})");
+        }
     }
 
     #[test]
