@@ -11,6 +11,7 @@
 //! nftables rules loaded in a test namespace (`nft -f` of a generated file)
 //! against the same command in an empty namespace.
 use std::{
+    io::{BufRead, BufReader, Write},
     os::unix::process::ExitStatusExt,
     process::{Command, Stdio},
     time::Duration,
@@ -55,7 +56,7 @@ fn ruleset(n: usize) -> String {
 
 /// FirewallConfiguration with `rules` rules loaded vs none: wall time, CPU
 /// and peak RSS of `hitcount snapshot --only FirewallConfiguration`.
-fn firewall(runs: usize, rules: usize) -> Result<()> {
+fn firewall(spawner: &mut Spawner, runs: usize, rules: usize) -> Result<()> {
     let empty = BareNetns::new("fwb")?;
     let full = BareNetns::new("fwb")?;
     let script = std::env::temp_dir().join(format!("{}.nft", marker("bench-fw")));
@@ -64,16 +65,21 @@ fn firewall(runs: usize, rules: usize) -> Result<()> {
     let _ = std::fs::remove_file(&script);
     loaded?;
     let bin = hitcount_bin();
-    let args = [bin.to_str().unwrap(), "snapshot", "--only", "FirewallConfiguration"];
+    let in_ns = |ns: &BareNetns| {
+        ["ip", "netns", "exec", &ns.name, bin.to_str().unwrap(), "snapshot", "--only", "FirewallConfiguration"]
+            .map(String::from)
+    };
+    let (full_argv, empty_argv) = (in_ns(&full), in_ns(&empty));
+    let (full_argv, empty_argv) = (full_argv.each_ref().map(String::as_str), empty_argv.each_ref().map(String::as_str));
     let (mut wall, mut cpu, mut rss, mut base_wall, mut base_cpu, mut base_rss) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut out = 0;
     for _ in 0..runs {
         let t = std::time::Instant::now();
-        let s = measure(&mut full.command(&args))?;
+        let s = spawner.measure(&full_argv)?;
         wall.push(t.elapsed().as_secs_f64() * 1e3);
         let t = std::time::Instant::now();
-        let b = measure(&mut empty.command(&args))?;
+        let b = spawner.measure(&empty_argv)?;
         base_wall.push(t.elapsed().as_secs_f64() * 1e3);
         cpu.push(s.cpu.as_secs_f64() * 1e3);
         rss.push(s.max_rss_kib as f64);
@@ -113,16 +119,93 @@ struct Usage {
     stdout_bytes: usize,
 }
 
-/// Runs `cmd` to its end and returns its own CPU time and peak RSS (wait4).
-fn measure(cmd: &mut Command) -> Result<Usage> {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("spawn")?;
+/// Runs the measured commands from a process forked at start, while the
+/// bench was small. A child's peak RSS (wait4's ru_maxrss) is at least the
+/// memory of the process that spawned it: Linux keeps the old mm's
+/// high-water mark across execve, and a vfork child's old mm is its
+/// parent's. The bench grows to tens of MiB (the traffic figures parse
+/// every event), which had made every later peak its own: the empty
+/// namespace's FirewallConfiguration measured 88 MiB.
+struct Spawner {
+    requests: std::io::PipeWriter,
+    replies: BufReader<std::io::PipeReader>,
+}
+
+impl Spawner {
+    /// Forks the spawner. Called first thing in main: one thread, little memory.
+    fn fork() -> Result<Spawner> {
+        let (req_r, req_w) = std::io::pipe()?;
+        let (rep_r, rep_w) = std::io::pipe()?;
+        // SAFETY: the process has one thread (nothing has started another
+        // yet), so the child may allocate and spawn after fork.
+        match unsafe { libc::fork() } {
+            -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+            0 => {
+                drop((req_w, rep_r));
+                serve(req_r, rep_w)
+            }
+            _ => Ok(Spawner { requests: req_w, replies: BufReader::new(rep_r) }),
+        }
+    }
+
+    /// Runs `argv` to its end and returns its own CPU time and peak RSS.
+    fn measure(&mut self, argv: &[&str]) -> Result<Usage> {
+        assert!(argv.iter().all(|a| !a.contains(['\0', '\n'])), "{argv:?}");
+        writeln!(self.requests, "{}", argv.join("\0"))?;
+        let mut reply = String::new();
+        self.replies.read_line(&mut reply)?;
+        let fields: Vec<&str> = reply.split_whitespace().collect();
+        match fields.as_slice() {
+            ["ok", cpu_ns, rss, bytes] => Ok(Usage {
+                cpu: Duration::from_nanos(cpu_ns.parse()?),
+                max_rss_kib: rss.parse()?,
+                stdout_bytes: bytes.parse()?,
+            }),
+            _ => bail!("{argv:?}: {}", reply.trim()),
+        }
+    }
+}
+
+/// The spawner's loop: one request (argv, NUL-separated) per line, one
+/// reply per request; exits when the bench closes its end.
+fn serve(requests: std::io::PipeReader, mut replies: std::io::PipeWriter) -> ! {
+    use std::os::unix::ffi::OsStrExt;
+    let mut requests = BufReader::new(requests);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if !matches!(requests.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            // SAFETY: ends the forked child without running the parent's exit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        line.pop();
+        let argv: Vec<&std::ffi::OsStr> = line.split(|&b| b == 0).map(std::ffi::OsStr::from_bytes).collect();
+        let reply = match run_measured(Command::new(argv[0]).args(&argv[1..])) {
+            Ok(u) => format!("ok {} {} {}\n", u.cpu.as_nanos(), u.max_rss_kib, u.stdout_bytes),
+            Err(e) => format!("error {e:#}\n").replace('\n', " ") + "\n",
+        };
+        if replies.write_all(reply.as_bytes()).is_err() {
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) }
+        }
+    }
+}
+
+/// Runs `cmd` to its end, counting its stdout through one fixed buffer (so
+/// that the spawner stays small), and returns its CPU time and peak RSS (wait4).
+fn run_measured(cmd: &mut Command) -> Result<Usage> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("spawn")?;
     let pid = child.id() as i32;
-    let out = child.stdout.unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = out;
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut out, &mut buf).map(|_| buf.len())
-    });
+    let mut out = child.stdout.take().unwrap();
+    let (mut buf, mut bytes) = ([0u8; 64 << 10], 0);
+    loop {
+        match std::io::Read::read(&mut out, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading stdout"),
+        }
+    }
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -130,7 +213,6 @@ fn measure(cmd: &mut Command) -> Result<Usage> {
     if unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } != pid {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
-    let bytes = reader.join().expect("reader").context("reading stdout")?;
     if !std::process::ExitStatus::from_raw(status).success() {
         bail!("{cmd:?} failed");
     }
@@ -195,17 +277,23 @@ fn dpkg_status(n: usize) -> String {
 
 /// Median CPU (ms) and peak RSS (KiB) of `hitcount snapshot --only TYPE
 /// [--host-root root]` and of the no-work baseline, interleaved.
-fn alone_figures(only: &str, runs: usize, root: Option<&std::path::Path>) -> Result<(f64, f64, f64, f64, usize)> {
+fn alone_figures(
+    spawner: &mut Spawner,
+    only: &str,
+    runs: usize,
+    root: Option<&std::path::Path>,
+) -> Result<(f64, f64, f64, f64, usize)> {
     let (mut cpu, mut base_cpu, mut rss, mut base_rss) = (vec![], vec![], vec![], vec![]);
     let mut bytes = 0;
+    let bin = hitcount_bin();
+    let bin = bin.to_str().unwrap();
+    let mut argv = vec![bin, "snapshot", "--only", only];
+    if let Some(r) = root {
+        argv.extend(["--host-root", r.to_str().unwrap()]);
+    }
     for _ in 0..runs {
-        let mut cmd = Command::new(hitcount_bin());
-        cmd.args(["snapshot", "--only", only]);
-        if let Some(r) = root {
-            cmd.arg("--host-root").arg(r);
-        }
-        let s = measure(&mut cmd)?;
-        let b = measure(Command::new(hitcount_bin()).args(["config", "defaults"]))?;
+        let s = spawner.measure(&argv)?;
+        let b = spawner.measure(&[bin, "config", "defaults"])?;
         cpu.push(s.cpu.as_secs_f64() * 1e3);
         base_cpu.push(b.cpu.as_secs_f64() * 1e3);
         rss.push(s.max_rss_kib as f64);
@@ -230,6 +318,7 @@ fn print_alone(what: &str, (cpu, base_cpu, rss, base_rss, bytes): (f64, f64, f64
 }
 
 fn main() -> Result<()> {
+    let mut spawner = Spawner::fork()?;
     let args = Args::parse();
     tests::bench::require_root()?;
     let bin = hitcount_bin();
@@ -238,8 +327,9 @@ fn main() -> Result<()> {
     let (mut snap_cpu, mut base_cpu, mut snap_rss, mut base_rss) = (vec![], vec![], vec![], vec![]);
     let mut out_bytes = 0;
     for _ in 0..args.runs {
-        let s = measure(Command::new(&bin).args(["snapshot", "--config", cfg.to_str().unwrap()]))?;
-        let b = measure(Command::new(&bin).args(["config", "defaults"]))?;
+        let bin = bin.to_str().unwrap();
+        let s = spawner.measure(&[bin, "snapshot", "--config", cfg.to_str().unwrap()])?;
+        let b = spawner.measure(&[bin, "config", "defaults"])?;
         snap_cpu.push(s.cpu.as_secs_f64() * 1e3);
         base_cpu.push(b.cpu.as_secs_f64() * 1e3);
         snap_rss.push(s.max_rss_kib as f64);
@@ -267,18 +357,18 @@ fn main() -> Result<()> {
         "SBoM alone (`hitcount snapshot --only SBoM`, {} runs, medians, interleaved with the baseline):",
         args.runs
     );
-    print_alone("this machine", alone_figures("SBoM", args.runs, None)?);
+    print_alone("this machine", alone_figures(&mut spawner, "SBoM", args.runs, None)?);
     let root = std::env::temp_dir().join(marker("bench-sbom-root"));
     std::fs::create_dir_all(root.join("var/lib/dpkg"))?;
     std::fs::write(root.join("var/lib/dpkg/status"), dpkg_status(args.packages))?;
-    let fixture = alone_figures("SBoM", args.runs, Some(&root));
+    let fixture = alone_figures(&mut spawner, "SBoM", args.runs, Some(&root));
     let _ = std::fs::remove_dir_all(&root);
     print_alone(&format!("generated root, {} dpkg packages", args.packages), fixture?);
     println!(
         "OSBaseline alone (`hitcount snapshot --only OSBaseline`: every check, {} runs, medians, interleaved with the baseline):",
         args.runs
     );
-    print_alone("this machine", alone_figures("OSBaseline", args.runs, None)?);
+    print_alone("this machine", alone_figures(&mut spawner, "OSBaseline", args.runs, None)?);
 
     let every_second = format!("{{{ALL_ON},\"snapshotFrequency\":\"PT1S\"");
     let (full, items) = traffic(&format!("{every_second}}}"), args.snapshots)?;
@@ -305,5 +395,5 @@ fn main() -> Result<()> {
         delta_avg,
         full_avg
     );
-    firewall(args.runs, args.firewall_rules)
+    firewall(&mut spawner, args.runs, args.firewall_rules)
 }
