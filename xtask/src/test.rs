@@ -93,6 +93,7 @@ fn lint(setup: &Setup, artifacts: &Artifacts) -> Result<()> {
         .args(["clippy", "--workspace", "--exclude", "agent-ebpf", "--all-targets", "--", "-D", "warnings"])
         .env(EBPF_OBJECT_VAR, &artifacts.ebpf_object);
     cmd::run(&mut clippy).context("lint failed: clippy")?;
+    fuzz::check(&artifacts.ebpf_object)?;
     build::lint_ebpf(setup)?;
     println!("lint: passed");
     Ok(())
