@@ -12,7 +12,6 @@
 //! block. Neither the file (1.4 MB) nor a table of its names is held: they
 //! were the largest block of the agent's heap at a snapshot.
 use std::{
-    borrow::Cow,
     cell::OnceCell,
     io::{BufRead, BufReader, Read, Seek, SeekFrom},
     path::PathBuf,
@@ -155,12 +154,11 @@ fn vendor_index(mut db: impl BufRead) -> Vec<(u16, u32)> {
         if n == 0 {
             break;
         }
-        if !(raw.is_empty() || raw[0] == b'#' || raw[0] == b'\t' || raw.trim_ascii().is_empty()) {
-            match entry(&String::from_utf8_lossy(&raw)) {
-                // IDS_MAX_BYTES (8 MiB) keeps offsets in u32.
-                Some((id, _)) => vendors.push((id, at as u32)),
-                None => break, // a class or other section: the vendor list is over
-            }
+        match classify(&String::from_utf8_lossy(&raw)) {
+            // IDS_MAX_BYTES (8 MiB) keeps offsets in u32.
+            Line::Vendor(id, _) => vendors.push((id, at as u32)),
+            Line::End => break,
+            Line::Device(..) | Line::Other => {}
         }
         at += n;
     }
@@ -175,42 +173,62 @@ pub fn lookup(mut db: impl BufRead, vendor: u16, product: Option<u16>) -> Names 
     let mut raw = Vec::new();
     while next_line(&mut db, &mut raw) > 0 {
         // usb.ids has a few Latin-1 names: keep the rest readable.
-        let line: Cow<str> = String::from_utf8_lossy(&raw);
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix('\t') {
-            // Device lines belong to the vendor found last; subsystems (two tabs) are skipped.
-            if names.vendor.is_none() || rest.starts_with('\t') {
-                continue;
-            }
-            if let (Some(want), Some((id, name))) = (product, entry(rest)) {
-                if id == want {
-                    names.product = Some(name);
+        match classify(&String::from_utf8_lossy(&raw)) {
+            Line::Other => {}
+            // Device lines belong to the vendor found last.
+            Line::Device(id, name) => {
+                if names.vendor.is_some() && product == Some(id) {
+                    names.product = Some(name.to_string());
                     break;
                 }
             }
-            continue;
-        }
-        if names.vendor.is_some() {
-            break; // the next vendor: the product is not listed
-        }
-        match entry(&line) {
-            Some((id, name)) if id == vendor => {
-                names.vendor = Some(name);
-                if product.is_none() {
-                    break;
+            // The next vendor: the product is not listed.
+            Line::Vendor(..) | Line::End if names.vendor.is_some() => break,
+            Line::Vendor(id, name) => {
+                if id == vendor {
+                    names.vendor = Some(name.to_string());
+                    if product.is_none() {
+                        break;
+                    }
                 }
             }
-            Some(_) => {}
-            None => break, // a class or other section: the vendor list is over
+            Line::End => break,
         }
     }
     names
 }
 
-/// "1af4  Red Hat, Inc." -> (0x1af4, "Red Hat, Inc.").
-fn entry(line: &str) -> Option<(u16, String)> {
+/// One line of an ids file, as lookups and the vendor index read it.
+enum Line<'a> {
+    /// A comment, a blank line, a subsystem line (two tabs), or a device
+    /// line that is no entry.
+    Other,
+    /// A device of the vendor above it (one tab): id and name.
+    Device(u16, &'a str),
+    Vendor(u16, &'a str),
+    /// A class or other section: the vendor list is over.
+    End,
+}
+
+fn classify(line: &str) -> Line<'_> {
+    if line.starts_with('#') || line.trim().is_empty() {
+        return Line::Other;
+    }
+    if let Some(rest) = line.strip_prefix('\t') {
+        return match entry(rest) {
+            Some((id, name)) if !rest.starts_with('\t') => Line::Device(id, name),
+            _ => Line::Other,
+        };
+    }
+    match entry(line) {
+        Some((id, name)) => Line::Vendor(id, name),
+        None => Line::End,
+    }
+}
+
+/// "1af4  Red Hat, Inc." -> (0x1af4, "Red Hat, Inc."), the name cut at
+/// NAME_MAX; borrowed, so that lines passed over allocate nothing.
+fn entry(line: &str) -> Option<(u16, &str)> {
     let (id, name) = line.split_once(' ')?;
     if id.len() != 4 {
         return None;
@@ -224,7 +242,7 @@ fn entry(line: &str) -> Option<(u16, String)> {
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    Some((id, name[..end].to_string()))
+    Some((id, &name[..end]))
 }
 
 /// The ids of a sysfs device that sits on a PCI or USB bus.
@@ -361,6 +379,10 @@ C 02  Network controller
         assert!(PCI[at(0x1af5)..].starts_with("1af5  Netezza"));
         let long = format!("0001  {}\n1af4  Red Hat, Inc.\n", "x".repeat(2 * LINE_MAX as usize));
         assert_eq!(vendor_index(long.as_bytes())[1], (0x1af4, 2 * LINE_MAX as u32 + 7), "skipped bytes counted");
+        // A line blank but for non-ASCII white space is blank to lookups, so to the index too.
+        let spaced = "1af4  Red Hat, Inc.\n\u{a0}\n1af5  Netezza Corp.\n";
+        assert_eq!(vendor_index(spaced.as_bytes()).len(), 2);
+        assert_eq!(lookup(spaced.as_bytes(), 0x1af5, None).vendor.as_deref(), Some("Netezza Corp."));
     }
 
     #[test]
