@@ -229,6 +229,8 @@ impl Mapping {
 }
 
 /// Whether an open file is on sysfs (statfs(2)'s f_type).
+// f_type and SYSFS_MAGIC have different integer types across targets.
+#[allow(clippy::unnecessary_cast)]
 fn on_sysfs(file: &std::fs::File) -> bool {
     use std::os::fd::AsRawFd;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
@@ -238,10 +240,7 @@ fn on_sysfs(file: &std::fs::File) -> bool {
     }
     // SAFETY: fstatfs succeeded, so `st` is initialised.
     let st = unsafe { st.assume_init() };
-    // f_type and SYSFS_MAGIC have different integer types across targets.
-    #[allow(clippy::unnecessary_cast)]
-    let sysfs = st.f_type as u64 == libc::SYSFS_MAGIC as u64;
-    sysfs
+    st.f_type as u64 == libc::SYSFS_MAGIC as u64
 }
 
 impl Drop for Mapping {

@@ -85,13 +85,14 @@ pub fn snapshot_events(
     let digest = digest(&set);
     let items = set.len() as u64;
     let mut changes: Vec<(Option<&'static str>, serde_json::Value)> = Vec::new();
-    if full && !settings.deltas {
-        // Nothing keeps the set: its payloads move into the events.
+    if full {
         history.since_full = 0;
-        changes.extend(std::mem::take(&mut set).into_values().map(|v| (None, v)));
-    } else if full {
-        history.since_full = 0;
-        changes.extend(set.values().map(|v| (None, v.clone())));
+        if settings.deltas {
+            changes.extend(set.values().map(|v| (None, v.clone())));
+        } else {
+            // Nothing keeps the set: its payloads move into the events.
+            changes.extend(std::mem::take(&mut set).into_values().map(|v| (None, v)));
+        }
     } else {
         history.since_full += 1;
         let previous = history.previous.as_ref().expect("checked above");
