@@ -605,9 +605,15 @@ impl BareNetns {
 
     /// A command that runs `args` in the namespace (`ip netns exec` execs in place).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(args);
+        let argv = self.argv(args);
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
         c
+    }
+
+    /// The argv of [`BareNetns::command`], for a caller that spawns it elsewhere.
+    pub fn argv(&self, args: &[&str]) -> Vec<String> {
+        ["ip", "netns", "exec", &self.name].iter().chain(args).map(|a| a.to_string()).collect()
     }
 }
 

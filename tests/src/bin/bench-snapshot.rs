@@ -65,12 +65,8 @@ fn firewall(spawner: &mut Spawner, runs: usize, rules: usize) -> Result<()> {
     let _ = std::fs::remove_file(&script);
     loaded?;
     let bin = hitcount_bin();
-    let in_ns = |ns: &BareNetns| {
-        ["ip", "netns", "exec", &ns.name, bin.to_str().unwrap(), "snapshot", "--only", "FirewallConfiguration"]
-            .map(String::from)
-    };
-    let (full_argv, empty_argv) = (in_ns(&full), in_ns(&empty));
-    let (full_argv, empty_argv) = (full_argv.each_ref().map(String::as_str), empty_argv.each_ref().map(String::as_str));
+    let args = [bin.to_str().unwrap(), "snapshot", "--only", "FirewallConfiguration"];
+    let (full_argv, empty_argv) = (full.argv(&args), empty.argv(&args));
     let (mut wall, mut cpu, mut rss, mut base_wall, mut base_cpu, mut base_rss) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut out = 0;
@@ -149,7 +145,8 @@ impl Spawner {
     }
 
     /// Runs `argv` to its end and returns its own CPU time and peak RSS.
-    fn measure(&mut self, argv: &[&str]) -> Result<Usage> {
+    fn measure(&mut self, argv: &[impl AsRef<str>]) -> Result<Usage> {
+        let argv: Vec<&str> = argv.iter().map(AsRef::as_ref).collect();
         assert!(argv.iter().all(|a| !a.contains(['\0', '\n'])), "{argv:?}");
         writeln!(self.requests, "{}", argv.join("\0"))?;
         let mut reply = String::new();
