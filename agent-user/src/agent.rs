@@ -209,7 +209,7 @@ impl<S: Sink> Agent<S> {
         let window = Window { start, end: self.configuration_errors.0 };
         match configuration_error_statistics(seen, transport) {
             Some(s) if self.config.collects(EventType::DroppedEventsStatistics) => {
-                self.sink.publish(&[window.event(Payload::DroppedEventsStatistics(s))])?;
+                self.sink.publish(&mut std::iter::once(window.event(Payload::DroppedEventsStatistics(s))))?;
             }
             _ => {}
         }
@@ -243,7 +243,7 @@ impl<S: Sink> Agent<S> {
                     let now = SystemTime::now();
                     let w = Window { start: now, end: now };
                     let event = w.event(Payload::ConfigurationError(ConfigurationError::from(e)));
-                    self.sink.publish(&[event])?;
+                    self.sink.publish(&mut std::iter::once(event))?;
                     self.configuration_errors.1 += 1;
                 }
                 Ok(())
@@ -260,7 +260,8 @@ impl<S: Sink> Agent<S> {
         }
         let now = SystemTime::now();
         let change = ConfigurationChange { source: DESIRED_SOURCE.into(), changes };
-        self.sink.publish(&[Window { start: now, end: now }.event(Payload::ConfigurationChange(change))])?;
+        let change = Window { start: now, end: now }.event(Payload::ConfigurationChange(change));
+        self.sink.publish(&mut std::iter::once(change))?;
         // The new flags first, so that the last drain under the current
         // configuration takes every event recorded under the old ones: a
         // type switched off records nothing after its window is sent, and
@@ -297,11 +298,11 @@ impl<S: Sink> Agent<S> {
     /// Reports the kernel-fed windows that are due at `now` (all with None).
     fn close_kernel_windows(&mut self, now: Option<Instant>) -> anyhow::Result<()> {
         let mut enrich = Enrichment { users: &mut self.users, clock: self.clock };
-        for c in self.kernel.close(&self.config, now, &mut enrich) {
-            let transport = self.sink.take_transport_drops(c.event_type);
-            let events = closed_events(&self.config, c.event_type, c.window, c.events, c.losses, c.network, transport);
-            self.sink.publish(&events)?;
-        }
+        let (config, sink) = (&self.config, &mut self.sink);
+        self.kernel.close(config, now, &mut enrich, |c| {
+            let transport = sink.take_transport_drops(c.event_type);
+            sink.publish(&mut closed_events(config, c.event_type, c.window, c.events, c.losses, c.network, transport))
+        })?;
         Ok(())
     }
 
@@ -332,7 +333,7 @@ impl<S: Sink> Agent<S> {
             }
         }
         if !at_once.is_empty() {
-            self.sink.publish(&at_once)?;
+            self.sink.publish(&mut at_once.into_iter())?;
         }
         Ok(())
     }
@@ -350,8 +351,7 @@ impl<S: Sink> Agent<S> {
             );
         }
         let transport = self.sink.take_transport_drops(t);
-        let events = closed_events(&self.config, t, window, events, losses, None, transport);
-        self.sink.publish(&events)?;
+        self.sink.publish(&mut closed_events(&self.config, t, window, events.into_iter(), losses, None, transport))?;
         Ok(())
     }
 
@@ -361,7 +361,7 @@ impl<S: Sink> Agent<S> {
         let (config, sink) = (&self.config, &mut self.sink);
         self.snapshots.take_due(&cx, Instant::now(), |t, sent| {
             let transport = sink.take_transport_drops(t);
-            sink.publish(&snapshot_window(config, t, sent, transport))
+            sink.publish(&mut snapshot_window(config, t, sent, transport))
         })?;
         Ok(())
     }
@@ -371,24 +371,26 @@ impl<S: Sink> Agent<S> {
 /// its DroppedEventsStatistics, sent every time (zeros included) so that a
 /// reader can tell "nothing lost" from "not reported". The one rule for
 /// every event type, kernel-fed or not.
+/// The statistics are made here, before the events are read, so that they
+/// carry the transport drops taken before the window was handed over.
 pub fn closed_events(
     config: &Config,
     t: EventType,
     window: Window,
-    mut events: Vec<Event>,
+    events: impl Iterator<Item = Event>,
     losses: Losses,
     network: Option<NetworkLosses>,
     transport: Drops,
-) -> Vec<Event> {
-    if config.collects(EventType::DroppedEventsStatistics) {
+) -> impl Iterator<Item = Event> {
+    let stats = config.collects(EventType::DroppedEventsStatistics).then(|| {
         let mut stats = DroppedEventsStatistics::new(t, losses);
         stats.transport_cache_full = transport.records;
         stats.transport_cache_full_hits = transport.hits;
         stats.spool_records_lost = transport.spool_lost;
         stats.network = network;
-        events.push(window.event(Payload::DroppedEventsStatistics(stats)));
-    }
-    events
+        window.event(Payload::DroppedEventsStatistics(stats))
+    });
+    events.chain(stats)
 }
 
 /// The DroppedEventsStatistics of ConfigurationError: `seen` made since the
@@ -405,8 +407,8 @@ fn configuration_error_statistics(seen: u64, transport: Drops) -> Option<Dropped
 }
 
 /// What a snapshot sends (see [`closed_events`]).
-pub fn snapshot_window(config: &Config, t: EventType, sent: Sent, transport: Drops) -> Vec<Event> {
-    closed_events(config, t, sent.window, sent.events, sent.losses, None, transport)
+pub fn snapshot_window(config: &Config, t: EventType, sent: Sent, transport: Drops) -> impl Iterator<Item = Event> {
+    closed_events(config, t, sent.window, sent.events.into_iter(), sent.losses, None, transport)
 }
 
 /// Parses and resolves a desired configuration over the local layers. An
@@ -593,7 +595,8 @@ mod tests {
         let losses = Losses { seen: 3, sources_unreadable: 1, ..Default::default() };
         let transport = Drops { records: 2, hits: 4, spool_lost: 1 };
         let mut c = Config::default();
-        let sent = closed_events(&c, EventType::LocalUsers, w, events.clone(), losses, None, transport);
+        let sent: Vec<Event> =
+            closed_events(&c, EventType::LocalUsers, w, events.clone().into_iter(), losses, None, transport).collect();
         assert_eq!(sent.len(), 2);
         assert_eq!(sent[0], events[0], "the events first, unchanged");
         let Payload::DroppedEventsStatistics(s) = &sent[1].payload else { panic!("{:?}", sent[1]) };
@@ -605,6 +608,8 @@ mod tests {
             ("1970-01-01T00:00:00.000Z", "1970-01-01T00:00:05.000Z")
         );
         c.set_priority(EventType::DroppedEventsStatistics, Priority::Off);
-        assert_eq!(closed_events(&c, EventType::LocalUsers, w, events.clone(), losses, None, transport), events);
+        let sent: Vec<Event> =
+            closed_events(&c, EventType::LocalUsers, w, events.clone().into_iter(), losses, None, transport).collect();
+        assert_eq!(sent, events);
     }
 }

@@ -211,7 +211,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let cx = collectors::Context::new(&host, &config);
     let mut sink = sinks::stdout::StdoutSink::stdout();
     snapshots.take_due(&cx, std::time::Instant::now(), |t, sent| {
-        sinks::Sink::publish(&mut sink, &agent::snapshot_window(&config, t, sent, Default::default()))
+        sinks::Sink::publish(&mut sink, &mut agent::snapshot_window(&config, t, sent, Default::default()))
     })?;
     Ok(())
 }

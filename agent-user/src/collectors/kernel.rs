@@ -145,11 +145,13 @@ impl<R: Aggregate> EventWindow<R> {
     }
 }
 
-/// A closed window of one kernel-fed type, ready for reporting.
-pub struct ClosedWindow {
+/// A closed window of one kernel-fed type. Its events are made from the
+/// records as they are read, each record dropped once converted: a window
+/// is never held as records and events at once.
+pub struct ClosedWindow<'a> {
     pub event_type: EventType,
     pub window: Window,
-    pub events: Vec<Event>,
+    pub events: Box<dyn Iterator<Item = Event> + 'a>,
     pub losses: Losses,
     pub network: Option<NetworkLosses>,
 }
@@ -199,45 +201,55 @@ impl KernelWindows {
     /// the new flags recorded before their first drain; those belong to the
     /// new configuration's first window. (Sent under the old configuration
     /// they would be discarded by the sink while their statistics counted them.)
-    pub fn close(&mut self, config: &Config, now: Option<Instant>, enrich: &mut Enrichment<'_>) -> Vec<ClosedWindow> {
+    pub fn close<E>(
+        &mut self,
+        config: &Config,
+        now: Option<Instant>,
+        enrich: &mut Enrichment<'_>,
+        mut publish: impl FnMut(ClosedWindow<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let due = |w: bool, t: EventType| config.collects(t) && (now.is_none() || w);
-        let mut out = Vec::new();
         if due(now.is_some_and(|n| self.processes.due(n)), EventType::ProcessCreate) {
             let closed = self.processes.close();
-            out.push(closed.report(EventType::ProcessCreate, process_create::COUNTERS, None, |r| {
-                Payload::ProcessCreate(process_create::process_create(r, enrich))
-            }));
+            publish(closed.report(EventType::ProcessCreate, process_create::COUNTERS, None, |r| {
+                Payload::ProcessCreate(process_create::process_create(&r, enrich))
+            }))?;
         }
         if due(now.is_some_and(|n| self.terminations.due(n)), EventType::ProcessTerminate) {
             let closed = self.terminations.close();
             let clock = enrich.clock;
-            out.push(closed.report(EventType::ProcessTerminate, process_terminate::COUNTERS, None, |r| {
-                Payload::ProcessTerminate(process_terminate::process_terminate(r, clock))
-            }));
+            publish(closed.report(EventType::ProcessTerminate, process_terminate::COUNTERS, None, move |r| {
+                Payload::ProcessTerminate(process_terminate::process_terminate(&r, clock))
+            }))?;
         }
         if due(now.is_some_and(|n| self.connections.due(n)), EventType::ConnectionCreate) {
             let closed = self.connections.close();
             let network = connection_create::network_losses(&closed.counters, &mut self.net);
             let clock = enrich.clock;
-            out.push(closed.report(EventType::ConnectionCreate, connection_create::COUNTERS, Some(network), |r| {
-                Payload::ConnectionCreate(connection_create::connection_create(r, clock))
-            }));
+            publish(closed.report(
+                EventType::ConnectionCreate,
+                connection_create::COUNTERS,
+                Some(network),
+                move |r| Payload::ConnectionCreate(connection_create::connection_create(&r, clock)),
+            ))?;
         }
-        out
+        Ok(())
     }
 }
 
-impl<R> Closed<R> {
-    /// One event per record (made by `payload`) and the window's losses from
-    /// the kernel counters `[seen, map full, insert race, rolled up]`.
-    fn report(
+impl<R: 'static> Closed<R> {
+    /// One event per record (made by `payload` when it is read) and the
+    /// window's losses from the kernel counters `[seen, map full, insert
+    /// race, rolled up]`.
+    fn report<'a>(
         self,
         t: EventType,
         [seen, full, race, rolled]: [Counter; 4],
         network: Option<NetworkLosses>,
-        mut payload: impl FnMut(&R) -> Payload,
-    ) -> ClosedWindow {
-        let events = self.records.iter().map(|r| self.window.event(payload(r))).collect();
+        mut payload: impl FnMut(R) -> Payload + 'a,
+    ) -> ClosedWindow<'a> {
+        let window = self.window;
+        let events = Box::new(self.records.into_iter().map(move |r| window.event(payload(r))));
         let map_full = self.counters.get(full);
         if map_full > 0 {
             log::warn!("{t}: {map_full} events found the kernel map full between two drains; raise cacheSize{t}");
@@ -250,7 +262,7 @@ impl<R> Closed<R> {
             kernel_insert_race: self.counters.get(race),
             sources_unreadable: 0,
         };
-        ClosedWindow { event_type: t, window: self.window, events, losses, network }
+        ClosedWindow { event_type: t, window, events, losses, network }
     }
 }
 

@@ -14,8 +14,10 @@ pub enum SinkError {
 }
 
 pub trait Sink {
-    /// Sends one window's events of one type, in order.
-    fn publish(&mut self, events: &[Event]) -> Result<(), SinkError>;
+    /// Sends one window's events of one type, in order. Each event is taken
+    /// as it is made and dropped once written, so that a large window is
+    /// never held whole, neither as events nor serialized.
+    fn publish(&mut self, events: &mut dyn Iterator<Item = Event>) -> Result<(), SinkError>;
 
     /// Events of type `t` this sink dropped since the last call (a full
     /// local cache); reported in the next DroppedEventsStatistics of `t`.
@@ -38,7 +40,7 @@ pub trait Sink {
 }
 
 impl<S: Sink + ?Sized> Sink for Box<S> {
-    fn publish(&mut self, events: &[Event]) -> Result<(), SinkError> {
+    fn publish(&mut self, events: &mut dyn Iterator<Item = Event>) -> Result<(), SinkError> {
         (**self).publish(events)
     }
     fn take_transport_drops(&mut self, t: EventType) -> Drops {

@@ -21,9 +21,9 @@ impl<W: Write> StdoutSink<W> {
 }
 
 impl<W: Write> Sink for StdoutSink<W> {
-    fn publish(&mut self, events: &[Event]) -> Result<(), SinkError> {
+    fn publish(&mut self, events: &mut dyn Iterator<Item = Event>) -> Result<(), SinkError> {
         for e in events {
-            serde_json::to_writer(&mut self.out, e).map_err(std::io::Error::from)?;
+            serde_json::to_writer(&mut self.out, &e).map_err(std::io::Error::from)?;
             self.out.write_all(b"\n")?;
         }
         // A reader (a pipe, `jq`) sees each window as soon as it closes.
@@ -46,7 +46,7 @@ mod tests {
             ..Default::default()
         }));
         let mut buf = Vec::new();
-        StdoutSink::new(&mut buf).publish(&[e.clone(), e]).unwrap();
+        StdoutSink::new(&mut buf).publish(&mut [e.clone(), e].into_iter()).unwrap();
         let text = String::from_utf8(buf).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);

@@ -95,7 +95,17 @@ pub struct MqttSink {
     config: Config,
     /// make_room dropped events (and warned) and nothing waited since.
     overflowing: bool,
+    /// Where each event is serialized before its exact copy enters the cache.
+    scratch: Vec<u8>,
 }
+
+/// While a window is handed over, the journal is written (and the
+/// connection task woken) after every this many bytes, so that the changes
+/// it has not seen stay small.
+const RECORD_EVERY_BYTES: usize = 256 << 10;
+
+/// A scratch buffer grown past this by one large event is not kept.
+const SCRATCH_KEPT_BYTES: usize = 64 << 10;
 
 /// The desired configuration payloads received from the broker.
 pub type DesiredRx = mpsc::UnboundedReceiver<Vec<u8>>;
@@ -147,7 +157,13 @@ impl Transport {
         let (desired_tx, desired_rx) = mpsc::unbounded_channel();
         let options = settings.options()?;
         let task = tokio::spawn(mqtt::run(settings, options, shared.clone(), control_rx, desired_tx));
-        let sink = MqttSink { shared, control: control_tx.clone(), config: config.clone(), overflowing: false };
+        let sink = MqttSink {
+            shared,
+            control: control_tx.clone(),
+            config: config.clone(),
+            overflowing: false,
+            scratch: Vec::new(),
+        };
         Ok((Transport { control: control_tx, task, _spool_thread: spool_thread }, sink, desired_rx))
     }
 
@@ -169,8 +185,8 @@ impl MqttSink {
 }
 
 impl Sink for MqttSink {
-    fn publish(&mut self, events: &[Event]) -> Result<(), SinkError> {
-        let mut outbox = self.shared.outbox.lock().expect("outbox lock");
+    fn publish(&mut self, events: &mut dyn Iterator<Item = Event>) -> Result<(), SinkError> {
+        let mut since_record = 0;
         for e in events {
             let t = e.event_type;
             let priority = self.config.priority(t);
@@ -189,10 +205,30 @@ impl Sink for MqttSink {
                 _ => None,
             };
             let hits = e.payload.hits();
-            let bytes = serde_json::to_vec(e).map_err(std::io::Error::from)?;
+            self.scratch.clear();
+            serde_json::to_writer(&mut self.scratch, &e).map_err(std::io::Error::from)?;
+            drop(e);
+            // An exact copy: serializing grows the buffer by doubling, and
+            // the cache's bound counts the bytes, not the capacity.
+            let bytes = self.scratch.as_slice().to_vec();
+            since_record += bytes.len();
+            // Locked per event, so that the connection task can send while a
+            // large window is handed over.
+            let mut outbox = self.shared.outbox.lock().expect("outbox lock");
             outbox.stage(t, priority, hits, carried, bytes);
+            if !outbox.link_up() {
+                outbox.admit(false);
+            }
+            drop(outbox);
+            if since_record >= RECORD_EVERY_BYTES {
+                since_record = 0;
+                self.shared.record();
+                self.shared.wake.notify_one();
+            }
         }
-        drop(outbox);
+        if self.scratch.capacity() > SCRATCH_KEPT_BYTES {
+            self.scratch = Vec::new();
+        }
         self.shared.record();
         self.shared.wake.notify_one();
         Ok(())
@@ -268,7 +304,7 @@ mod tests {
     fn sink(config: Config) -> MqttSink {
         let (control, _) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::new(Outbox::new(config.transport, Instant::now()), None));
-        MqttSink { shared, control, config, overflowing: false }
+        MqttSink { shared, control, config, overflowing: false, scratch: Vec::new() }
     }
 
     fn stats(transport_cache_full: u64, transport_cache_full_hits: u64) -> Event {
@@ -286,7 +322,7 @@ mod tests {
         let mut c = Config::default();
         c.set_priority(EventType::DroppedEventsStatistics, Priority::High);
         let mut s = sink(c.clone());
-        s.publish(&[stats(2, 5)]).unwrap();
+        s.publish(&mut std::iter::once(stats(2, 5))).unwrap();
         let items: Vec<Item> = s.shared.outbox.lock().unwrap().all_items().into_iter().cloned().collect();
         assert_eq!(items.len(), 1);
         assert_eq!((items[0].event_type, items[0].priority), (EventType::DroppedEventsStatistics, Priority::High));
@@ -295,8 +331,73 @@ mod tests {
         assert_eq!(v["payload"]["transport_cache_full_hits"], 5);
         c.set_priority(EventType::DroppedEventsStatistics, Priority::Off);
         s.configure(&c);
-        s.publish(&[stats(0, 0)]).unwrap();
+        s.publish(&mut std::iter::once(stats(0, 0))).unwrap();
         assert_eq!(s.shared.outbox.lock().unwrap().len(), 1, "an Off event is not queued");
+    }
+
+    /// `n` LocalUsers events of about 300 bytes, one hit each.
+    fn users(n: usize) -> impl Iterator<Item = Event> {
+        let w = Window { start: UNIX_EPOCH, end: UNIX_EPOCH };
+        (0..n).map(move |i| {
+            w.collected(
+                EventType::LocalUsers,
+                serde_json::json!({"user_name": format!("u{i}"), "pad": "x".repeat(200)}),
+            )
+        })
+    }
+
+    fn small_cache() -> Config {
+        let mut c = Config::default();
+        c.transport.max_cache_bytes = 10_000;
+        c
+    }
+
+    #[test]
+    fn with_the_broker_away_a_window_larger_than_the_cache_is_never_held_whole() {
+        let c = small_cache();
+        let mut s = sink(c.clone());
+        let shared = s.shared.clone();
+        let mut window = users(200);
+        let mut pulled = 0;
+        // Checked as each event is read: what was handed over before it
+        // already obeys the cache's bound, nothing waits outside it.
+        let mut checked = std::iter::from_fn(|| {
+            let o = shared.outbox.lock().unwrap();
+            assert_eq!(o.staged_bytes(), 0, "after {pulled} events");
+            assert!(o.bytes() <= c.transport.max_cache_bytes, "after {pulled} events: {} bytes", o.bytes());
+            drop(o);
+            pulled += 1;
+            window.next()
+        });
+        s.publish(&mut checked).unwrap();
+        assert_eq!(pulled, 201);
+        let o = s.shared.outbox.lock().unwrap();
+        let kept: Vec<&Item> = o.all_items();
+        assert!(!kept.is_empty() && kept.len() < 200, "{} kept", kept.len());
+        for i in &kept {
+            assert_eq!(i.bytes.capacity(), i.bytes.len(), "the cache holds exact copies");
+        }
+        let newest: serde_json::Value = serde_json::from_slice(&kept.last().unwrap().bytes).unwrap();
+        assert_eq!(newest["payload"]["user_name"], "u199", "the oldest are dropped, not the newest");
+        let kept_len = kept.len() as u64;
+        drop(o);
+        let drops = s.take_transport_drops(EventType::LocalUsers);
+        assert_eq!(drops.records + kept_len, 200, "every event is kept or counted");
+        assert_eq!(drops.hits, drops.records);
+    }
+
+    #[test]
+    fn with_the_broker_there_a_window_waits_whole_for_room() {
+        let mut s = sink(small_cache());
+        s.shared.outbox.lock().unwrap().set_link_up(true);
+        s.publish(&mut users(200)).unwrap();
+        let o = s.shared.outbox.lock().unwrap();
+        assert_eq!(o.len(), 200);
+        assert!(o.staged_bytes() > 10_000, "staged, not dropped: the link may take it");
+        drop(o);
+        assert!(s.take_transport_drops(EventType::LocalUsers).is_zero());
+        s.make_room();
+        assert!(s.shared.outbox.lock().unwrap().staged_bytes() <= 10_000, "bounded before the next windows");
     }
 
     #[test]
@@ -317,13 +418,13 @@ mod tests {
     #[test]
     fn flush_now_makes_everything_ready() {
         let mut s = sink(Config::default());
-        s.publish(&[stats(0, 0)]).unwrap();
+        s.publish(&mut std::iter::once(stats(0, 0))).unwrap();
         s.shared.outbox.lock().unwrap().admit(true);
         assert!(!s.shared.outbox.lock().unwrap().has_ready(), "Low waits five hours");
         s.flush_now();
         assert!(s.shared.outbox.lock().unwrap().has_ready());
         // Staged when the flush came: ready as soon as it is admitted.
-        s.publish(&[stats(0, 0)]).unwrap();
+        s.publish(&mut std::iter::once(stats(0, 0))).unwrap();
         s.flush_now();
         s.shared.outbox.lock().unwrap().admit(true);
         assert_eq!(s.shared.outbox.lock().unwrap().all_items().len(), 2);

@@ -427,6 +427,13 @@ impl Connection {
         })
     }
 
+    /// The cache is told too: while the broker is away, what the agent
+    /// hands over enters the cache at once (see `Outbox::set_link_up`).
+    fn set_connected(&mut self, up: bool) {
+        self.connected = up;
+        self.shared.outbox.lock().expect("outbox lock").set_link_up(up);
+    }
+
     fn publish_other(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
         if self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_ok() {
             self.sent.push_back(Sent::Other);
@@ -459,7 +466,7 @@ impl Connection {
     fn on_event(&mut self, ev: Event, desired: &mpsc::UnboundedSender<Vec<u8>>) {
         match ev {
             Event::Incoming(Incoming::ConnAck(ack)) => {
-                self.connected = true;
+                self.set_connected(true);
                 self.last_failure = None;
                 log::info!("connected to the MQTT broker (session present: {})", ack.session_present);
                 if self.desired_unreadable {
@@ -514,7 +521,7 @@ impl Connection {
         } else {
             log::debug!("MQTT: {text}; retrying");
         }
-        self.connected = false;
+        self.set_connected(false);
         self.sent.clear();
         self.pkids.clear();
         self.shared.outbox.lock().expect("outbox lock").requeue_inflight();

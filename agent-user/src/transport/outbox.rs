@@ -14,7 +14,10 @@
 //! Events waiting to enter (staged) have a bound of their own, the same
 //! number of bytes, enforced by [`Outbox::make_room`] before windows are
 //! handed over: at most twice `maxLocalCacheSizeInBytes` plus the windows
-//! last handed over are held in all.
+//! last handed over are held in all while the broker is reachable. While it
+//! is not, nothing waits staged: each event handed over enters the cache at
+//! once (see [`Outbox::link_up`]), so at most `maxLocalCacheSizeInBytes`
+//! plus one event are held, however large a window is.
 use std::{
     collections::{BTreeMap, VecDeque},
     time::{Duration, Instant},
@@ -121,6 +124,8 @@ pub struct Outbox {
     staged_bytes: u64,
     /// Set by flush_all: what is admitted from `staged` is ready at once.
     flush_staged: bool,
+    /// Whether the connection task has the broker now (see `link_up`).
+    link_up: bool,
     last_flush: [Instant; 3],
     ready: VecDeque<Item>,
     inflight: BTreeMap<u64, Vec<Item>>,
@@ -149,6 +154,7 @@ impl Outbox {
             staged: VecDeque::new(),
             staged_bytes: 0,
             flush_staged: false,
+            link_up: false,
             last_flush: [now; 3],
             ready: VecDeque::new(),
             inflight: BTreeMap::new(),
@@ -232,6 +238,18 @@ impl Outbox {
         let item = self.new_item(event_type, priority, hits, carried, bytes);
         self.staged_bytes += item.bytes.len() as u64;
         self.staged.push_back(item);
+    }
+
+    /// The connection task says whether it has the broker. While it does
+    /// not, [`Outbox::admit`]`(false)` is what the task would do with each
+    /// event staged, so the sink admits it at once and no window is held
+    /// whole outside the bound.
+    pub fn set_link_up(&mut self, up: bool) {
+        self.link_up = up;
+    }
+
+    pub fn link_up(&self) -> bool {
+        self.link_up
     }
 
     /// Moves staged events into the cache: while `connected`, only as many
