@@ -12,9 +12,11 @@
 //! details of an unrelated record but not the fact that it happened. Only what
 //! the full rollup cache pushes out in turn is dropped and counted.
 use std::{
-    collections::{HashMap, VecDeque},
-    hash::Hash,
+    collections::{hash_map::RandomState, VecDeque},
+    hash::{BuildHasher, Hash},
 };
+
+use hashbrown::HashTable;
 
 /// A record that can absorb later occurrences of the same identity.
 pub trait Aggregate {
@@ -61,15 +63,32 @@ pub struct Evictions {
     pub rollups_evicted: u64,
 }
 
+/// Each record is kept once, in arrival order; an index finds it by its
+/// key's hash, and the key is made from the record when compared rather
+/// than stored beside it (a command line kept once, not three times).
 #[derive(Debug)]
 pub struct WindowCache<R: Aggregate> {
     capacity: usize,
-    /// Keys in insertion order; the front is the oldest.
-    order: VecDeque<R::Key>,
-    records: HashMap<R::Key, R>,
+    /// In insertion order; the front is the oldest. The record at position
+    /// `i` has the sequence number `front_seq + i`.
+    records: VecDeque<R>,
+    front_seq: u64,
+    /// One slot per record.
+    index: HashTable<Slot>,
+    /// Keyed by the process: command lines are chosen by whoever runs
+    /// processes here, so the hash must not be predictable (hash flooding).
+    hasher: RandomState,
     evicted: Evictions,
     /// Where pushed-out records are folded; None in a rollup cache itself.
     rollups: Option<Box<WindowCache<R>>>,
+}
+
+/// Where a record is: its key's hash (kept, so the index grows without
+/// making keys again) and its sequence number.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    hash: u64,
+    seq: u64,
 }
 
 impl<R: Aggregate> WindowCache<R> {
@@ -83,8 +102,10 @@ impl<R: Aggregate> WindowCache<R> {
         assert!(capacity > 0, "a window cache holds at least one record");
         WindowCache {
             capacity,
-            order: VecDeque::new(),
-            records: HashMap::new(),
+            records: VecDeque::new(),
+            front_seq: 0,
+            index: HashTable::new(),
+            hasher: RandomState::new(),
             evicted: Evictions::default(),
             rollups: None,
         }
@@ -118,15 +139,24 @@ impl<R: Aggregate> WindowCache<R> {
             }
         }
         let key = record.key();
-        if let Some(existing) = self.records.get_mut(&key) {
-            existing.absorb(record);
+        let hash = self.hasher.hash_one(&key);
+        if let Some(pos) = self.position(hash, &key) {
+            self.records[pos].absorb(record);
             return;
         }
         while self.records.len() >= self.capacity {
             self.evict_oldest();
         }
-        self.order.push_back(key.clone());
-        self.records.insert(key, record);
+        let seq = self.front_seq + self.records.len() as u64;
+        self.records.push_back(record);
+        self.index.insert_unique(hash, Slot { hash, seq }, |s| s.hash);
+    }
+
+    /// Where the record of `key` is in `records`.
+    fn position(&self, hash: u64, key: &R::Key) -> Option<usize> {
+        let (records, front) = (&self.records, self.front_seq);
+        let at = |s: &Slot| (s.seq - front) as usize;
+        self.index.find(hash, |s| s.hash == hash && records[at(s)].key() == *key).map(at)
     }
 
     /// Changes the bound; shrinking evicts the oldest records now.
@@ -142,9 +172,13 @@ impl<R: Aggregate> WindowCache<R> {
     }
 
     fn evict_oldest(&mut self) {
-        let Some(r) = self.order.pop_front().and_then(|old| self.records.remove(&old)) else {
-            return;
-        };
+        let Some(r) = self.records.pop_front() else { return };
+        let (seq, hash) = (self.front_seq, self.hasher.hash_one(r.key()));
+        match self.index.find_entry(hash, |s| s.seq == seq) {
+            Ok(slot) => drop(slot.remove()),
+            Err(_) => unreachable!("every record has a slot"),
+        }
+        self.front_seq += 1;
         self.evicted.records += 1;
         let hits = r.hits();
         match (self.rollups.as_mut(), r.rolled_up()) {
@@ -154,14 +188,12 @@ impl<R: Aggregate> WindowCache<R> {
     }
 
     /// Ends the window: every record in first-seen order, then the rollups
-    /// in theirs, and what was pushed out.
+    /// in theirs, and what was pushed out. The storage leaves with the
+    /// records, so a burst's window does not stay allocated after it.
     pub fn take(&mut self) -> (Vec<R>, Evictions) {
-        let mut out = Vec::with_capacity(self.records.len());
-        for k in self.order.drain(..) {
-            if let Some(r) = self.records.remove(&k) {
-                out.push(r);
-            }
-        }
+        self.front_seq += self.records.len() as u64;
+        let mut out: Vec<R> = std::mem::take(&mut self.records).into();
+        self.index = HashTable::new();
         let mut evicted = std::mem::take(&mut self.evicted);
         if let Some(rollups) = self.rollups.as_mut() {
             let (coarse, lost) = rollups.take();
@@ -349,6 +381,104 @@ mod tests {
 
     fn rollups(out: &[ProcessRecord]) -> Vec<(&str, u64)> {
         out.iter().filter(|r| r.rollup).map(|r| (std::str::from_utf8(&r.argv).unwrap(), r.hit_count)).collect()
+    }
+
+    /// The cache as a list searched from the front: what the index must
+    /// behave like.
+    struct Model {
+        capacity: usize,
+        records: Vec<ProcessRecord>,
+        evicted: Evictions,
+        rollups: Option<Box<Model>>,
+    }
+
+    impl Model {
+        fn new(capacity: usize, rollups: bool) -> Model {
+            let rollups = rollups.then(|| Box::new(Model::new(rollup_capacity(capacity), false)));
+            Model { capacity, records: Vec::new(), evicted: Evictions::default(), rollups }
+        }
+
+        fn add(&mut self, r: ProcessRecord) {
+            if let (true, Some(m)) = (r.is_rollup(), self.rollups.as_mut()) {
+                return m.add(r);
+            }
+            if let Some(e) = self.records.iter_mut().find(|e| e.key() == r.key()) {
+                return e.absorb(r);
+            }
+            while self.records.len() >= self.capacity {
+                self.evict();
+            }
+            self.records.push(r);
+        }
+
+        fn evict(&mut self) {
+            let r = self.records.remove(0);
+            self.evicted.records += 1;
+            let hits = r.hits();
+            match (self.rollups.as_mut(), r.rolled_up()) {
+                (Some(m), Some(coarse)) => m.add(coarse),
+                _ => self.evicted.hits += hits,
+            }
+        }
+
+        fn set_capacity(&mut self, capacity: usize) {
+            self.capacity = capacity;
+            while self.records.len() > capacity {
+                self.evict();
+            }
+            if let Some(m) = self.rollups.as_mut() {
+                m.set_capacity(rollup_capacity(capacity));
+            }
+        }
+
+        fn take(&mut self) -> (Vec<ProcessRecord>, Evictions) {
+            let mut out = std::mem::take(&mut self.records);
+            let mut ev = std::mem::take(&mut self.evicted);
+            if let Some(m) = self.rollups.as_mut() {
+                let (coarse, lost) = m.take();
+                ev.hits += lost.hits;
+                ev.rollups_evicted += lost.records;
+                ev.rolled_up += coarse.iter().map(|r| r.hits()).sum::<u64>();
+                out.extend(coarse);
+            }
+            (out, ev)
+        }
+    }
+
+    /// Random windows of repeats, earlier occurrences, kernel rollups,
+    /// resizes and evictions: the indexed cache gives what the list gives.
+    #[test]
+    fn the_index_finds_what_a_search_of_the_list_finds() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for round in 0..200 {
+            let capacity = 1 + next(40) as usize;
+            let (mut c, mut m) = (WindowCache::new(capacity), Model::new(capacity, true));
+            for window in 0..4 {
+                for _ in 0..next(300) {
+                    let path = format!("/bin/e{}", next(5));
+                    let mut r = exe(&path, &format!("c{}", next(60)), 1 + next(3), next(1000));
+                    r.uid = next(2) as u32;
+                    if next(20) == 0 {
+                        r = r.rolled_up().unwrap();
+                    }
+                    if next(50) == 0 {
+                        let capacity = 1 + next(40) as usize;
+                        c.set_capacity(capacity);
+                        m.set_capacity(capacity);
+                    }
+                    c.add(r.clone());
+                    m.add(r);
+                    assert_eq!(c.len(), m.records.len(), "round {round} window {window}");
+                }
+                assert_eq!(c.take(), m.take(), "round {round} window {window}");
+            }
+        }
     }
 
     #[test]
