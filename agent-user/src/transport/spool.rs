@@ -168,7 +168,7 @@ fn entry_line(out: &mut Vec<u8>, item: &Item) {
         event_type: item.event_type.name(),
         priority: item.priority,
         hits: item.hits,
-        carried: item.carried.map(|c| (c.source.name(), c.drops)),
+        carried: item.carried.as_deref().map(|c| (c.source.name(), c.drops)),
     };
     serde_json::to_writer(&mut *out, &meta).expect("meta serializes");
     out.pop(); // its closing brace
@@ -489,7 +489,8 @@ fn decode_line(line: &[u8]) -> Result<Record, Bad> {
         None => None,
     };
     check_event(t, hits, carried, event.get()).map_err(bad)?;
-    Ok(Record::Entry(Item { seq, event_type: t, priority, hits, carried, bytes: event.get().as_bytes().to_vec() }))
+    let (carried, bytes) = (carried.map(Box::new), event.get().as_bytes().into());
+    Ok(Record::Entry(Item { seq, event_type: t, priority, hits, carried, bytes }))
 }
 
 /// The event object must be one of type `t` whose counts are the ones its
@@ -589,9 +590,9 @@ impl Load<'_> {
             self.live_bytes += len;
             self.live.insert(item.seq, item);
         } else if self.refused.len() < MAX_REFUSED {
-            self.refused.insert(item.seq, (item.event_type, item.hits, item.carried));
+            self.refused.insert(item.seq, (item.event_type, item.hits, item.carried.as_deref().copied()));
         } else {
-            self.outbox.count_dropped(item.event_type, item.hits, item.carried);
+            self.outbox.count_dropped(item.event_type, item.hits, item.carried.as_deref().copied());
             self.r.over_bound += 1;
         }
     }
@@ -759,7 +760,7 @@ mod tests {
     }
 
     fn bodies(o: &Outbox) -> Vec<Vec<u8>> {
-        o.all_items().iter().map(|i| i.bytes.clone()).collect()
+        o.all_items().iter().map(|i| i.bytes.to_vec()).collect()
     }
 
     #[test]
@@ -776,7 +777,7 @@ mod tests {
         assert_eq!(bodies(&fresh), bodies(&o));
         let items = fresh.all_items();
         assert_eq!((items[0].priority, items[0].hits), (Priority::Medium, 2));
-        assert_eq!(items[1].carried, Some(c));
+        assert_eq!(items[1].carried.as_deref(), Some(&c));
         assert_eq!(fresh.take_drops(EventType::ProcessCreate), Drops { records: 3, hits: 30, spool_lost: 4 });
         assert!(fresh.has_ready(), "restored events go out at once");
     }
@@ -889,7 +890,7 @@ mod tests {
         let r = decode(&file[..], &mut small);
         assert_eq!((r.events, r.over_bound), (30, 70));
         assert!(small.bytes() <= 30 * len + 5);
-        assert_eq!(small.all_items()[0].bytes, process(0, 2), "the first of the file are kept");
+        assert_eq!(*small.all_items()[0].bytes, *process(0, 2), "the first of the file are kept");
         assert_eq!(small.take_drops(EventType::ProcessCreate), Drops::new(70, 140));
         // Past the bound, a later tombstone still says an entry had left.
         let mut file = file;

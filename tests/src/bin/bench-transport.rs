@@ -86,10 +86,18 @@ fn traffic(sub: &Subscriber, tag: &str) -> Traffic {
     t
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+/// A `/proc/PID/status` figure in KiB (`VmRSS`, `VmHWM`, `RssAnon`).
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+        .with_context(|| format!("no {field}"))?;
+    Ok(line.split_whitespace().nth(1).with_context(|| format!("{field} value"))?.parse()?)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS")
 }
 
 fn agent_pid(agent: &Agent) -> Result<u32> {
@@ -224,6 +232,7 @@ fn main() -> Result<()> {
         // Let the last windows close into the cache.
         std::thread::sleep(Duration::from_secs(window + 2));
         let full_rss = rss_kib(pid)?;
+        let (hwm, anon) = (status_kib(pid, "VmHWM")?, status_kib(pid, "RssAnon")?);
         broker.restart()?;
         // Reconnecting waits out the backoff (at most 10 s).
         agent.wait_for_log("connected to the MQTT broker", Duration::from_secs(60))?;
@@ -235,7 +244,8 @@ fn main() -> Result<()> {
             _ => 0.0,
         };
         println!(
-            "cache {cache_bytes} bytes: RSS {idle_rss} KiB at start, {full_rss} KiB with the cache full; backlog of {} \
+            "cache {cache_bytes} bytes: RSS {idle_rss} KiB at start, {full_rss} KiB with the cache full (peak \
+             {hwm} KiB, anonymous {anon} KiB); backlog of {} \
              messages ({} payload bytes, {} events) received in {secs:.3} s: {:.0} messages/s, {:.1} MB/s, {:.0} \
              events/s",
             t.messages,
