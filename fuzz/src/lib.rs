@@ -15,8 +15,11 @@ pub mod firewall;
 pub mod hostfs_parsers;
 pub mod spool;
 
+/// What a target or a parser does with one input: panics if a property fails.
+pub type Check = fn(&[u8]);
+
 /// Every target: its name (the binary, `corpus/<name>/`) and its check.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("config", config::check),
     ("dns", dns::check),
     ("duration", duration::check),
@@ -26,6 +29,6 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// The check of the target called `name`.
-pub fn check(name: &str) -> Option<fn(&[u8])> {
+pub fn check(name: &str) -> Option<Check> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }

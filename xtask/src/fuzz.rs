@@ -102,18 +102,20 @@ pub fn replay(ebpf_object: &Path) -> Result<()> {
     cmd::run(&mut cargo).context("fuzz corpus replay failed")
 }
 
-/// Type-checks the fuzz crate (outside the workspace, so the workspace's
-/// clippy does not see it) in its stable replay mode: an agent API change
-/// that breaks it fails the lint step instead of the unit tier's replay.
+/// Lints the fuzz crate with clippy, warnings denied, in its stable replay
+/// mode: it is outside the workspace, so the workspace's clippy does not see
+/// it, and an agent API change that breaks it fails the lint step instead of
+/// the unit tier's replay.
 pub fn check(ebpf_object: &Path) -> Result<()> {
     let mut cargo = cmd::cargo(None);
     cargo
-        .args(["check", "--all-targets", "--manifest-path"])
+        .args(["clippy", "--all-targets", "--manifest-path"])
         .arg(fuzz_dir().join("Cargo.toml"))
         .args(["--no-default-features", "--target-dir"])
         .arg(cmd::target_dir())
+        .args(["--", "-D", "warnings"])
         .env(EBPF_OBJECT_VAR, ebpf_object);
-    cmd::run(&mut cargo).context("lint failed: the fuzz crate does not build")
+    cmd::run(&mut cargo).context("lint failed: the fuzz crate does not build or has clippy warnings")
 }
 
 /// Seconds per target for `cargo xtask test`.
