@@ -371,6 +371,7 @@ impl<S: Sink> Agent<S> {
 /// its DroppedEventsStatistics, sent every time (zeros included) so that a
 /// reader can tell "nothing lost" from "not reported". The one rule for
 /// every event type, kernel-fed or not.
+///
 /// The statistics are made here, before the events are read, so that they
 /// carry the transport drops taken before the window was handed over.
 pub fn closed_events(

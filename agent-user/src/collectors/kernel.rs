@@ -237,7 +237,7 @@ impl KernelWindows {
     }
 }
 
-impl<R: 'static> Closed<R> {
+impl<R> Closed<R> {
     /// One event per record (made by `payload` when it is read) and the
     /// window's losses from the kernel counters `[seen, map full, insert
     /// race, rolled up]`.
@@ -247,7 +247,10 @@ impl<R: 'static> Closed<R> {
         [seen, full, race, rolled]: [Counter; 4],
         network: Option<NetworkLosses>,
         mut payload: impl FnMut(R) -> Payload + 'a,
-    ) -> ClosedWindow<'a> {
+    ) -> ClosedWindow<'a>
+    where
+        R: 'a,
+    {
         let window = self.window;
         let events = Box::new(self.records.into_iter().map(move |r| window.event(payload(r))));
         let map_full = self.counters.get(full);
