@@ -196,14 +196,20 @@ impl<R: Aggregate> WindowCache<R> {
         self.index = HashTable::new();
         let mut evicted = std::mem::take(&mut self.evicted);
         if let Some(rollups) = self.rollups.as_mut() {
-            let (coarse, lost) = rollups.take();
-            evicted.hits += lost.hits;
-            evicted.rollups_evicted += lost.records;
-            evicted.rolled_up += coarse.iter().map(|r| r.hits()).sum::<u64>();
-            out.extend(coarse);
+            append_rollups(&mut out, &mut evicted, rollups.take());
         }
         (out, evicted)
     }
+}
+
+/// Adds what a rollup cache held (`take`n) to its window's records and
+/// losses: the rollups after the records, their hits as rolled up, what the
+/// full rollup cache pushed out as lost.
+fn append_rollups<R: Aggregate>(out: &mut Vec<R>, evicted: &mut Evictions, (coarse, lost): (Vec<R>, Evictions)) {
+    evicted.hits += lost.hits;
+    evicted.rollups_evicted += lost.records;
+    evicted.rolled_up += coarse.iter().map(|r| r.hits()).sum::<u64>();
+    out.extend(coarse);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -435,11 +441,7 @@ mod tests {
             let mut out = std::mem::take(&mut self.records);
             let mut ev = std::mem::take(&mut self.evicted);
             if let Some(m) = self.rollups.as_mut() {
-                let (coarse, lost) = m.take();
-                ev.hits += lost.hits;
-                ev.rollups_evicted += lost.records;
-                ev.rolled_up += coarse.iter().map(|r| r.hits()).sum::<u64>();
-                out.extend(coarse);
+                append_rollups(&mut out, &mut ev, m.take());
             }
             (out, ev)
         }
