@@ -215,10 +215,8 @@ impl Sink for MqttSink {
             // Locked per event, so that the connection task can send while a
             // large window is handed over.
             let mut outbox = self.shared.outbox.lock().expect("outbox lock");
+            // While the broker is away, this admits it into the cache at once.
             outbox.stage(t, priority, hits, carried, bytes);
-            if !outbox.link_up() {
-                outbox.admit(false);
-            }
             drop(outbox);
             if since_record >= RECORD_EVERY_BYTES {
                 since_record = 0;

@@ -16,7 +16,7 @@
 //! handed over: at most twice `maxLocalCacheSizeInBytes` plus the windows
 //! last handed over are held in all while the broker is reachable. While it
 //! is not, nothing waits staged: each event handed over enters the cache at
-//! once (see [`Outbox::link_up`]), so at most `maxLocalCacheSizeInBytes`
+//! once (see [`Outbox::set_link_up`]), so at most `maxLocalCacheSizeInBytes`
 //! plus one event are held, however large a window is.
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -126,7 +126,7 @@ pub struct Outbox {
     staged_bytes: u64,
     /// Set by flush_all: what is admitted from `staged` is ready at once.
     flush_staged: bool,
-    /// Whether the connection task has the broker now (see `link_up`).
+    /// Whether the connection task has the broker now (see `set_link_up`).
     link_up: bool,
     last_flush: [Instant; 3],
     ready: VecDeque<Item>,
@@ -228,7 +228,8 @@ impl Outbox {
         self.add_pending(item);
     }
 
-    /// Hands over one serialized event; [`Outbox::admit`] moves it into the cache.
+    /// Hands over one serialized event; [`Outbox::admit`] moves it into the
+    /// cache, at once while the link is down (see [`Outbox::set_link_up`]).
     pub fn stage(
         &mut self,
         event_type: EventType,
@@ -240,18 +241,17 @@ impl Outbox {
         let item = self.new_item(event_type, priority, hits, carried, bytes);
         self.staged_bytes += item.bytes.len() as u64;
         self.staged.push_back(item);
+        if !self.link_up {
+            self.admit(false);
+        }
     }
 
     /// The connection task says whether it has the broker. While it does
     /// not, [`Outbox::admit`]`(false)` is what the task would do with each
-    /// event staged, so the sink admits it at once and no window is held
-    /// whole outside the bound.
+    /// event staged, so [`Outbox::stage`] admits it at once and no window is
+    /// held whole outside the bound.
     pub fn set_link_up(&mut self, up: bool) {
         self.link_up = up;
-    }
-
-    pub fn link_up(&self) -> bool {
-        self.link_up
     }
 
     /// Moves staged events into the cache: while `connected`, only as many
@@ -741,6 +741,7 @@ mod tests {
     #[test]
     fn while_connected_a_window_larger_than_the_cache_waits_instead_of_dropping() {
         let mut o = Outbox::new(settings(10_000, 9000), Instant::now());
+        o.set_link_up(true);
         for n in 0..200 {
             o.stage(EventType::ProcessCreate, Priority::High, 1, None, event(n, 100));
         }
@@ -767,6 +768,7 @@ mod tests {
         // A 10 KB cache; a window of 50 events of 100 bytes (5 KB) closes at
         // every tick, 50 windows in all, and the link takes nothing.
         let mut o = Outbox::new(settings(10_000, 9000), Instant::now());
+        o.set_link_up(true);
         let mut made_room = 0;
         for w in 0..50 {
             made_room += o.make_room();
@@ -802,6 +804,7 @@ mod tests {
         for n in 0..200 {
             o.stage(EventType::ProcessCreate, Priority::Low, 2, None, event(n, 100));
         }
+        assert_eq!(o.staged_bytes(), 0, "with the link down, staging is entering");
         o.admit(false);
         assert_eq!(o.len(), 100);
         assert_eq!(o.take_drops(EventType::ProcessCreate), Drops::new(100, 200));
