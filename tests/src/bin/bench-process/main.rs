@@ -10,6 +10,7 @@
 //!
 //! Every hitcount run must report exactly as many execs of the storm's
 //! command line as were made: counting is the product.
+mod against;
 mod report;
 mod storm;
 
@@ -29,7 +30,7 @@ use tests::{
 };
 
 use crate::report::Report;
-use crate::storm::Storm;
+use crate::storm::{Spawn, Storm};
 
 #[derive(Parser)]
 #[command(name = "bench-process", about = "Cost of watching process events: kernel time, slowdown, agent RSS and CPU")]
@@ -47,6 +48,14 @@ struct Options {
     /// reports several windows during a storm.
     #[arg(long, default_value = "PT1S")]
     interval: String,
+    /// How the storm starts each process.
+    #[arg(long, value_enum, default_value = "posix-spawn")]
+    spawn: Spawn,
+    /// Instead of the comparison with bpftrace: the kernel time of another
+    /// build's process programs as a ratio to this build's, both loaded at
+    /// once, over --rounds pairs of storms (against.rs).
+    #[arg(long, value_name = "HITCOUNT_BINARY")]
+    against: Option<PathBuf>,
 }
 
 /// The tracepoints both watchers hook, and the program hitcount attaches to
@@ -243,8 +252,11 @@ fn bench(options: Options) -> Result<()> {
     let bpftool = Bpftool::new(tools::ensure_installed("bpftool", "bpftool")?);
     let bpftrace = tools::ensure_installed("bpftrace", "bpftrace")?;
     let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let storm = Storm { execs: options.execs, threads };
+    let storm = Storm { execs: options.execs, threads, spawn: options.spawn };
     let bench = Bench { storm, bpftool, bpftrace, options };
+    if let Some(other) = &bench.options.against {
+        return against::run(&bench, &tests::hitcount_bin(), other);
+    }
     let mut report = Report::new(&bench.options, threads, tests::hitcount_bin())?;
     println!("{}", report.header());
 

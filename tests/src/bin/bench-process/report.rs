@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 // `::tests` is the crate: the unit tests' module below shadows the bare name.
 use ::tests::bench::{bpf::MapMemory, median, procfs};
 
-use crate::{Options, Run, Setup, WatcherUsage, HOOKS};
+use crate::{storm::Spawn, Options, Run, Setup, WatcherUsage, HOOKS};
 
 /// Goals from the issue, printed next to the figures they apply to.
 const GOAL_EXEC_NS: f64 = 1000.0;
@@ -22,6 +22,7 @@ const MAPS_LISTED: usize = 8;
 pub struct Report {
     execs: u64,
     threads: usize,
+    spawn: Spawn,
     interval: String,
     agent: PathBuf,
     kernel_release: String,
@@ -40,6 +41,7 @@ impl Report {
         Ok(Report {
             execs: options.execs,
             threads,
+            spawn: options.spawn,
             interval: options.interval.clone(),
             agent,
             kernel_release: read("/proc/sys/kernel/osrelease")?,
@@ -60,11 +62,12 @@ impl Report {
 
     pub fn header(&self) -> String {
         format!(
-            "process benchmark: {} spawns of {} per storm from {} threads; agent {} (--interval {})\n\
+            "process benchmark: {} spawns of {} per storm from {} threads ({}); agent {} (--interval {})\n\
              kernel {}, {} CPUs, load average at start {}",
             self.execs,
             crate::storm::PROGRAM,
             self.threads,
+            self.spawn.name(),
             self.agent.display(),
             self.interval,
             self.kernel_release,
@@ -323,6 +326,7 @@ impl Report {
             "loadavg_at_start": self.loadavg,
             "execs_per_storm": self.execs,
             "threads": self.threads,
+            "spawn": self.spawn.name(),
             "agent_interval": self.interval,
             "kernel": kernel,
             "storm_s": storm,
@@ -381,6 +385,7 @@ mod tests {
         let mut r = Report {
             execs: 100,
             threads: 2,
+            spawn: Spawn::PosixSpawn,
             interval: "PT1S".into(),
             agent: "hitcount".into(),
             kernel_release: "6.18".into(),

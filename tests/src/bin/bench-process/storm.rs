@@ -16,6 +16,28 @@ pub const PROGRAM: &str = "/bin/true";
 pub struct Storm {
     pub execs: u64,
     pub threads: usize,
+    pub spawn: Spawn,
+}
+
+/// How each process of the storm is started.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Spawn {
+    /// std's posix_spawn: clone(CLONE_VM|CLONE_VFORK), then exec in the
+    /// child while the parent waits, on the same CPU as a rule.
+    PosixSpawn,
+    /// fork(2), then exec in the child, as a shell starts a command: the
+    /// child runs on its own while the parent goes on to wait, often on
+    /// another CPU.
+    Fork,
+}
+
+impl Spawn {
+    pub fn name(self) -> &'static str {
+        match self {
+            Spawn::PosixSpawn => "posix-spawn",
+            Spawn::Fork => "fork",
+        }
+    }
 }
 
 impl Storm {
@@ -52,7 +74,12 @@ impl Storm {
             if interrupted() {
                 bail!("interrupted");
             }
-            let status = Command::new(PROGRAM).arg(marker).status().with_context(|| format!("spawning {PROGRAM}"))?;
+            let status = match self.spawn {
+                Spawn::PosixSpawn => {
+                    Command::new(PROGRAM).arg(marker).status().with_context(|| format!("spawning {PROGRAM}"))?
+                }
+                Spawn::Fork => fork_exec(marker)?,
+            };
             if !status.success() {
                 if interrupted() {
                     bail!("interrupted");
@@ -62,4 +89,31 @@ impl Storm {
         }
         Ok(())
     }
+}
+
+/// `PROGRAM MARKER` by fork and execv; the child's exit status.
+fn fork_exec(marker: &str) -> Result<std::process::ExitStatus> {
+    use std::{ffi::CString, os::unix::process::ExitStatusExt};
+    let program = CString::new(PROGRAM).expect("no NUL");
+    let marker = CString::new(marker).context("the marker has a NUL")?;
+    // Built before the fork: the child of a multi-threaded parent may only
+    // call async-signal-safe functions, which execv and _exit are.
+    let argv = [program.as_ptr(), marker.as_ptr(), std::ptr::null()];
+    // SAFETY: the child calls execv and _exit only.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        unsafe {
+            libc::execv(program.as_ptr(), argv.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        bail!("waitpid: {}", std::io::Error::last_os_error());
+    }
+    Ok(std::process::ExitStatus::from_raw(status))
 }
